@@ -1,0 +1,1 @@
+"""Training data: kohya folder conventions, captions, buckets, the latent cache."""
