@@ -1,0 +1,43 @@
+"""Command-line flags derived from TrainConfig, with kohya's names (`--network_dim 16`).
+
+Precedence: defaults < `--config` file < flags given on the command line.
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import fields
+
+from .config import TrainConfig, load_config_file
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", "--config_file", dest="config_file", default=None,
+                        help="TOML or JSON config file (ours, or sd-scripts style); flags override it")
+    parser.add_argument("--save-config", "--save_config", dest="save_config", default=None,
+                        help="write the resulting config to this file and exit")
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for spec in fields(TrainConfig):
+        meta = spec.metadata
+        if meta["group"] == "meta":
+            continue
+        group = groups.setdefault(meta["group"], parser.add_argument_group(meta["group"]))
+        kind = str(spec.type)
+        default_text = f" (default: {spec.default!r})" if not kind.startswith("list") else ""
+        arguments = dict(dest=spec.name, default=argparse.SUPPRESS, help=meta["help"] + default_text)
+        if kind.startswith("bool"):
+            group.add_argument(f"--{spec.name}", action=argparse.BooleanOptionalAction, **arguments)
+        elif kind.startswith("list"):
+            group.add_argument(f"--{spec.name}", nargs="*", metavar="KEY=VALUE", **arguments)
+        else:
+            if meta.get("choices"):
+                arguments["choices"] = meta["choices"]
+            arguments["type"] = {"int": int, "float": float}.get(kind.split(" ")[0], str)
+            group.add_argument(f"--{spec.name}", **arguments)
+
+
+def config_from_args(args: argparse.Namespace, base: TrainConfig | None = None) -> TrainConfig:
+    config = base or TrainConfig()
+    if getattr(args, "config_file", None):
+        config = config.replace(**load_config_file(args.config_file))
+    given = {spec.name: getattr(args, spec.name) for spec in fields(TrainConfig) if hasattr(args, spec.name)}
+    return config.replace(**given)

@@ -1,0 +1,347 @@
+"""The training config: one typed object, with kohya's parameter names.
+
+Everything else is derived from `TrainConfig`: the CLI flags (`cli_args.py`), the saved
+config file, the `ss_*` metadata and (later) the UI form. A new option is one new field
+here, with its help text, its UI group and, where the value is constrained, its choices or
+range. Unknown keys and bad values are reported, never silently ignored.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import os
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+CONFIG_VERSION = 1
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message lists every problem and how to fix it."""
+
+
+def option(default, help: str, group: str, choices=None, minimum=None, maximum=None, **extra):
+    """A config field with the metadata the CLI, the UI and validation read."""
+    metadata = {"help": help, "group": group, "choices": choices, "min": minimum, "max": maximum, **extra}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+OPTIMIZERS = ("AdamW", "AdamW8bit", "Lion", "Prodigy", "Adafactor", "SGDNesterov")
+SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
+PRECISIONS = ("no", "fp16", "bf16")
+SAVE_PRECISIONS = ("fp16", "bf16", "float")
+
+
+@dataclass
+class TrainConfig:
+    # --- model ---
+    pretrained_model_name_or_path: str = option(
+        "tiny:sd1", "Base model: a diffusers folder, or tiny:sd1 for the built-in test model.", "model")
+    v_parameterization: bool = option(False, "The model predicts v instead of noise (SD2.x 768-v models).", "model")
+    clip_skip: int = option(1, "Use the output of the N-th last text-encoder layer (2 for most anime models).",
+                            "model", minimum=1, maximum=12)
+    device: str = option("auto", "Where to train: auto (cuda if present), cuda, cuda:1, cpu.", "model")
+
+    # --- dataset ---
+    train_data_dir: str = option("", "Folder holding <repeats>_<concept> folders of images and captions.", "dataset")
+    reg_data_dir: str = option("", "Optional folder of <repeats>_<class> regularisation folders.", "dataset")
+    caption_extension: str = option(".txt", "Extension of caption files next to the images.", "dataset")
+    trigger_word: str = option("", "Word(s) put first in every caption (e.g. your concept's token).", "dataset")
+    shuffle_caption: bool = option(False, "Shuffle comma-separated tags each step.", "dataset")
+    keep_tokens: int = option(0, "Number of leading tags that stay in place when shuffling.", "dataset", minimum=0)
+    caption_separator: str = option(",", "Separator between tags.", "dataset")
+    caption_dropout_rate: float = option(0.0, "Probability of training an image with an empty caption.",
+                                         "dataset", minimum=0.0, maximum=1.0)
+    caption_tag_dropout_rate: float = option(0.0, "Probability of dropping each (non-kept) tag.",
+                                             "dataset", minimum=0.0, maximum=1.0)
+    max_token_length: int = option(75, "Caption tokens used: 75, 150 or 225 (chunked like the WebUI).",
+                                   "dataset", choices=(75, 150, 225))
+    resolution: str = option("512", "Training resolution: 512 or 512,768 (width,height).", "dataset")
+    enable_bucket: bool = option(True, "Aspect-ratio bucketing instead of square crops.", "dataset")
+    min_bucket_reso: int = option(256, "Smallest bucket side in pixels.", "dataset", minimum=64)
+    max_bucket_reso: int = option(1024, "Largest bucket side in pixels.", "dataset", minimum=64)
+    bucket_reso_steps: int = option(64, "Bucket sides are multiples of this.", "dataset", minimum=8)
+    bucket_no_upscale: bool = option(False, "Never upscale images to fill a bucket.", "dataset")
+    random_crop: bool = option(False, "Random instead of centre crop to the bucket.", "dataset")
+    flip_aug: bool = option(False, "Randomly mirror images horizontally.", "dataset")
+    cache_latents: bool = option(True, "Encode every image once with the VAE and keep the latents in memory.",
+                                 "dataset")
+    cache_latents_to_disk: bool = option(False, "Also keep the latents on disk and reuse them in later runs.",
+                                         "dataset")
+    latents_cache_dir: str = option("", "Folder for the disk latent cache (empty: next to the images).", "dataset")
+    prior_loss_weight: float = option(1.0, "Loss weight of regularisation images.", "dataset", minimum=0.0)
+
+    # --- network ---
+    network_module: str = option("networks.lora", "Network method (networks.lora: LoRA, LoCon with conv_dim).",
+                                 "network", choices=("networks.lora",))
+    network_dim: int = option(16, "LoRA rank of linear layers.", "network", minimum=1)
+    network_alpha: float = option(8.0, "LoRA alpha; the update is scaled by alpha / dim.", "network", minimum=0.0)
+    conv_dim: int = option(0, "Rank of LoRA on 3x3 convolutions (LoCon); 0 = none.", "network", minimum=0)
+    conv_alpha: float = option(1.0, "Alpha of the convolution LoRA.", "network", minimum=0.0)
+    network_dropout: float = option(0.0, "Dropout of the LoRA's hidden features.", "network", minimum=0.0, maximum=1.0)
+    rank_dropout: float = option(0.0, "Probability of dropping each rank per step.", "network", minimum=0.0,
+                                 maximum=1.0)
+    module_dropout: float = option(0.0, "Probability of skipping a whole LoRA layer per step.", "network",
+                                   minimum=0.0, maximum=1.0)
+    network_args: list = option([], "Extra key=value network arguments, as kohya's --network_args.", "network")
+    network_weights: str = option("", "Start from the weights of an existing LoRA file.", "network")
+    network_train_unet_only: bool = option(False, "Train only the UNet LoRA.", "network")
+    network_train_text_encoder_only: bool = option(False, "Train only the text-encoder LoRA.", "network")
+
+    # --- optimizer ---
+    learning_rate: float = option(1e-4, "Learning rate used where unet_lr / text_encoder_lr are not set.",
+                                  "optimizer", minimum=0.0)
+    unet_lr: float | None = option(None, "Learning rate of the UNet LoRA.", "optimizer", minimum=0.0)
+    text_encoder_lr: float | None = option(None, "Learning rate of the text-encoder LoRA.", "optimizer", minimum=0.0)
+    optimizer_type: str = option("AdamW", "Optimizer.", "optimizer", choices=OPTIMIZERS)
+    optimizer_args: list = option([], "Extra key=value optimizer arguments (e.g. weight_decay=0.01).", "optimizer")
+    lr_scheduler: str = option("cosine", "Learning-rate schedule.", "optimizer", choices=SCHEDULERS)
+    lr_warmup_steps: float = option(0, "Warm-up steps, or a fraction of all steps when below 1.", "optimizer",
+                                    minimum=0.0)
+    lr_scheduler_num_cycles: int = option(1, "Restarts of cosine_with_restarts.", "optimizer", minimum=1)
+    lr_scheduler_power: float = option(1.0, "Power of the polynomial schedule.", "optimizer", minimum=0.0)
+    max_grad_norm: float = option(1.0, "Clip the gradient norm to this (0 = no clipping).", "optimizer", minimum=0.0)
+
+    # --- training ---
+    output_dir: str = option("output", "Folder the LoRA files are written to.", "training")
+    output_name: str = option("lora", "File name of the LoRA, without extension.", "training")
+    train_batch_size: int = option(1, "Images per step.", "training", minimum=1)
+    max_train_epochs: int = option(10, "Epochs to train.", "training", minimum=1)
+    max_train_steps: int = option(0, "Stop after this many steps (0 = run all epochs).", "training", minimum=0)
+    gradient_accumulation_steps: int = option(1, "Batches summed before each optimizer step.", "training", minimum=1)
+    mixed_precision: str = option("no", "Compute precision: no (fp32), fp16 or bf16.", "training", choices=PRECISIONS)
+    save_precision: str = option("fp16", "Precision of the saved file.", "training", choices=SAVE_PRECISIONS)
+    save_every_n_epochs: int = option(0, "Also save name-000002.safetensors every N epochs.", "training", minimum=0)
+    save_every_n_steps: int = option(0, "Also save name-step00000100.safetensors every N steps.", "training",
+                                     minimum=0)
+    gradient_checkpointing: bool = option(False, "Trade compute for memory.", "training")
+    xformers: bool = option(False, "Use xformers attention (CUDA, when installed).", "training")
+    seed: int = option(42, "Seed for noise, data order, augmentation and initial weights.", "training")
+    noise_offset: float = option(0.0, "Add a per-channel offset to the noise (darker/brighter images).", "training",
+                                 minimum=0.0)
+    min_snr_gamma: float = option(0.0, "Min-SNR loss weighting gamma (5 is common; 0 = off).", "training",
+                                  minimum=0.0)
+    logging_dir: str = option("", "Write TensorBoard logs here (empty = no logs).", "training")
+    log_prefix: str = option("", "Prefix of the TensorBoard run folder.", "training")
+    training_comment: str = option("", "Stored in the file's ss_training_comment.", "training")
+
+    config_version: int = option(CONFIG_VERSION, "Version of this config's layout.", "meta")
+
+    # --- derived values ---
+    def resolution_wh(self) -> tuple[int, int]:
+        parts = [p.strip() for p in str(self.resolution).split(",") if p.strip()]
+        width = int(parts[0])
+        height = int(parts[1]) if len(parts) > 1 else width
+        return width, height
+
+    def effective_unet_lr(self) -> float:
+        return self.learning_rate if self.unet_lr is None else self.unet_lr
+
+    def effective_text_encoder_lr(self) -> float:
+        return self.learning_rate if self.text_encoder_lr is None else self.text_encoder_lr
+
+    def train_unet(self) -> bool:
+        return not self.network_train_text_encoder_only
+
+    def train_text_encoder(self) -> bool:
+        return not self.network_train_unet_only and self.effective_text_encoder_lr() > 0
+
+    def parsed_network_args(self) -> dict[str, str]:
+        return parse_key_values(self.network_args, "network_args")
+
+    def parsed_optimizer_args(self) -> dict[str, Any]:
+        return {key: _literal(value) for key, value in parse_key_values(self.optimizer_args, "optimizer_args").items()}
+
+    # --- checks ---
+    def problems(self) -> list[str]:
+        """Every problem with the values, each saying what to change."""
+        found = []
+        for spec in fields(self):
+            value, meta = getattr(self, spec.name), spec.metadata
+            if value is None:
+                continue
+            if meta.get("choices") and value not in meta["choices"]:
+                allowed = ", ".join(str(c) for c in meta["choices"])
+                found.append(f"{spec.name}={value!r} is not one of: {allowed}")
+            if meta.get("min") is not None and value < meta["min"]:
+                found.append(f"{spec.name}={value} must be at least {meta['min']}")
+            if meta.get("max") is not None and value > meta["max"]:
+                found.append(f"{spec.name}={value} must be at most {meta['max']}")
+        try:
+            width, height = self.resolution_wh()
+            if width < 64 or height < 64 or width % 8 or height % 8:
+                found.append(f"resolution={self.resolution!r}: sides must be multiples of 8, at least 64")
+        except ValueError:
+            found.append(f"resolution={self.resolution!r}: write 512 or 512,768")
+        if self.min_bucket_reso > self.max_bucket_reso:
+            found.append("min_bucket_reso must not be larger than max_bucket_reso")
+        if self.network_train_unet_only and self.network_train_text_encoder_only:
+            found.append("network_train_unet_only and network_train_text_encoder_only exclude each other")
+        if self.random_crop and self.cache_latents:
+            found.append("random_crop needs a fresh crop every step: turn off cache_latents (--no-cache_latents)")
+        if self.cache_latents_to_disk and not self.cache_latents:
+            found.append("cache_latents_to_disk needs cache_latents")
+        if not self.output_name or os.sep in self.output_name or "/" in self.output_name:
+            found.append(f"output_name={self.output_name!r} must be a plain file name")
+        for name in ("network_args", "optimizer_args"):
+            try:
+                parse_key_values(getattr(self, name), name)
+            except ConfigError as error:
+                found.append(str(error))
+        return found
+
+    def validate(self) -> "TrainConfig":
+        found = self.problems()
+        if found:
+            raise ConfigError("The training config has problems:\n  - " + "\n  - ".join(found))
+        return self
+
+    # --- files ---
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str = "config") -> "TrainConfig":
+        return cls(**coerce_values(values, source))
+
+    def replace(self, **changes) -> "TrainConfig":
+        return dataclasses.replace(self, **coerce_values(changes, "arguments"))
+
+
+def field_specs() -> dict[str, dataclasses.Field]:
+    return {spec.name: spec for spec in fields(TrainConfig)}
+
+
+def coerce_values(values: dict[str, Any], source: str) -> dict[str, Any]:
+    """Check names and convert values to each field's type; report all problems at once."""
+    specs = field_specs()
+    result, problems = {}, []
+    for key, value in values.items():
+        if key not in specs:
+            close = difflib.get_close_matches(key, specs, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            problems.append(f"unknown option {key!r} in {source}{hint}")
+            continue
+        try:
+            result[key] = convert_value(specs[key], value)
+        except (TypeError, ValueError) as error:
+            problems.append(f"{key}={value!r}: {error}")
+    if problems:
+        raise ConfigError("Cannot read the training config:\n  - " + "\n  - ".join(problems))
+    return result
+
+
+def convert_value(spec: dataclasses.Field, value: Any) -> Any:
+    kind = str(spec.type)
+    if value is None:
+        if "None" in kind:
+            return None
+        raise ValueError("a value is required")
+    if kind.startswith("bool"):
+        if isinstance(value, str):
+            lowered = value.strip().lower()
+            if lowered in ("true", "1", "yes", "on"):
+                return True
+            if lowered in ("false", "0", "no", "off"):
+                return False
+            raise ValueError("expected true or false")
+        return bool(value)
+    if kind.startswith("int"):
+        if isinstance(value, float) and not value.is_integer():
+            raise ValueError("expected a whole number")
+        return int(value)
+    if kind.startswith("float"):
+        return float(value)
+    if kind.startswith("list"):
+        if isinstance(value, str):
+            return value.split() if value.strip() else []
+        return [str(item) for item in value]
+    return str(value)
+
+
+def parse_key_values(items: list[str], name: str) -> dict[str, str]:
+    parsed = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"{name}: {item!r} must be written key=value")
+        key, value = item.split("=", 1)
+        parsed[key.strip()] = value.strip()
+    return parsed
+
+
+def _literal(text: str) -> Any:
+    """'0.01' -> 0.01, 'True' -> True, '(0.9,0.99)' -> (0.9, 0.99); anything else stays a string."""
+    import ast
+
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+# --- reading and writing config files ---
+
+def load_config_file(path: str) -> dict[str, Any]:
+    """Flat key/values from a .toml or .json file; TOML sections (sd-scripts style) are flattened."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"Config file {path} does not exist")
+    if path.lower().endswith(".json"):
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    else:
+        data = _read_toml(path)
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(value)
+        else:
+            flat[key] = value
+    return flat
+
+
+def _read_toml(path: str) -> dict[str, Any]:
+    try:
+        import tomllib  # Python 3.11+
+    except ImportError:
+        import tomli as tomllib  # Python 3.10
+    with open(path, "rb") as handle:
+        try:
+            return tomllib.load(handle)
+        except tomllib.TOMLDecodeError as error:
+            raise ConfigError(f"{path} is not valid TOML: {error}") from error
+
+
+def config_to_toml(config: TrainConfig) -> str:
+    """Flat TOML, grouped by UI section in comments; None values are left out (TOML has no null)."""
+    lines, group = [], None
+    for spec in fields(config):
+        value = getattr(config, spec.name)
+        if value is None:
+            continue
+        if spec.metadata["group"] != group:
+            group = spec.metadata["group"]
+            lines.append(f"\n# {group}")
+        lines.append(f"{spec.name} = {_toml_value(value)}")
+    return "\n".join(lines).lstrip() + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
+    return json.dumps(str(value), ensure_ascii=False)  # JSON string escapes are valid TOML basic strings
+
+
+def save_config(config: TrainConfig, path: str) -> None:
+    from .fileio import write_text_atomic
+
+    if path.lower().endswith(".json"):
+        write_text_atomic(path, json.dumps(config.to_dict(), indent=2, ensure_ascii=False) + "\n")
+    else:
+        write_text_atomic(path, config_to_toml(config))

@@ -1,0 +1,157 @@
+"""The kohya dataset layout: `<root>/<repeats>_<concept>/image.png` + `image.txt`.
+
+`5_RishiNaruto` trains each image 5 times per epoch with "RishiNaruto" as the caption of
+images that have no caption file; `10_sls 1girl` uses "sls 1girl". Regularisation sets use
+the same layout under their own root.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+
+from .captions import CaptionError, read_caption
+from .images import ImageReadError, image_size, is_image_file, list_images
+
+FOLDER_PATTERN = re.compile(r"^(\d+)_(.+)$")
+OTHER_CAPTION_EXTENSIONS = (".txt", ".caption")
+
+
+class DatasetError(ValueError):
+    """A dataset that cannot be trained on; the message says what to fix."""
+
+
+@dataclass
+class Concept:
+    folder: str
+    repeats: int
+    name: str  # the folder name after "N_", the caption of uncaptioned images
+    is_reg: bool = False
+
+
+@dataclass
+class ImageItem:
+    path: str
+    caption: str
+    concept: Concept
+    size: tuple[int, int]  # (width, height) after EXIF rotation
+    caption_from_file: bool
+
+
+@dataclass
+class DatasetScan:
+    items: list[ImageItem] = field(default_factory=list)
+    concepts: list[Concept] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    warnings: list[str] = field(default_factory=list)
+
+    def train_items(self) -> list[ImageItem]:
+        return [item for item in self.items if not item.concept.is_reg]
+
+    def reg_items(self) -> list[ImageItem]:
+        return [item for item in self.items if item.concept.is_reg]
+
+
+def parse_concept_folder(name: str) -> tuple[int, str] | None:
+    match = FOLDER_PATTERN.match(name)
+    if not match or int(match.group(1)) < 1:
+        return None
+    return int(match.group(1)), match.group(2).strip()
+
+
+def scan_dataset(train_data_dir: str, reg_data_dir: str = "", caption_extension: str = ".txt",
+                 min_side: int = 64) -> DatasetScan:
+    """Find concepts, images and captions; skip unusable images and say why.
+
+    Raises DatasetError when nothing can be trained on, or when captions cannot be read
+    (training on the wrong captions silently would waste the whole run).
+    """
+    scan = DatasetScan()
+    caption_problems: list[str] = []
+    roots = [(train_data_dir, False)] + ([(reg_data_dir, True)] if reg_data_dir else [])
+    for root, is_reg in roots:
+        for concept in _find_concepts(root, is_reg, scan):
+            _scan_concept(concept, caption_extension, min_side, scan, caption_problems)
+    if caption_problems:
+        raise DatasetError("Some captions cannot be used:\n  - " + "\n  - ".join(caption_problems))
+    if not scan.train_items():
+        reasons = "".join(f"\n  - {path}: {reason}" for path, reason in scan.skipped)
+        raise DatasetError(f"No usable training images in {train_data_dir}.{reasons}")
+    return scan
+
+
+def _find_concepts(root: str, is_reg: bool, scan: DatasetScan) -> list[Concept]:
+    what = "reg_data_dir" if is_reg else "train_data_dir"
+    if not root:
+        raise DatasetError(f"{what} is not set: give the folder that holds your <repeats>_<concept> folders")
+    if not os.path.isdir(root):
+        raise DatasetError(f"{what} {root} is not a folder")
+    concepts, ignored = [], []
+    for name in sorted(os.listdir(root)):
+        path = os.path.join(root, name)
+        if not os.path.isdir(path) or name.startswith("."):
+            continue
+        parsed = parse_concept_folder(name)
+        if parsed is None:
+            ignored.append(name)
+            continue
+        concepts.append(Concept(folder=path, repeats=parsed[0], name=parsed[1], is_reg=is_reg))
+    for name in ignored:
+        scan.warnings.append(f"{os.path.join(root, name)} ignored: its name does not start with <repeats>_ "
+                             f"(rename it to e.g. 10_{name})")
+    if concepts:
+        scan.concepts.extend(concepts)
+        return concepts
+    loose = [name for name in os.listdir(root) if is_image_file(name)]
+    if loose:
+        raise DatasetError(
+            f"{what} {root} holds {len(loose)} images directly. It must be the folder *above* the image "
+            f"folders: move the images into a subfolder named <repeats>_<concept>, e.g. {root}/10_myconcept")
+    hint = f" (found {', '.join(ignored)}: rename to e.g. 10_{ignored[0]})" if ignored else ""
+    raise DatasetError(f"{what} {root} has no <repeats>_<concept> folder{hint}")
+
+
+def _scan_concept(concept: Concept, caption_extension: str, min_side: int, scan: DatasetScan,
+                  caption_problems: list[str]) -> None:
+    images = list_images(concept.folder)
+    if not images:
+        scan.warnings.append(f"{concept.folder} has no images (png, jpg, jpeg, webp, bmp)")
+        return
+    found_captions = 0
+    for path in images:
+        try:
+            width, height = image_size(path)
+        except ImageReadError as error:
+            scan.skipped.append((path, str(error).split(": ", 1)[-1]))
+            continue
+        if min(width, height) < min_side:
+            scan.skipped.append((path, f"too small ({width}x{height}); needs at least {min_side} px per side"))
+            continue
+        caption_path = os.path.splitext(path)[0] + caption_extension
+        caption, from_file = concept.name, False
+        if os.path.isfile(caption_path):
+            try:
+                caption, from_file = read_caption(caption_path), True
+                found_captions += 1
+            except CaptionError as error:
+                caption_problems.append(str(error))
+        scan.items.append(ImageItem(path, caption, concept, (width, height), from_file))
+    if found_captions == 0:
+        _explain_missing_captions(concept, caption_extension, caption_problems, scan)
+
+
+def _explain_missing_captions(concept: Concept, caption_extension: str, caption_problems: list[str],
+                              scan: DatasetScan) -> None:
+    """kohya's default caption extension is `.caption`; a folder full of them trained as
+    `.txt` would silently train on the folder name. Stop and say so."""
+    for other in OTHER_CAPTION_EXTENSIONS:
+        if other == caption_extension:
+            continue
+        count = sum(1 for name in os.listdir(concept.folder) if name.lower().endswith(other))
+        if count:
+            caption_problems.append(
+                f"{concept.folder} has {count} {other} caption files but no {caption_extension} files: "
+                f"set caption_extension to {other} (--caption_extension {other}) or rename them")
+            return
+    scan.warnings.append(f"{concept.folder}: no {caption_extension} captions, "
+                         f"every image is captioned with its folder name {concept.name!r}")

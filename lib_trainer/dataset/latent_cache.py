@@ -1,0 +1,110 @@
+"""Latents of every training image, encoded once by the VAE.
+
+`cache_latents` keeps them in memory; `cache_latents_to_disk` also writes one `.npz` per
+image (next to it, or in `latents_cache_dir`) and reuses it in later runs. Each entry
+carries a key made of the image's content hash, the VAE's fingerprint and the bucket
+placement, so a changed image, another VAE or another bucket re-encodes instead of
+training on stale latents. Flip augmentation caches both orientations.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+
+from ..fileio import write_bytes_atomic
+from ..progress import Progress
+from .pixels import crop_box, load_pixels
+from .training_set import Example
+
+CACHE_SUFFIX = ".lib_trainer.npz"
+
+
+def file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class LatentCache:
+    def __init__(self, encode: Callable[[torch.Tensor], torch.Tensor], vae_fingerprint: str, flip_aug: bool,
+                 to_disk: bool = False, cache_dir: str = "") -> None:
+        self.encode = encode  # (B, 3, H, W) pixels in [-1, 1] -> (B, C, h, w) scaled latents
+        self.vae_fingerprint = vae_fingerprint
+        self.flip_aug = flip_aug
+        self.to_disk = to_disk
+        self.cache_dir = cache_dir
+        self.latents: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        self.reused_from_disk = 0
+
+    def key(self, example: Example) -> str:
+        p = example.placement
+        return (f"{file_sha256(example.path)}|vae={self.vae_fingerprint}|bucket={p.bucket}|resized={p.resized}"
+                f"|flip={self.flip_aug}")
+
+    def disk_path(self, path: str) -> str:
+        if not self.cache_dir:
+            return os.path.splitext(path)[0] + CACHE_SUFFIX
+        folder_tag = hashlib.sha1(os.path.abspath(os.path.dirname(path)).encode()).hexdigest()[:10]
+        stem = os.path.splitext(os.path.basename(path))[0]
+        return os.path.join(self.cache_dir, f"{stem}.{folder_tag}{CACHE_SUFFIX}")
+
+    def fill(self, examples: Iterable[Example], progress: Progress) -> None:
+        unique = {e.path: e for e in examples}
+        progress.start("caching latents", len(unique))
+        for done, example in enumerate(unique.values(), 1):
+            if example.path not in self.latents:
+                self.latents[example.path] = self._load_or_encode(example)
+            progress.step(done)
+            if progress.stop_requested:
+                break
+        progress.end()
+
+    def get(self, example: Example, flip: bool) -> torch.Tensor:
+        plain, flipped = self.latents[example.path]
+        return flipped if flip and flipped is not None else plain
+
+    def _load_or_encode(self, example: Example) -> tuple[torch.Tensor, torch.Tensor | None]:
+        key = self.key(example) if self.to_disk else ""
+        if self.to_disk:
+            cached = self._read(self.disk_path(example.path), key)
+            if cached is not None:
+                self.reused_from_disk += 1
+                return cached
+        left_top = crop_box(example.placement, random_crop=False, rng=None)
+        orientations = [False, True] if self.flip_aug else [False]
+        pixels = torch.stack([load_pixels(example.path, example.placement, left_top, flip) for flip in orientations])
+        with torch.no_grad():
+            encoded = self.encode(pixels).float().cpu()
+        latents = (encoded[0], encoded[1] if self.flip_aug else None)
+        if self.to_disk:
+            self._write(self.disk_path(example.path), key, latents)
+        return latents
+
+    @staticmethod
+    def _read(path: str, key: str) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+        if not os.path.isfile(path):
+            return None
+        try:
+            with np.load(path) as data:
+                if str(data["key"]) != key:
+                    return None
+                flipped = torch.from_numpy(data["latents_flipped"]) if "latents_flipped" in data else None
+                return torch.from_numpy(data["latents"]), flipped
+        except (OSError, ValueError, KeyError):
+            return None  # a broken cache file is simply re-encoded
+
+    @staticmethod
+    def _write(path: str, key: str, latents: tuple[torch.Tensor, torch.Tensor | None]) -> None:
+        arrays = {"key": np.array(key), "latents": latents[0].numpy()}
+        if latents[1] is not None:
+            arrays["latents_flipped"] = latents[1].numpy()
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        write_bytes_atomic(path, buffer.getvalue())

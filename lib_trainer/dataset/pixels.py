@@ -1,0 +1,33 @@
+"""From an image file to the pixel tensor the VAE encodes: resize, crop, flip, scale."""
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .buckets import Placement
+from .images import load_rgb
+
+
+def crop_box(placement: Placement, random_crop: bool, rng: random.Random | None) -> tuple[int, int]:
+    """Top-left corner of the bucket-sized crop inside the resized image."""
+    extra_x = placement.resized[0] - placement.bucket[0]
+    extra_y = placement.resized[1] - placement.bucket[1]
+    if random_crop and rng is not None:
+        return rng.randint(0, extra_x), rng.randint(0, extra_y)
+    return extra_x // 2, extra_y // 2
+
+
+def load_pixels(path: str, placement: Placement, left_top: tuple[int, int], flip: bool) -> torch.Tensor:
+    """A (3, H, W) float tensor in [-1, 1]."""
+    image = load_rgb(path)
+    if image.size != placement.resized:
+        image = image.resize(placement.resized, Image.LANCZOS)
+    left, top = left_top
+    image = image.crop((left, top, left + placement.bucket[0], top + placement.bucket[1]))
+    if flip:
+        image = image.transpose(Image.FLIP_LEFT_RIGHT)
+    array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
+    return torch.from_numpy(array).permute(2, 0, 1).contiguous()

@@ -1,0 +1,122 @@
+"""The model bundle: what a host hands the trainer, whatever the model's origin.
+
+The trainer never asks which host it runs on: it needs the denoiser, a way to turn
+prompts into conditioning and pixels into latents, the noise schedule and prediction
+type, and the layers a network may adapt with the key names they carry in the file.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from ..formats.kohya_names import TargetLayer
+
+
+class ModelBundle:
+    family: str = "sd1"                    # sd1, sd2, sdxl
+    prediction_type: str = "epsilon"       # or "v_prediction"
+    model_name: str = ""                   # shown as ss_sd_model_name
+    alphas_cumprod: torch.Tensor           # (1000,) noise schedule
+    # A bundle that loaded its own copy may cast it to the compute dtype; one that borrows a
+    # live model (the WebUI's) must not, since casting down and back is not lossless.
+    owns_weights: bool = True
+
+    def denoiser(self) -> nn.Module:
+        raise NotImplementedError
+
+    def text_encoders(self) -> list[nn.Module]:
+        raise NotImplementedError
+
+    def vae(self) -> nn.Module:
+        raise NotImplementedError
+
+    def target_layers(self, include_conv: bool, train_unet: bool = True,
+                      train_text_encoder: bool = True) -> list[TargetLayer]:
+        raise NotImplementedError
+
+    def encode_prompts(self, prompts: list[str], max_token_length: int = 75) -> torch.Tensor:
+        """Conditioning for a batch of prompts; gradients flow when text-encoder layers train."""
+        raise NotImplementedError
+
+    def predict(self, noisy_latents: torch.Tensor, timesteps: torch.Tensor, conditioning: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) in [-1, 1] -> scaled latents (B, 4, H/8, W/8)."""
+        raise NotImplementedError
+
+    def vae_fingerprint(self) -> str:
+        raise NotImplementedError
+
+    def count_tokens(self, prompt: str) -> int:
+        raise NotImplementedError
+
+    def set_gradient_checkpointing(self, enabled: bool) -> None:
+        raise NotImplementedError
+
+    def modules(self) -> list[nn.Module]:
+        return [self.denoiser(), *self.text_encoders(), self.vae()]
+
+    @contextlib.contextmanager
+    def frozen_for_training(self, device: torch.device, weight_dtype: torch.dtype) -> Iterator[None]:
+        """Base weights frozen, on the device, in the compute dtype (the VAE stays fp32); the
+        modules' previous state comes back afterwards, whatever happens."""
+        saved = [ModuleState.capture(module) for module in self.modules()]
+        try:
+            for module in self.modules():
+                module.requires_grad_(False)
+            dtype = weight_dtype if self.owns_weights else None
+            _move(self.denoiser(), device, dtype).train()  # train mode enables checkpointing
+            for encoder in self.text_encoders():
+                _move(encoder, device, dtype).eval()
+            _move(self.vae(), device, torch.float32 if self.owns_weights else None).eval()
+            yield
+        finally:
+            for state in saved:
+                state.restore()
+
+
+def _move(module: nn.Module, device: torch.device, dtype: torch.dtype | None) -> nn.Module:
+    """Move, and cast only when the dtype really changes (diffusers warns on every cast)."""
+    module.to(device)
+    if dtype is not None and any(p.dtype != dtype for p in module.parameters()):
+        module.to(dtype)
+    return module
+
+
+class ModuleState:
+    """A module's requires_grad, train/eval mode, device and dtype of every tensor."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+        self.requires_grad = {name: p.requires_grad for name, p in module.named_parameters()}
+        self.training = {name: m.training for name, m in module.named_modules()}
+        self.placement = {name: (t.device, t.dtype) for name, t in _tensors(module)}
+
+    @classmethod
+    def capture(cls, module: nn.Module) -> "ModuleState":
+        return cls(module)
+
+    def restore(self) -> None:
+        for name, tensor in _tensors(self.module):
+            device, dtype = self.placement[name]
+            if tensor.device != device or tensor.dtype != dtype:
+                tensor.data = tensor.data.to(device, dtype)
+        for name, parameter in self.module.named_parameters():
+            parameter.requires_grad_(self.requires_grad[name])
+        for name, submodule in self.module.named_modules():
+            submodule.training = self.training[name]
+
+
+def _tensors(module: nn.Module):
+    yield from module.named_parameters()
+    yield from module.named_buffers()
+
+
+def scaled_linear_alphas_cumprod(steps: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012) -> torch.Tensor:
+    """The DDPM schedule every SD model was trained with: betas linear in sqrt space."""
+    betas = torch.linspace(beta_start ** 0.5, beta_end ** 0.5, steps, dtype=torch.float64) ** 2
+    return torch.cumprod(1.0 - betas, dim=0).float()

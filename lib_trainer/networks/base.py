@@ -1,0 +1,131 @@
+"""The shared base of every network method.
+
+An `AdapterModule` adapts one layer of the base model (an nn.Linear or nn.Conv2d). It is
+attached with a forward hook that adds the adapter's output to the layer's, so the base
+layer itself is never replaced or modified, and detaching is removing the hook.
+A `Network` holds all adapters of a run, attaches and detaches them together, gives the
+optimizer its parameter groups, and turns its weights into the file's key/tensor dict.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from ..formats.kohya_names import TargetLayer
+
+
+class AdapterModule(nn.Module):
+    """One adapted layer. Subclasses create their tensors and compute the output delta."""
+
+    def __init__(self, target: TargetLayer, multiplier: float = 1.0) -> None:
+        super().__init__()
+        self.kohya_name = target.name
+        self.component = target.component
+        self.multiplier = multiplier
+        # A list, not an attribute: the base layer must not become a submodule, or its
+        # weights would end up in our state dict and parameters.
+        self._base = [target.module]
+        self._handle = None
+
+    @property
+    def base_layer(self) -> nn.Module:
+        return self._base[0]
+
+    def attach(self) -> None:
+        if self._handle is None:
+            self._handle = self.base_layer.register_forward_hook(self._add_delta)
+
+    def detach(self) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+
+    def _add_delta(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+        if self.multiplier == 0:
+            return output
+        delta = self.delta_output(inputs[0])
+        if delta is None:
+            return output
+        return output + (delta * self.multiplier).to(output.dtype)
+
+    def delta_output(self, x: torch.Tensor) -> torch.Tensor | None:
+        """What this adapter adds to the base layer's output for input x (None: nothing)."""
+        raise NotImplementedError
+
+    def delta_weight(self) -> torch.Tensor:
+        """The same change as a weight delta (for merging and checks)."""
+        raise NotImplementedError
+
+    def file_tensors(self) -> dict[str, torch.Tensor]:
+        """Key suffix -> tensor, as this method's files store them."""
+        raise NotImplementedError
+
+    def load_file_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        raise NotImplementedError
+
+
+class Network(nn.Module):
+    def __init__(self, adapters: list[AdapterModule], method: str, settings: dict) -> None:
+        super().__init__()
+        self.adapters = nn.ModuleDict({a.kohya_name: a for a in adapters})
+        self.method = method          # e.g. "networks.lora"; stored as ss_network_module
+        self.settings = settings      # what the method was built with (dim, alpha, conv_dim...)
+
+    def attach(self) -> None:
+        for adapter in self.adapters.values():
+            adapter.attach()
+
+    def detach(self) -> None:
+        for adapter in self.adapters.values():
+            adapter.detach()
+
+    @contextlib.contextmanager
+    def attached(self) -> Iterator["Network"]:
+        self.attach()
+        try:
+            yield self
+        finally:
+            self.detach()
+
+    def set_multiplier(self, multiplier: float) -> None:
+        for adapter in self.adapters.values():
+            adapter.multiplier = multiplier
+
+    def parameter_groups(self, unet_lr: float, text_encoder_lr: float) -> list[dict]:
+        groups = []
+        for component, lr in (("unet", unet_lr), ("text_encoder", text_encoder_lr)):
+            params = [p for a in self.adapters.values() if a.component == component for p in a.parameters()]
+            if params:
+                groups.append({"params": params, "lr": lr, "name": component})
+        return groups
+
+    def components(self) -> set[str]:
+        return {a.component for a in self.adapters.values()}
+
+    def file_state_dict(self, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+        state = {}
+        for name, adapter in self.adapters.items():
+            for suffix, tensor in adapter.file_tensors().items():
+                tensor = tensor.detach().to("cpu")
+                state[f"{name}.{suffix}"] = (tensor.to(dtype) if dtype is not None else tensor).contiguous()
+        return state
+
+    def load_file_state_dict(self, state: dict[str, torch.Tensor]) -> list[str]:
+        """Load weights saved by `file_state_dict`; returns the file's keys that matched no adapter."""
+        by_adapter: dict[str, dict[str, torch.Tensor]] = {}
+        unmatched = []
+        for key, tensor in state.items():
+            name, _, suffix = key.partition(".")
+            if name in self.adapters:
+                by_adapter.setdefault(name, {})[suffix] = tensor
+            else:
+                unmatched.append(key)
+        for name, tensors in by_adapter.items():
+            self.adapters[name].load_file_tensors(tensors)
+        return unmatched
+
+    def all_finite(self) -> bool:
+        return all(torch.isfinite(p).all() for p in self.parameters())

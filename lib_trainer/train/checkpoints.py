@@ -1,0 +1,52 @@
+"""Saving LoRA files during and after a run, with kohya's file names.
+
+`name-000002.safetensors` after epoch 2, `name-step00000100.safetensors` after step 100
+(and when a run is stopped early), `name.safetensors` at the end. A file is only written
+when every weight is finite, and always atomically, so a good file is never replaced by
+a broken or half-written one.
+"""
+from __future__ import annotations
+
+import os
+import time
+
+from ..config import TrainConfig, save_config
+from ..formats.lora_file import save_lora
+from ..formats.metadata import checkpoint_metadata
+from ..networks.base import Network
+from .precision import SAVE_DTYPES
+
+
+class UnsafeToSave(RuntimeError):
+    pass
+
+
+def epoch_path(output_dir: str, name: str, epoch: int) -> str:
+    return os.path.join(output_dir, f"{name}-{epoch:06d}.safetensors")
+
+
+def step_path(output_dir: str, name: str, step: int) -> str:
+    return os.path.join(output_dir, f"{name}-step{step:08d}.safetensors")
+
+
+def final_path(output_dir: str, name: str) -> str:
+    return os.path.join(output_dir, f"{name}.safetensors")
+
+
+class CheckpointWriter:
+    def __init__(self, config: TrainConfig, network: Network, base_metadata: dict[str, str]) -> None:
+        self.config = config
+        self.network = network
+        self.base_metadata = base_metadata
+        self.saved: list[str] = []
+
+    def save(self, path: str, epoch: int, step: int, interrupted: bool = False) -> str:
+        if not self.network.all_finite():
+            raise UnsafeToSave(f"not writing {path}: the network's weights are not finite")
+        tensors = self.network.file_state_dict(SAVE_DTYPES[self.config.save_precision])
+        metadata = checkpoint_metadata(self.base_metadata, epoch, step, time.time(), interrupted)
+        save_lora(path, tensors, metadata)
+        # The config goes next to the files it produced, so a run can be repeated.
+        save_config(self.config, os.path.join(os.path.dirname(path), f"{self.config.output_name}.toml"))
+        self.saved.append(path)
+        return path

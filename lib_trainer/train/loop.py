@@ -1,0 +1,243 @@
+"""The training loop: set-up, then one loop with labelled phases, then the final save.
+
+Read `train()` top to bottom; the diffusion math lives in noise.py, batches in
+dataset/, files in checkpoints.py.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+
+import torch
+
+from ..config import TrainConfig
+from ..dataset.latent_cache import LatentCache
+from ..dataset.pixels import crop_box, load_pixels
+from ..dataset.plan import TrainingPlan, caption_options, make_plan
+from ..dataset.captions import training_caption
+from ..formats.metadata import training_metadata
+from ..hosts.bundle import ModelBundle
+from ..networks.registry import create_network, network_settings
+from ..progress import Progress
+from . import noise as diffusion
+from .checkpoints import CheckpointWriter, epoch_path, final_path, step_path
+from .optimizers import make_optimizer
+from .precision import autocast, compute_dtype, grad_scaler, resolve_device
+from .schedulers import make_scheduler, warmup_steps
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; nothing was saved from that point on."""
+
+
+@dataclass
+class TrainResult:
+    final_path: str | None
+    saved: list[str]
+    steps: int
+    stopped_early: bool
+    losses: list[float] = field(default_factory=list)
+    plan: TrainingPlan | None = None
+
+
+def train(config: TrainConfig, bundle: ModelBundle | None = None, progress: Progress | None = None) -> TrainResult:
+    progress = progress or Progress()
+    config.validate()
+    # --- set-up: seeds, model, plan, network ---
+    torch.manual_seed(config.seed)
+    data_rng = random.Random(config.seed)
+    noise_rng = torch.Generator().manual_seed(config.seed)
+    device = resolve_device(config.device)
+    if bundle is None:
+        from ..hosts import load_bundle
+
+        bundle = load_bundle(config.pretrained_model_name_or_path, config.v_parameterization, config.clip_skip)
+    plan = make_plan(config, bundle.count_tokens)
+    progress.status(plan.summary())
+    targets = bundle.target_layers(include_conv=bool(network_settings(config)["conv_dim"]),
+                                   train_unet=config.train_unet(), train_text_encoder=config.train_text_encoder())
+    network = create_network(config, targets).to(device)
+    if config.network_weights:
+        _load_initial_weights(network, config.network_weights, progress)
+
+    with bundle.frozen_for_training(device, compute_dtype(config.mixed_precision)), network.attached(), \
+            _gradient_checkpointing(bundle, config.gradient_checkpointing):
+        return _run(config, bundle, plan, network, device, progress, data_rng, noise_rng)
+
+
+def _run(config, bundle, plan, network, device, progress, data_rng, noise_rng) -> TrainResult:
+    if config.xformers and device.type == "cuda" and hasattr(bundle, "set_xformers"):
+        bundle.set_xformers(True)
+    trains_text = "text_encoder" in network.components()
+    if trains_text and config.gradient_checkpointing:
+        for encoder in bundle.text_encoders():
+            encoder.train()  # transformers checkpoints only in train mode
+    network.train()
+
+    latents = _latent_source(config, bundle, plan, progress)
+    optimizer, optimizer_text = make_optimizer(
+        config.optimizer_type, network.parameter_groups(config.effective_unet_lr(), config.effective_text_encoder_lr()),
+        config.learning_rate, config.parsed_optimizer_args(), device.type)
+    warmup = warmup_steps(config.lr_warmup_steps, plan.total_steps)
+    scheduler = make_scheduler(optimizer, config.lr_scheduler, plan.total_steps, warmup,
+                               config.lr_scheduler_num_cycles, config.lr_scheduler_power)
+    scaler = grad_scaler(device, config.mixed_precision)
+    metadata = training_metadata(config, plan.training_set, bundle.family, bundle.prediction_type,
+                                 bundle.model_name, uuid.uuid4().hex, time.time(), plan.total_steps,
+                                 optimizer_text, network.settings, warmup)
+    writer = CheckpointWriter(config, network, metadata)
+    captions = caption_options(config)
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+
+    losses: list[float] = []
+    window: deque[float] = deque(maxlen=max(1, plan.steps_per_epoch))
+    step, epoch, stopped = 0, 0, False
+    progress.start("training", plan.total_steps)
+    started = time.monotonic()
+    try:
+        for epoch in range(1, plan.epochs + 1):
+            batches = plan.training_set.epoch_batches(data_rng)
+            for index, batch in enumerate(batches):
+                # --- loss of one batch (accumulated over gradient_accumulation_steps) ---
+                with autocast(device, config.mixed_precision):
+                    loss = _batch_loss(config, bundle, batch, latents, captions, device, data_rng, noise_rng,
+                                       trains_text)
+                if not torch.isfinite(loss):
+                    raise TrainingDiverged(_diverged_message(loss, step, epoch, writer.saved))
+                scaler.scale(loss / config.gradient_accumulation_steps).backward()
+                window.append(loss.item())
+                last_of_epoch = index == len(batches) - 1
+                if (index + 1) % config.gradient_accumulation_steps and not last_of_epoch:
+                    continue
+                # --- optimizer step: unscale, clip, step, schedule ---
+                scaler.unscale_(optimizer)
+                if config.max_grad_norm:
+                    torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                scheduler.step()
+                step += 1
+                losses.append(window[-1])
+                # --- report ---
+                _report(progress, step, epoch, plan.total_steps, window, optimizer, started)
+                # --- save and stop checks ---
+                if config.save_every_n_steps and step % config.save_every_n_steps == 0 and step < plan.total_steps:
+                    progress.saved(writer.save(step_path(config.output_dir, config.output_name, step), epoch, step))
+                if progress.commands.take_save_request():
+                    progress.saved(writer.save(step_path(config.output_dir, config.output_name, step), epoch, step))
+                if step >= plan.total_steps or progress.stop_requested:
+                    stopped = progress.stop_requested and step < plan.total_steps
+                    break
+            if stopped or step >= plan.total_steps:
+                break
+            if config.save_every_n_epochs and epoch % config.save_every_n_epochs == 0 and epoch < plan.epochs:
+                progress.saved(writer.save(epoch_path(config.output_dir, config.output_name, epoch), epoch, step))
+    except TrainingDiverged:
+        progress.end("training stopped: the loss diverged")
+        raise
+    except BaseException:
+        # A crash or a hard interrupt: keep what was trained, then let the error through.
+        if step > 0 and network.all_finite():
+            path = writer.save(step_path(config.output_dir, config.output_name, step), epoch, step, interrupted=True)
+            progress.saved(path)
+        progress.end("training failed")
+        raise
+
+    # --- final save ---
+    if stopped:
+        path = writer.save(step_path(config.output_dir, config.output_name, step), epoch, step, interrupted=True)
+    else:
+        path = writer.save(final_path(config.output_dir, config.output_name), epoch, step)
+    progress.saved(path)
+    progress.end(f"{'stopped early' if stopped else 'done'}: {path}")
+    return TrainResult(path, writer.saved, step, stopped, losses, plan)
+
+
+@contextlib.contextmanager
+def _gradient_checkpointing(bundle: ModelBundle, enabled: bool):
+    if not enabled:
+        yield
+        return
+    bundle.set_gradient_checkpointing(True)
+    try:
+        yield
+    finally:
+        bundle.set_gradient_checkpointing(False)
+
+
+def _batch_loss(config, bundle, batch, latents, captions, device, data_rng, noise_rng, trains_text) -> torch.Tensor:
+    """Noise the latents at random timesteps and score the model's prediction of the target."""
+    flips = [config.flip_aug and data_rng.random() < 0.5 for _ in batch]
+    x0 = latents(batch, flips, data_rng).to(device)
+    prompts = [training_caption(example.caption, captions, data_rng) for example in batch]
+    with contextlib.nullcontext() if trains_text else torch.no_grad():
+        conditioning = bundle.encode_prompts(prompts, config.max_token_length)
+
+    noise = diffusion.sample_noise(x0.shape, config.noise_offset, noise_rng).to(device)
+    timesteps = diffusion.sample_timesteps(len(batch), len(bundle.alphas_cumprod), "cpu", noise_rng).to(device)
+    noisy = diffusion.add_noise(x0, noise, timesteps, bundle.alphas_cumprod)
+    target = diffusion.prediction_target(x0, noise, timesteps, bundle.alphas_cumprod, bundle.prediction_type)
+
+    prediction = bundle.predict(noisy, timesteps, conditioning)
+    per_sample = torch.nn.functional.mse_loss(prediction.float(), target.float(), reduction="none")
+    per_sample = per_sample.mean(dim=(1, 2, 3))
+    weights = torch.tensor([example.loss_weight for example in batch], device=device)
+    if config.min_snr_gamma:
+        weights = weights * diffusion.min_snr_weights(timesteps, bundle.alphas_cumprod, config.min_snr_gamma,
+                                                      bundle.prediction_type)
+    return (per_sample * weights).mean()
+
+
+def _latent_source(config, bundle, plan, progress):
+    """A function (batch, flips, rng) -> latents: from the cache, or encoded each step."""
+    if config.cache_latents:
+        cache = LatentCache(bundle.encode_pixels, bundle.vae_fingerprint(), config.flip_aug,
+                            config.cache_latents_to_disk, config.latents_cache_dir)
+        cache.fill(plan.training_set.examples, progress)
+        if cache.reused_from_disk:
+            progress.status(f"reused {cache.reused_from_disk} cached latents from disk")
+        return lambda batch, flips, rng: torch.stack([cache.get(e, f) for e, f in zip(batch, flips)])
+
+    def encode_each_step(batch, flips, rng):
+        pixels = torch.stack([
+            load_pixels(e.path, e.placement, crop_box(e.placement, config.random_crop, rng), flip)
+            for e, flip in zip(batch, flips)
+        ])
+        with torch.no_grad():
+            return bundle.encode_pixels(pixels).float()
+
+    return encode_each_step
+
+
+def _report(progress, step, epoch, total, window, optimizer, started) -> None:
+    elapsed = time.monotonic() - started
+    rate = step / elapsed if elapsed > 0 else 0.0
+    lrs = {group.get("name"): group["lr"] for group in optimizer.param_groups}
+    info = {"epoch": epoch, "loss": window[-1], "avg_loss": sum(window) / len(window),
+            "lr": lrs.get("unet", lrs.get("text_encoder")), "it_per_s": rate,
+            "eta_s": (total - step) / rate if rate else math.inf}
+    if "text_encoder" in lrs:
+        info["lr_te"] = lrs["text_encoder"]
+    progress.step(step, **info)
+
+
+def _load_initial_weights(network, path, progress) -> None:
+    from ..formats.lora_file import load_lora
+
+    unmatched = network.load_file_state_dict(load_lora(path))
+    if unmatched:
+        raise ValueError(f"network_weights {path}: {len(unmatched)} keys match no layer of this network "
+                         f"(e.g. {unmatched[0]}); was it trained on another model family or with other settings?")
+    progress.status(f"started from the weights in {path}")
+
+
+def _diverged_message(loss, step, epoch, saved) -> str:
+    last = f"The last good file is {saved[-1]}." if saved else "No file was written."
+    return (f"The loss became {loss.item()} at step {step + 1} (epoch {epoch}); training stopped. {last} "
+            "Lower the learning rate, use mixed_precision=bf16 instead of fp16, or set max_grad_norm=1.")
