@@ -335,7 +335,8 @@ def _toml_value(value: Any) -> str:
         return repr(value)
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(item) for item in value) + "]"
-    return json.dumps(str(value), ensure_ascii=False)  # JSON string escapes are valid TOML basic strings
+    # JSON string escapes are valid TOML basic strings; JSON leaves DEL raw, which TOML forbids.
+    return json.dumps(str(value), ensure_ascii=False).replace("\x7f", "\\u007f")
 
 
 def save_config(config: TrainConfig, path: str) -> None:

@@ -70,8 +70,10 @@ class BucketAssigner:
         width, height = size
         step = self.settings.bucket_reso_steps
         if width * height > self.settings.max_area:
-            scale = math.sqrt(self.settings.max_area / (width * height))
-            width, height = width * scale, height * scale
+            # kohya's form: sqrt(area * ratio) is exact for a square (512, not 511.99...),
+            # so a large square image is not pushed down into the next smaller bucket.
+            width = math.sqrt(self.settings.max_area * width / height)
+            height = self.settings.max_area / width
         bucket = (max(step, int(width // step) * step), max(step, int(height // step) * step))
         return Placement(bucket, _cover(size, bucket))
 

@@ -85,7 +85,8 @@ def _find_concepts(root: str, is_reg: bool, scan: DatasetScan) -> list[Concept]:
     if not root:
         raise DatasetError(f"{what} is not set: give the folder that holds your <repeats>_<concept> folders")
     if not os.path.isdir(root):
-        raise DatasetError(f"{what} {root} is not a folder")
+        problem = "is a file, not a folder" if os.path.exists(root) else "does not exist"
+        raise DatasetError(f"{what} {root} {problem}: give the folder that holds your <repeats>_<concept> folders")
     concepts, ignored = [], []
     for name in sorted(os.listdir(root)):
         path = os.path.join(root, name)
@@ -108,7 +109,8 @@ def _find_concepts(root: str, is_reg: bool, scan: DatasetScan) -> list[Concept]:
             f"{what} {root} holds {len(loose)} images directly. It must be the folder *above* the image "
             f"folders: move the images into a subfolder named <repeats>_<concept>, e.g. {root}/10_myconcept")
     hint = f" (found {', '.join(ignored)}: rename to e.g. 10_{ignored[0]})" if ignored else ""
-    raise DatasetError(f"{what} {root} has no <repeats>_<concept> folder{hint}")
+    raise DatasetError(f"{what} {root} has no <repeats>_<concept> folder{hint}: put your images and captions "
+                       f"in a subfolder named <repeats>_<concept>, e.g. {root}/10_myconcept")
 
 
 def _scan_concept(concept: Concept, caption_extension: str, min_side: int, scan: DatasetScan,

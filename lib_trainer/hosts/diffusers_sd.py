@@ -87,12 +87,17 @@ class DiffusersSDBundle(ModelBundle):
         return self._fingerprint
 
     def set_gradient_checkpointing(self, enabled: bool) -> None:
+        # transformers 5 renamed the switches; its enable also hooks the input embeddings to
+        # require grad, a hook that its disable leaves behind unless removed explicitly.
+        encoder = self.text_encoder
         if enabled:
             self.unet.enable_gradient_checkpointing()
-            self.text_encoder.gradient_checkpointing_enable()
+            getattr(encoder, "activation_checkpointing_enable", encoder.gradient_checkpointing_enable)()
         else:
             self.unet.disable_gradient_checkpointing()
-            self.text_encoder.gradient_checkpointing_disable()
+            getattr(encoder, "activation_checkpointing_disable", encoder.gradient_checkpointing_disable)()
+            if hasattr(encoder, "disable_input_require_grads") and hasattr(encoder, "_require_grads_hook"):
+                encoder.disable_input_require_grads()
 
     def set_xformers(self, enabled: bool) -> None:
         if enabled:

@@ -20,7 +20,8 @@ def split_into_chunks(tokens: list[int], comma_id: int, max_chunks: int) -> list
     last_comma = -1
     for token in tokens:
         if len(current) == CHUNK_LENGTH:
-            if last_comma != -1 and len(current) - last_comma <= COMMA_BACKTRACK:
+            # Like the WebUI, no backtrack when the token arriving at a full chunk is itself a comma.
+            if token != comma_id and last_comma != -1 and len(current) - last_comma <= COMMA_BACKTRACK:
                 carried = current[last_comma + 1:]
                 chunks.append(current[: last_comma + 1])
                 current = carried

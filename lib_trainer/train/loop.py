@@ -80,6 +80,9 @@ def _run(config, bundle, plan, network, device, progress, data_rng, noise_rng) -
     network.train()
 
     latents = _latent_source(config, bundle, plan, progress)
+    if progress.stop_requested:  # stopped while caching: nothing trained, nothing to save
+        progress.end("stopped before training")
+        return TrainResult(None, [], 0, True, plan=plan)
     optimizer, optimizer_text = make_optimizer(
         config.optimizer_type, network.parameter_groups(config.effective_unet_lr(), config.effective_text_encoder_lr()),
         config.learning_rate, config.parsed_optimizer_args(), device.type)

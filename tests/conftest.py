@@ -1,0 +1,36 @@
+"""Shared fixtures: the demo dataset drawn once, tiny-model configs, a helper to train."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from lib_trainer.config import TrainConfig
+from lib_trainer.demo_data import TRIGGER, make_demo_dataset
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session")
+def demo_root(tmp_path_factory) -> str:
+    """12 pictures of the demo concept, 128 px, in `10_ltdemo ball`."""
+    return make_demo_dataset(str(tmp_path_factory.mktemp("demo")))
+
+
+@pytest.fixture(scope="session")
+def small_root(tmp_path_factory) -> str:
+    """4 small pictures of the demo concept (64 px): for quick runs."""
+    return make_demo_dataset(str(tmp_path_factory.mktemp("small")), count=4, size=64)
+
+
+def quick_config(data_root: str, output_dir: str, **changes) -> TrainConfig:
+    """A short run on the tiny model."""
+    settings = dict(
+        pretrained_model_name_or_path="tiny:sd1", train_data_dir=data_root, output_dir=output_dir,
+        output_name="test", trigger_word=TRIGGER, resolution="64", min_bucket_reso=64, max_bucket_reso=128,
+        train_batch_size=2, max_train_epochs=1, max_train_steps=4, network_dim=4, network_alpha=2.0,
+        learning_rate=1e-3, lr_scheduler="constant", save_precision="float", seed=7,
+    )
+    settings.update(changes)
+    return TrainConfig().replace(**settings)

@@ -1,0 +1,157 @@
+"""The saved LoRA is what the ecosystem expects: an independent loader (diffusers'
+load_lora_weights, via its kohya converter and peft) consumes every key, and the loaded
+model computes exactly what our network computed."""
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+
+import pytest
+import torch
+
+from lib_trainer.config import TrainConfig
+from lib_trainer.formats.lora_file import load_lora, read_metadata, save_lora
+from lib_trainer.hosts.tiny import build_tiny_bundle, build_tiny_components
+from lib_trainer.networks.registry import create_network
+from lib_trainer.networks.lora import LoRAModule
+
+NETWORK_CASES = {
+    "lora": dict(network_dim=4, network_alpha=2.0),
+    "locon": dict(network_dim=4, network_alpha=2.0, conv_dim=3, conv_alpha=1.5),
+}
+
+
+def randomised_network(bundle, **settings):
+    config = TrainConfig().replace(**settings)
+    targets = bundle.target_layers(include_conv=bool(config.conv_dim))
+    network = create_network(config, targets)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for parameter in network.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.05)
+    return network
+
+
+def diffusers_pipeline():
+    from diffusers import DDPMScheduler, StableDiffusionPipeline
+
+    unet, text_encoder, tokenizer, vae = build_tiny_components()
+    return StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                   scheduler=DDPMScheduler(clip_sample=False), safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+
+
+def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).norm() / b.norm()).item()
+
+
+@pytest.mark.parametrize("case", NETWORK_CASES)
+def test_independent_loader_consumes_every_key_and_reproduces_outputs(tmp_path, case):
+    bundle = build_tiny_bundle()
+    network = randomised_network(bundle, **NETWORK_CASES[case])
+    path = str(tmp_path / f"{case}.safetensors")
+    save_lora(path, network.file_state_dict(torch.float32), {"ss_network_module": "networks.lora"})
+
+    pipe = diffusers_pipeline()
+    pipe.load_lora_weights(path)  # raises if any key of the file is not converted
+    from peft.tuners.lora import LoraLayer
+
+    injected = sum(isinstance(m, LoraLayer) for c in (pipe.unet, pipe.text_encoder) for m in c.modules())
+    assert injected == len(network.adapters), "every layer of the file became a LoRA layer in diffusers"
+
+    generator = torch.Generator().manual_seed(0)
+    latents = torch.randn(2, 4, 8, 8, generator=generator)
+    timesteps = torch.tensor([10, 700])
+    ids = torch.tensor([pipe.tokenizer("ltdemo, red ball", padding="max_length", max_length=77)["input_ids"]] * 2)
+    with torch.no_grad(), network.attached():
+        ours_text = bundle.text_encoder(ids).last_hidden_state
+        ours = bundle.unet(latents, timesteps, encoder_hidden_states=ours_text).sample
+        base_text = None
+    with torch.no_grad():
+        base_text = bundle.text_encoder(ids).last_hidden_state
+        theirs_text = pipe.text_encoder(ids).last_hidden_state
+        theirs = pipe.unet(latents, timesteps, encoder_hidden_states=theirs_text).sample
+    assert relative_error(base_text, ours_text) > 1e-3, "the LoRA changes the text encoder's output"
+    assert relative_error(theirs_text, ours_text) < 1e-4
+    assert relative_error(theirs, ours) < 1e-4
+
+
+def test_file_layout_is_kohya(tmp_path):
+    bundle = build_tiny_bundle()
+    network = randomised_network(bundle, **NETWORK_CASES["locon"])
+    path = str(tmp_path / "k.safetensors")
+    save_lora(path, network.file_state_dict(torch.float16), {"ss_network_dim": "4"})
+    tensors = load_lora(path)
+    names = {key.split(".")[0] for key in tensors}
+    assert "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q" in names
+    assert "lora_unet_mid_block_attentions_0_proj_in" in names
+    assert "lora_te_text_model_encoder_layers_0_self_attn_q_proj" in names
+    assert "lora_te_text_model_encoder_layers_3_mlp_fc2" in names
+    assert "lora_unet_down_blocks_0_resnets_0_conv1" in names  # LoCon: 3x3 conv
+    assert "lora_unet_up_blocks_0_upsamplers_0_conv" in names
+    for name in names:
+        assert {f"{name}.lora_down.weight", f"{name}.lora_up.weight", f"{name}.alpha"} <= set(tensors)
+    assert tensors["lora_unet_down_blocks_0_resnets_0_conv1.lora_down.weight"].shape[-2:] == (3, 3)
+    assert tensors["lora_unet_down_blocks_0_resnets_0_conv1.lora_up.weight"].shape[-2:] == (1, 1)
+    assert float(tensors["lora_unet_down_blocks_0_resnets_0_conv1.alpha"]) == 1.5
+    assert float(tensors["lora_unet_mid_block_attentions_0_proj_in.alpha"]) == 2.0
+    assert all(t.dtype == torch.float16 for t in tensors.values())
+
+
+def test_hashes_are_kohyas(tmp_path):
+    path = str(tmp_path / "h.safetensors")
+    tensors = {"a.lora_down.weight": torch.arange(6, dtype=torch.float32).reshape(2, 3)}
+    save_lora(path, tensors, {"ss_output_name": "h", "user_note": "x"})
+    metadata = read_metadata(path)
+    from safetensors.torch import save
+
+    reference = save(tensors, {"ss_output_name": "h"})
+    header = struct.unpack("<Q", reference[:8])[0]
+    assert metadata["sshs_model_hash"] == hashlib.sha256(reference[8 + header:]).hexdigest()
+    assert metadata["user_note"] == "x"
+
+
+def test_fresh_network_leaves_outputs_unchanged_and_merge_equals_forward():
+    bundle = build_tiny_bundle()
+    network = create_network(TrainConfig().replace(network_dim=4, conv_dim=2), bundle.target_layers(True))
+    x = torch.randn(1, 4, 8, 8)
+    t = torch.tensor([500])
+    cond = torch.randn(1, 77, 64)
+    with torch.no_grad():
+        base = bundle.unet(x, t, encoder_hidden_states=cond).sample
+        with network.attached():
+            fresh = bundle.unet(x, t, encoder_hidden_states=cond).sample
+    assert torch.equal(base, fresh)
+
+    generator = torch.Generator().manual_seed(3)
+    for adapter in network.adapters.values():
+        assert isinstance(adapter, LoRAModule)
+        with torch.no_grad():
+            adapter.up.copy_(torch.randn(adapter.up.shape, generator=generator) * 0.1)
+    for adapter in list(network.adapters.values())[:: max(1, len(network.adapters) // 12)]:
+        layer = adapter.base_layer
+        sample = torch.randn(2, layer.in_features) if isinstance(layer, torch.nn.Linear) else \
+            torch.randn(1, layer.in_channels, 8, 8)
+        with torch.no_grad():
+            adapter.attach()
+            hooked = layer(sample)
+            adapter.detach()
+            original = layer.weight.data.clone()
+            layer.weight.data += adapter.delta_weight()
+            merged = layer(sample)
+            layer.weight.data = original
+        assert relative_error(merged, hooked) < 1e-5, adapter.kohya_name
+
+
+def test_network_weights_round_trip(tmp_path):
+    bundle = build_tiny_bundle()
+    network = randomised_network(bundle, **NETWORK_CASES["lora"])
+    path = str(tmp_path / "r.safetensors")
+    save_lora(path, network.file_state_dict(torch.float32), {})
+    fresh = create_network(TrainConfig().replace(**NETWORK_CASES["lora"]), bundle.target_layers(False))
+    assert fresh.load_file_state_dict(load_lora(path)) == []
+    for key, value in network.file_state_dict().items():
+        assert torch.equal(value, fresh.file_state_dict()[key])
+    metadata_json = json.dumps(read_metadata(path))
+    assert "sshs_legacy_hash" in metadata_json
