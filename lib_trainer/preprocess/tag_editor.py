@@ -105,7 +105,7 @@ class TagEditor:
     def filter(self, include=(), mode: str = "and", exclude=(), text: str = "", regex: bool = False) -> list[int]:
         """Indices of images whose tags match: all (`and`) or any (`or`) of `include`, none of
         `exclude`, and whose caption contains `text` (substring, or a regex)."""
-        include, exclude = set(tag_ops._clean(list(include))), set(tag_ops._clean(list(exclude)))
+        include, exclude = set(tag_ops.clean_tags(list(include))), set(tag_ops.clean_tags(list(exclude)))
         if mode not in ("and", "or"):
             raise ValueError(f"filter mode must be 'and' or 'or', not {mode!r}")
         pattern = re.compile(text) if (text and regex) else None
@@ -125,7 +125,7 @@ class TagEditor:
     # --- editing -------------------------------------------------------------------------
     def set_caption(self, index: int, text_or_tags: str | list[str]) -> None:
         """Per-image edit; undoable like a batch operation."""
-        tags = split_tags(text_or_tags) if isinstance(text_or_tags, str) else tag_ops._clean(text_or_tags)
+        tags = split_tags(text_or_tags) if isinstance(text_or_tags, str) else tag_ops.clean_tags(text_or_tags)
         self._remember(f"edit {os.path.basename(self.entries[index].image)}")
         self.entries[index].tags = tags
 

@@ -195,11 +195,20 @@ def make_wd14(options: TagOptions, model: str | None = None, model_path: str | N
             raise ValueError(f"unknown WD14 model {name!r}; known: {', '.join(catalogue)} "
                              f"(add others to {models_file or wd14.MODEL_LIST})")
         info = catalogue[name]
-        folder = wd14.ensure_model(info, models_dir or wd14.default_models_dir(), download)
+        folder = wd14.ensure_model(info, models_dir or _webui_models_dir() or wd14.default_models_dir(), download)
     loaded = wd14.WD14Model(folder, use_gpu, notice)
     general = info.general_threshold if options.general_threshold is None else options.general_threshold
     character = info.character_threshold if options.character_threshold is None else options.character_threshold
     return WD14Tagger(loaded, general, character, options.include_rating)
+
+
+def _webui_models_dir() -> str | None:
+    """Inside the WebUI, WD14 models live in its models folder; None outside it."""
+    try:
+        from ..hosts.a1111_taggers import wd14_models_dir
+    except ImportError:
+        return None
+    return wd14_models_dir()
 
 
 def make_deepbooru(options: TagOptions, **settings):

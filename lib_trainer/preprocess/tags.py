@@ -16,7 +16,7 @@ def _unique(tags: list[str]) -> list[str]:
     return [tag for tag in tags if not (tag in seen or seen.add(tag))]
 
 
-def _clean(tags: list[str] | str) -> list[str]:
+def clean_tags(tags: list[str] | str) -> list[str]:
     if isinstance(tags, str):
         tags = tags.split(",")
     return [tag.strip() for tag in tags if tag.strip()]
@@ -24,7 +24,7 @@ def _clean(tags: list[str] | str) -> list[str]:
 
 def add(tags: list[str], new: list[str] | str, position: str = "end") -> list[str]:
     """Add tags not already present, at the front or the end (order of `new` kept)."""
-    new = [tag for tag in _unique(_clean(new)) if tag not in tags]
+    new = [tag for tag in _unique(clean_tags(new)) if tag not in tags]
     if position == "front":
         return new + list(tags)
     if position == "end":
@@ -33,7 +33,7 @@ def add(tags: list[str], new: list[str] | str, position: str = "end") -> list[st
 
 
 def remove(tags: list[str], unwanted: list[str] | str) -> list[str]:
-    unwanted = set(_clean(unwanted))
+    unwanted = set(clean_tags(unwanted))
     return [tag for tag in tags if tag not in unwanted]
 
 
@@ -45,16 +45,16 @@ def replace(tags: list[str], old: str, new: str, regex: bool = False) -> list[st
     """
     if regex:
         pattern = re.compile(old)
-        result = [part for tag in tags for part in _clean(pattern.sub(new, tag))]
+        result = [part for tag in tags for part in clean_tags(pattern.sub(new, tag))]
     else:
         old = old.strip()
-        result = [part for tag in tags for part in (_clean(new) if tag == old else [tag])]
+        result = [part for tag in tags for part in (clean_tags(new) if tag == old else [tag])]
     return _unique(result)
 
 
 def move_to_front(tags: list[str], front: list[str] | str) -> list[str]:
     """Put the given tags (those present) first, in the order given."""
-    front = [tag for tag in _unique(_clean(front)) if tag in tags]
+    front = [tag for tag in _unique(clean_tags(front)) if tag in tags]
     return front + [tag for tag in tags if tag not in front]
 
 
