@@ -156,6 +156,7 @@ def preprocess_folder(options: PreprocessOptions, progress: Progress | None = No
             result.skipped.append((full, "not an image file"))
     os.makedirs(folder, exist_ok=True)
     debug_folder = os.path.join(folder, ".focal_debug")
+    reported: set[str] = set()
     progress.start("preprocess", total=len(paths))
     for done, path in enumerate(paths, 1):
         if progress.stop_requested:
@@ -169,8 +170,10 @@ def preprocess_folder(options: PreprocessOptions, progress: Progress | None = No
         else:
             result.written += written
             for warning in warnings:
-                if warning.split(": ", 1)[-1] not in {w.split(": ", 1)[-1] for w in result.warnings}:
-                    progress.status(warning)  # say each distinct problem once, not per picture
+                problem = warning.split(": ", 1)[-1]  # without the file name
+                if problem not in reported:
+                    reported.add(problem)
+                    progress.status(warning)  # each distinct problem once, not once per picture
                 result.warnings.append(warning)
         progress.step(done)
     progress.end(result.summary())
