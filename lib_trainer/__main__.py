@@ -14,6 +14,9 @@ COMMANDS = {
     "demo": ("lib_trainer.commands.demo", "draw the demo dataset and train a LoRA on the tiny model"),
     "train": ("lib_trainer.commands.train", "train a LoRA (kohya-style flags or --config file)"),
     "bench": ("lib_trainer.commands.bench", "seconds per step and peak memory, against a bare forward+backward"),
+    "preprocess": ("lib_trainer.commands.preprocess", "focal-point crop, resize, split and flip a folder of pictures"),
+    "tag": ("lib_trainer.commands.tag", "caption pictures with a WD14, deepbooru or BLIP tagger"),
+    "tags": ("lib_trainer.commands.tags", "batch edit the tags in a folder's caption files"),
 }
 
 

@@ -1,0 +1,190 @@
+"""Turn a folder of raw pictures into a training folder: the "Dataset" sub-tab and
+`python -m lib_trainer preprocess` both call `preprocess_folder`.
+
+Originals are only read. Each picture is handled on its own: a broken or unusable file is
+reported in the result and the batch goes on. Captions next to the originals are copied
+next to every picture made from them (tiles, flipped copies).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass, field
+
+from PIL import Image, ImageOps
+
+from ..dataset.images import ImageReadError, list_images
+from ..fileio import atomic_path
+from ..progress import Progress, silent
+from .captions import DEFAULT_CAPTION_EXTENSION, caption_path
+from .crop import CROP_MODES, auto_size, bucket_sizes, nearest_bucket, needs_split, split_tiles
+from .focal import FocalSettings, draw_debug
+
+SIZE_MODES = ("fixed", "bucket", "auto")
+
+
+@dataclass
+class PreprocessOptions:
+    source: str
+    destination: str
+    width: int = 512
+    height: int = 512
+    size_mode: str = "fixed"  # fixed: width x height; bucket: nearest bucket of width^2 area; auto: see min/max area
+    crop: str = "focal"  # a key of crop.CROP_MODES
+    focal: FocalSettings = field(default_factory=FocalSettings)
+    min_area: int = 384 * 384  # auto size mode
+    max_area: int = 768 * 768
+    split: bool = False
+    split_threshold: float = 0.5
+    overlap: float = 0.2
+    flip: bool = False
+    background: str | None = "white"  # flatten transparency on this colour; None keeps it (PNG)
+    debug: bool = False  # write focal-point views to <destination>/.focal_debug
+    repeats: int = 0  # with a trigger and/or class: output into "<repeats>_<trigger> <class>"
+    trigger: str = ""
+    class_token: str = ""
+    caption_extension: str = DEFAULT_CAPTION_EXTENSION
+    image_format: str = "png"
+
+    def validate(self) -> None:
+        if self.crop not in CROP_MODES:
+            raise ValueError(f"unknown crop mode {self.crop!r}; choose from {', '.join(CROP_MODES)}")
+        if self.size_mode not in SIZE_MODES:
+            raise ValueError(f"unknown size mode {self.size_mode!r}; choose from {', '.join(SIZE_MODES)}")
+        if self.width < 64 or self.height < 64:
+            raise ValueError(f"target size {self.width}x{self.height} is too small (64 at least)")
+        if not os.path.isdir(self.source):
+            raise FileNotFoundError(f"{self.source}: source folder not found")
+
+    def output_folder(self) -> str:
+        concept = " ".join(part for part in (self.trigger.strip(), self.class_token.strip()) if part)
+        if self.repeats > 0 and concept:
+            return os.path.join(self.destination, f"{self.repeats}_{concept}")
+        if self.repeats > 0 or concept:
+            raise ValueError("a kohya folder name needs both repeats (> 0) and a trigger or class")
+        return self.destination
+
+
+@dataclass
+class PreprocessResult:
+    output_folder: str
+    written: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, why)
+    warnings: list[str] = field(default_factory=list)
+    stopped: bool = False
+
+    def summary(self) -> str:
+        text = f"{len(self.written)} images written to {self.output_folder}"
+        if self.skipped:
+            text += f"; {len(self.skipped)} skipped:\n" + "\n".join(f"  {path}: {why}" for path, why in self.skipped)
+        return text + ("\nstopped early on request" if self.stopped else "")
+
+
+def target_size(options: PreprocessOptions, size: tuple[int, int]) -> tuple[int, int]:
+    if options.size_mode == "bucket":
+        return nearest_bucket(*size, bucket_sizes(options.width, min_side=options.width // 2, max_side=options.width * 2))
+    if options.size_mode == "auto":
+        return auto_size(*size, options.min_area, options.max_area)
+    return options.width, options.height
+
+
+def load_picture(path: str, background: str | None) -> Image.Image:
+    """The picture upright (EXIF), as RGB on `background`, or RGBA when background is None."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            image = ImageOps.exif_transpose(image)
+    except Image.DecompressionBombError as error:
+        raise ImageReadError(f"{path}: too large to open safely ({error}); downscale it first") from error
+    except Exception as error:  # PIL raises many types for broken files
+        raise ImageReadError(f"{path}: cannot read image ({error}); remove or re-save it") from error
+    has_alpha = image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
+    if not has_alpha:
+        return image.convert("RGB")
+    rgba = image.convert("RGBA")
+    if background is None:
+        return rgba
+    try:
+        flat = Image.new("RGBA", rgba.size, background)
+    except ValueError as error:
+        raise ValueError(f"background colour {background!r} is not a colour name or #rrggbb") from error
+    return Image.alpha_composite(flat, rgba).convert("RGB")
+
+
+def process_picture(path: str, options: PreprocessOptions, folder: str, debug_folder: str) -> tuple[list[str], list[str]]:
+    """Write the outputs made from one picture; returns (paths written, warnings)."""
+    image = load_picture(path, options.background)
+    target = target_size(options, image.size)
+    stem = os.path.splitext(os.path.basename(path))[0]
+    warnings: list[str] = []
+    if options.split and needs_split(image.size, target, options.split_threshold):
+        pieces = [(f"{stem}_tile{i + 1}", tile) for i, tile in enumerate(split_tiles(image, target, options.overlap))]
+    else:
+        # Focal analysis sees the flattened picture even when the output keeps transparency.
+        result = CROP_MODES[options.crop](image, target, options.focal)
+        pieces = [(stem, result.image)]
+        if result.focal is not None:
+            warnings += [f"{os.path.basename(path)}: {w}" for w in result.focal.warnings]
+            if options.debug:
+                _save(draw_debug(result.resized, result.focal, result.box), os.path.join(debug_folder, stem + ".jpg"))
+    if options.flip:
+        pieces += [(name + "_flip", ImageOps.mirror(picture)) for name, picture in pieces]
+    written = []
+    caption = caption_path(path, options.caption_extension)
+    for name, picture in pieces:
+        out = os.path.join(folder, f"{name}.{options.image_format}")
+        _save(picture, out)
+        written.append(out)
+        if os.path.isfile(caption):
+            with atomic_path(caption_path(out, options.caption_extension)) as temporary:
+                shutil.copyfile(caption, temporary)
+    return written, warnings
+
+
+def preprocess_folder(options: PreprocessOptions, progress: Progress | None = None) -> PreprocessResult:
+    progress = progress or silent()
+    options.validate()
+    folder = options.output_folder()
+    if os.path.realpath(folder) == os.path.realpath(options.source):
+        raise ValueError("the output folder is the source folder; choose another so the originals stay untouched")
+    result = PreprocessResult(folder)
+    paths = list_images(options.source)
+    skipped_names = sorted(set(os.listdir(options.source)) - {os.path.basename(p) for p in paths})
+    for name in skipped_names:
+        full = os.path.join(options.source, name)
+        if os.path.isfile(full) and not name.endswith(options.caption_extension):
+            result.skipped.append((full, "not an image file"))
+    os.makedirs(folder, exist_ok=True)
+    debug_folder = os.path.join(folder, ".focal_debug")
+    reported: set[str] = set()
+    progress.start("preprocess", total=len(paths))
+    for done, path in enumerate(paths, 1):
+        if progress.stop_requested:
+            result.stopped = True
+            break
+        try:
+            written, warnings = process_picture(path, options, folder, debug_folder)
+        except (ImageReadError, OSError) as error:
+            result.skipped.append((path, str(error)))
+            progress.status(f"skipped {path}: {error}")
+        else:
+            result.written += written
+            for warning in warnings:
+                problem = warning.split(": ", 1)[-1]  # without the file name
+                if problem not in reported:
+                    reported.add(problem)
+                    progress.status(warning)  # each distinct problem once, not once per picture
+                result.warnings.append(warning)
+        progress.step(done)
+    progress.end(result.summary())
+    return result
+
+
+def _save(picture: Image.Image, path: str) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    extension = os.path.splitext(path)[1].lstrip(".").lower()
+    format_name = {"jpg": "JPEG", "jpeg": "JPEG"}.get(extension, extension.upper())
+    if format_name == "JPEG" and picture.mode != "RGB":
+        picture = picture.convert("RGB")
+    with atomic_path(path) as temporary:
+        picture.save(temporary, format=format_name, **({"quality": 95} if format_name == "JPEG" else {}))

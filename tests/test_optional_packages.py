@@ -1,0 +1,83 @@
+"""Missing optional packages turn off only their feature, with a message saying so;
+the WebUI taggers run through the WebUI's own objects (faked here)."""
+import sys
+import types
+
+import pytest
+from PIL import Image
+
+from helpers_draw import detail_patch_picture
+from lib_trainer.preprocess.crop import crop_focal
+from lib_trainer.preprocess.focal import FocalSettings
+from lib_trainer.preprocess.tagging import TagOptions, format_tags, make_tagger
+
+
+def test_without_opencv_faces_are_off_and_entropy_edges_still_crop(monkeypatch):
+    monkeypatch.setitem(sys.modules, "cv2", None)  # import cv2 -> ImportError
+    picture = detail_patch_picture((1200, 500), (900, 150, 1100, 350))
+    result = crop_focal(picture, (400, 400), FocalSettings())
+    assert any("OpenCV is not installed" in w for w in result.focal.warnings)
+    assert set(result.focal.parts) == {"entropy", "edges"}
+    assert result.box[0] <= 900 * 400 / 500 - 2 and result.box[2] >= 1100 * 400 / 500 - 2
+
+
+def test_without_onnxruntime_wd14_says_what_to_install(monkeypatch, tmp_path):
+    from lib_trainer.preprocess import wd14
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with pytest.raises(wd14.ModelMissing, match="pip install onnxruntime"):
+        wd14.create_session(str(tmp_path / "model.onnx"))
+
+
+@pytest.fixture
+def fake_webui(monkeypatch, tmp_path):
+    calls = []
+
+    class DeepDanbooru:
+        def start(self):
+            calls.append("start")
+
+        def stop(self):
+            calls.append("stop")
+
+        def tag_multi(self, image, force_disable_ranks=False):
+            return "1girl, hat \\(object\\), long_hair"
+
+    class Interrogator:
+        def load(self):
+            calls.append("load")
+
+        def unload(self):
+            calls.append("unload")
+
+        def generate_caption(self, image):
+            return " a girl in a hat "
+
+    modules = types.ModuleType("modules")
+    modules.deepbooru = types.SimpleNamespace(model=DeepDanbooru())
+    modules.shared = types.SimpleNamespace(interrogator=Interrogator())
+    modules.paths = types.SimpleNamespace(models_path=str(tmp_path / "models"))
+    monkeypatch.setitem(sys.modules, "modules", modules)
+    monkeypatch.delitem(sys.modules, "lib_trainer.hosts.a1111_taggers", raising=False)
+    yield calls
+    # Forget the module imported against the fake WebUI (also the package attribute that
+    # `from ..hosts import a1111_taggers` would find), so later tests see no WebUI.
+    sys.modules.pop("lib_trainer.hosts.a1111_taggers", None)
+    import lib_trainer.hosts as hosts
+
+    if hasattr(hosts, "a1111_taggers"):
+        delattr(hosts, "a1111_taggers")
+
+
+def test_webui_deepbooru_and_blip(fake_webui, tmp_path):
+    options = TagOptions()
+    deepbooru = make_tagger("deepbooru", options)
+    scored = deepbooru.tag([Image.new("RGB", (8, 8))])[0]
+    assert format_tags(scored, options) == ["1girl", "hat \\(object\\)", "long hair"]  # order kept, escaped once
+    blip = make_tagger("blip", options)
+    assert blip.tag([Image.new("RGB", (8, 8))]) == [[("a girl in a hat", 1.0)]]
+    assert fake_webui == ["start", "stop", "load", "unload"]
+    from lib_trainer.preprocess import wd14
+
+    with pytest.raises(wd14.ModelMissing, match=str(tmp_path / "models" / "wd14")):
+        make_tagger("wd14", options)  # the WebUI's models folder is where WD14 is looked for
