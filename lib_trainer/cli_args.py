@@ -5,9 +5,10 @@ Precedence: defaults < `--config` file < flags given on the command line.
 from __future__ import annotations
 
 import argparse
+import sys
 from dataclasses import fields
 
-from .config import TrainConfig, load_config_file
+from .config import TrainConfig, load_config_file, without_kohya_only_options
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,6 +39,9 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace, base: TrainConfig | None = None) -> TrainConfig:
     config = base or TrainConfig()
     if getattr(args, "config_file", None):
-        config = config.replace(**load_config_file(args.config_file))
+        values, notes = without_kohya_only_options(load_config_file(args.config_file))
+        for note in notes:
+            print(f"note: {args.config_file}: {note}", file=sys.stderr)
+        config = config.replace(**values)
     given = {spec.name: getattr(args, spec.name) for spec in fields(TrainConfig) if hasattr(args, spec.name)}
     return config.replace(**given)

@@ -49,7 +49,7 @@ class TrainConfig:
     train_data_dir: str = option("", "Folder holding <repeats>_<concept> folders of images and captions.", "dataset")
     reg_data_dir: str = option("", "Optional folder of <repeats>_<class> regularisation folders.", "dataset")
     caption_extension: str = option(".txt", "Extension of caption files next to the images.", "dataset")
-    trigger_word: str = option("", "Word(s) put first in every caption (e.g. your concept's token).", "dataset")
+    trigger_word: str = option("", "Word(s) put first in every caption, kept first when shuffling (your concept's token).", "dataset")
     shuffle_caption: bool = option(False, "Shuffle comma-separated tags each step.", "dataset")
     keep_tokens: int = option(0, "Number of leading tags that stay in place when shuffling.", "dataset", minimum=0)
     caption_separator: str = option(",", "Separator between tags.", "dataset")
@@ -283,6 +283,28 @@ def _literal(text: str) -> Any:
 
 
 # --- reading and writing config files ---
+
+# sd-scripts options that need no counterpart here, because this trainer always behaves one
+# way. A kohya config that sets them still loads, and the user is told what happens instead.
+KOHYA_OPTIONS_WITHOUT_EFFECT = {
+    "sdpa": "PyTorch SDPA attention is always used",
+    "mem_eff_attn": "PyTorch SDPA attention is always used",
+    "save_model_as": "files are always written as .safetensors",
+    "max_data_loader_n_workers": "images are loaded without worker processes",
+    "persistent_data_loader_workers": "images are loaded without worker processes",
+    "lowram": "models are loaded straight to their device",
+    "highvram": "latents are cached before training starts",
+    "no_half_vae": "the VAE always runs in fp32",
+    "log_with": "TensorBoard logs are written when logging_dir is set",
+}
+
+
+def without_kohya_only_options(values: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """Split off sd-scripts options that have no effect here; returns (values, notes)."""
+    kept = {k: v for k, v in values.items() if k not in KOHYA_OPTIONS_WITHOUT_EFFECT}
+    notes = [f"{k} ignored: {KOHYA_OPTIONS_WITHOUT_EFFECT[k]}" for k in values if k in KOHYA_OPTIONS_WITHOUT_EFFECT]
+    return kept, notes
+
 
 def load_config_file(path: str) -> dict[str, Any]:
     """Flat key/values from a .toml or .json file; TOML sections (sd-scripts style) are flattened."""

@@ -153,3 +153,16 @@ def test_custom_separator():
     out = training_caption("sks; a; b; c", options, random.Random(0))
     parts = [p.strip() for p in out.split(";")]
     assert parts[0] == "sks" and sorted(parts[1:]) == ["a", "b", "c"]
+
+
+def test_trigger_word_stays_first_when_shuffling_without_keep_tokens():
+    import random
+
+    from lib_trainer.config import TrainConfig
+    from lib_trainer.dataset.plan import caption_options
+
+    options = caption_options(TrainConfig().replace(trigger_word="sls", shuffle_caption=True, keep_tokens=0,
+                                                    caption_tag_dropout_rate=0.5))
+    rng = random.Random(0)
+    for _ in range(50):
+        assert training_caption("sls, a, b, c, d", options, rng).startswith("sls")

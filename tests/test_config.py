@@ -216,3 +216,19 @@ def test_toml_round_trip_of_awkward_text(tmp_path):
         config = TrainConfig().replace(training_comment=text)
         save_config(config, path)
         assert TrainConfig.from_dict(load_config_file(path)).training_comment == text
+
+
+def test_sd_scripts_options_without_effect_load_with_a_note(tmp_path, capsys):
+    import argparse
+
+    from lib_trainer.cli_args import add_config_arguments, config_from_args
+
+    path = tmp_path / "kohya.toml"
+    path.write_text('[training]\nsdpa = true\nsave_model_as = "safetensors"\nnetwork_dim = 32\n')
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser)
+    config = config_from_args(parser.parse_args(["--config", str(path)]))
+    assert config.network_dim == 32
+    err = capsys.readouterr().err
+    assert "sdpa ignored: PyTorch SDPA attention is always used" in err
+    assert "save_model_as ignored" in err

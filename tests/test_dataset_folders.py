@@ -234,3 +234,14 @@ def test_bad_reg_root_names_reg_data_dir(tmp_path):
     with pytest.raises(DatasetError) as error:
         scan_dataset(str(tmp_path / "train"), reg_data_dir=str(tmp_path / "reg"))
     assert "reg_data_dir" in str(error.value)
+
+
+def test_an_empty_caption_file_is_reported(tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "3_cat"
+    folder.mkdir()
+    Image.new("RGB", (96, 96), "red").save(folder / "a.png")
+    (folder / "a.txt").write_text("")
+    scan = scan_dataset(str(tmp_path))
+    assert any("a.txt is empty" in warning for warning in scan.warnings)

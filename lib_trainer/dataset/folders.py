@@ -135,6 +135,8 @@ def _scan_concept(concept: Concept, caption_extension: str, min_side: int, scan:
             try:
                 caption, from_file = read_caption(caption_path), True
                 found_captions += 1
+                if not caption:
+                    scan.warnings.append(f"{caption_path} is empty: the image trains with an empty caption")
             except CaptionError as error:
                 caption_problems.append(str(error))
         scan.items.append(ImageItem(path, caption, concept, (width, height), from_file))

@@ -66,7 +66,9 @@ def bucket_settings(config: TrainConfig) -> BucketSettings:
 
 
 def caption_options(config: TrainConfig) -> CaptionOptions:
-    return CaptionOptions(config.shuffle_caption, config.keep_tokens, config.caption_separator,
+    # The trigger word is put first and stays first: shuffling and tag dropout never move it.
+    keep = max(config.keep_tokens, 1 if config.trigger_word.strip() else 0)
+    return CaptionOptions(config.shuffle_caption, keep, config.caption_separator,
                           config.caption_dropout_rate, config.caption_tag_dropout_rate)
 
 
