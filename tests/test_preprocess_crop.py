@@ -4,8 +4,8 @@ from PIL import Image
 
 from helpers_draw import detail_patch_picture, draw_face
 from lib_trainer.preprocess import focal as focal_module
-from lib_trainer.preprocess.crop import (CROP_MODES, auto_size, bucket_sizes, crop_focal, kept_fraction,
-                                         nearest_bucket, needs_split, split_tiles)
+from lib_trainer.preprocess.crop import CROP_MODES, auto_size, crop_focal, kept_fraction, needs_split, split_tiles
+from lib_trainer.preprocess.pipeline import PreprocessOptions, target_size
 from lib_trainer.preprocess.focal import FocalSettings, Point, draw_debug, find_focal_point
 
 TARGETS = [(512, 512), (512, 768), (768, 512), (640, 384), (384, 640)]
@@ -105,12 +105,11 @@ def test_center_and_resize_modes():
 
 
 def test_sizes_buckets_and_auto():
-    buckets = bucket_sizes(512)
-    assert (512, 512) in buckets and all(w * h <= 512 * 512 and w % 64 == 0 and h % 64 == 0 for w, h in buckets)
-    assert nearest_bucket(1000, 1000, buckets) == (512, 512)
+    bucket = lambda w, h: target_size(PreprocessOptions("in", "out", size_mode="bucket", width=512, height=512), (w, h))  # noqa: E731
+    assert bucket(1000, 1000) == (512, 512)
     # Buckets take the largest height per width (kohya): 640x384 (1.67) is nearer 1.5 than 576x448 (1.29).
-    assert nearest_bucket(1500, 1000, buckets) == (640, 384)
-    assert nearest_bucket(1000, 1500, buckets) == (384, 640)
+    assert bucket(1500, 1000) == (640, 384)
+    assert bucket(1000, 1500) == (384, 640)
     w, h = auto_size(4000, 3000, 256 * 256, 768 * 768)  # too big: shrunk to at most max area
     assert w % 64 == h % 64 == 0 and 256 * 256 <= w * h <= 768 * 768 and w * h >= 0.9 * 768 * 768
     assert abs(w / h - 4 / 3) < 0.07

@@ -24,26 +24,6 @@ class CropResult:
 
 
 # --- target sizes --------------------------------------------------------------------------
-def bucket_sizes(resolution: int = 512, step: int = 64, min_side: int = 256, max_side: int = 1024) -> list[tuple[int, int]]:
-    """kohya-style aspect-ratio buckets: every (w, h) on the step grid with w*h <= resolution^2."""
-    max_area = resolution * resolution
-    sizes = set()
-    width = min_side
-    while width <= max_side:
-        height = min(max_side, (max_area // width) // step * step)
-        if height >= min_side:
-            sizes.add((width, height))
-            sizes.add((height, width))
-        width += step
-    return sorted(sizes)
-
-
-def nearest_bucket(width: int, height: int, buckets: list[tuple[int, int]]) -> tuple[int, int]:
-    """The bucket whose aspect ratio is closest (in log space, so 2:1 and 1:2 are symmetric)."""
-    aspect = math.log(width / height)
-    return min(buckets, key=lambda b: (abs(math.log(b[0] / b[1]) - aspect), -b[0] * b[1]))
-
-
 def auto_size(width: int, height: int, min_area: int, max_area: int, step: int = 64) -> tuple[int, int]:
     """A size on the `step` grid with area in [min_area, max_area], as close as it can be
     to the picture's aspect ratio and to its own area (clamped into that range)."""

@@ -17,7 +17,8 @@ from ..dataset.images import ImageReadError, list_images
 from ..fileio import atomic_path
 from ..progress import Progress, silent
 from .captions import DEFAULT_CAPTION_EXTENSION, caption_path
-from .crop import CROP_MODES, auto_size, bucket_sizes, nearest_bucket, needs_split, split_tiles
+from ..dataset.buckets import BucketAssigner, BucketSettings
+from .crop import CROP_MODES, auto_size, needs_split, split_tiles
 from .focal import FocalSettings, draw_debug
 
 SIZE_MODES = ("fixed", "bucket", "auto")
@@ -82,7 +83,9 @@ class PreprocessResult:
 
 def target_size(options: PreprocessOptions, size: tuple[int, int]) -> tuple[int, int]:
     if options.size_mode == "bucket":
-        return nearest_bucket(*size, bucket_sizes(options.width, min_side=options.width // 2, max_side=options.width * 2))
+        # The training buckets themselves, so training needs no further crop.
+        settings = BucketSettings((options.width, options.width), True, options.width // 2, options.width * 2, 64)
+        return BucketAssigner(settings).place(size).bucket
     if options.size_mode == "auto":
         return auto_size(*size, options.min_area, options.max_area)
     return options.width, options.height
