@@ -11,7 +11,7 @@ def test_operations_in_order_on_the_selection(tmp_path, capsys):
     assert (tmp_path / "b.txt").read_text() == "trig, new, 1girl, short cut"
     assert (tmp_path / "a.txt").read_text() == "trig, 1girl, long hair, smile"  # not selected
     out = capsys.readouterr().out
-    assert "1 of 4 images selected" in out and "1 captions saved" in out and "originals are backed up" in out
+    assert "1 of 4 images selected" in out and "1 captions saved" in out and "backs up the original captions" in out
 
 
 def test_dry_run_and_frequency(tmp_path, capsys):

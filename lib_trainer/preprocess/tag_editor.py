@@ -189,7 +189,7 @@ class TagEditor:
         recoded = [e for e in self.entries if e.changed and e.caption_exists and e.encoding not in ("utf-8", "utf-8-sig")]
         if recoded:
             lines.append(f"{len(recoded)} captions read as another encoding will be saved as UTF-8")
-        lines.append(f"originals are backed up to {self._backup.backup_dir}")
+        lines.append(f"saving first backs up the original captions to {self._backup.backup_dir}")
         return "\n".join(lines)
 
     def save(self) -> list[Change]:

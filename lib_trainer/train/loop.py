@@ -120,7 +120,7 @@ def _run(config, bundle, plan, network, device, progress, data_rng, noise_rng) -
                 # --- optimizer step: unscale, clip, step, schedule ---
                 scaler.unscale_(optimizer)
                 if config.max_grad_norm:
-                    torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+                    torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm, foreach=True)
                 scaler.step(optimizer)
                 scaler.update()
                 optimizer.zero_grad(set_to_none=True)
