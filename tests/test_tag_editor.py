@@ -7,7 +7,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from lib_trainer.preprocess import captions
 from lib_trainer.preprocess.tag_editor import TagEditor
 
 CAPTIONS = {

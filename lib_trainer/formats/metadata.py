@@ -4,6 +4,7 @@ the SAI `modelspec.*` keys. All values are strings; structured ones are JSON."""
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 
 from ..config import TrainConfig
@@ -135,8 +136,6 @@ def bucket_info(training_set: TrainingSet) -> dict:
 
 
 def _folder_name(path: str) -> str:
-    import os
-
     return os.path.basename(os.path.normpath(path))
 
 

@@ -64,7 +64,7 @@ class ModelBundle:
     def frozen_for_training(self, device: torch.device, weight_dtype: torch.dtype) -> Iterator[None]:
         """Base weights frozen, on the device, in the compute dtype (the VAE stays fp32); the
         modules' previous state comes back afterwards, whatever happens."""
-        saved = [ModuleState.capture(module) for module in self.modules()]
+        saved = [ModuleState(module) for module in self.modules()]
         try:
             for module in self.modules():
                 module.requires_grad_(False)
@@ -95,10 +95,6 @@ class ModuleState:
         self.requires_grad = {name: p.requires_grad for name, p in module.named_parameters()}
         self.training = {name: m.training for name, m in module.named_modules()}
         self.placement = {name: (t.device, t.dtype) for name, t in _tensors(module)}
-
-    @classmethod
-    def capture(cls, module: nn.Module) -> "ModuleState":
-        return cls(module)
 
     def restore(self) -> None:
         for name, tensor in _tensors(self.module):
