@@ -70,8 +70,9 @@ def clip_tokenizer_files() -> str:
     return folder
 
 
-def load_clip_tokenizer(model_max_length: int = 77):
-    """transformers' CLIPTokenizer over the derived files (works on transformers 4.x and 5.x)."""
+def load_clip_tokenizer(model_max_length: int = 77, pad_token: str = EOS_TOKEN):
+    """transformers' CLIPTokenizer over the derived files (works on transformers 4.x and 5.x).
+    OpenCLIP text encoders (SD2, SDXL's second) pad with "!" (id 0) instead of the end token."""
     from transformers import CLIPTokenizer
 
     folder = clip_tokenizer_files()
@@ -79,4 +80,5 @@ def load_clip_tokenizer(model_max_length: int = 77):
         os.path.join(folder, "vocab.json"),
         os.path.join(folder, "merges.txt"),
         model_max_length=model_max_length,
+        pad_token=pad_token,
     )
