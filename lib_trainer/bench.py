@@ -89,7 +89,8 @@ def measure_floor(config: TrainConfig, bundle, steps: int, warmup: int) -> Measu
 def run_benchmark(config: TrainConfig, steps: int = 20, warmup: int = 3) -> list[Measurement]:
     from .hosts import load_bundle
 
-    bundle = load_bundle(config.pretrained_model_name_or_path, config.v_parameterization, config.clip_skip)
+    bundle = load_bundle(config.pretrained_model_name_or_path, config.v_parameterization, config.clip_skip,
+                         config.vae)
     floor = measure_floor(config, bundle, steps, warmup)
     training = measure_training(config, bundle, steps, warmup)
     return [floor, training]

@@ -39,9 +39,16 @@ SAVE_PRECISIONS = ("fp16", "bf16", "float")
 class TrainConfig:
     # --- model ---
     pretrained_model_name_or_path: str = option(
-        "tiny:sd1", "Base model: a diffusers folder, or tiny:sd1 for the built-in test model.", "model")
-    v_parameterization: bool = option(False, "The model predicts v instead of noise (SD2.x 768-v models).", "model")
-    clip_skip: int = option(1, "Use the output of the N-th last text-encoder layer (2 for most anime models).",
+        "tiny:sd1", "Base model: a .safetensors/.ckpt checkpoint (SD1.x, SD2.x, SDXL), a diffusers folder, "
+        "or tiny:sd1 / tiny:sd2 / tiny:sdxl (built-in test models).", "model")
+    vae: str = option("", "A separate VAE file that replaces the checkpoint's own.", "model")
+    v_parameterization: bool = option(False, "The model predicts v instead of noise (SD2.x 768-v models; detected "
+                                      "from a .yaml beside the checkpoint or a v_pred key).", "model")
+    zero_terminal_snr: bool = option(False, "Rescale the noise schedule to zero SNR at the last step "
+                                     "(for v-prediction models trained that way).", "model")
+    clip_skip: int = option(1, "Use the output of the N-th last text-encoder layer (2 for most anime models), as "
+                            "the WebUI applies it: SD1 only; SD2 always uses the penultimate layer; SDXL's CLIP-L "
+                            "takes it like the WebUI's 'SDXL CLIP-L skip' option when 2 or more.",
                             "model", minimum=1, maximum=12)
     device: str = option("auto", "Where to train: auto (cuda if present), cuda, cuda:1, cpu.", "model")
 
@@ -72,6 +79,9 @@ class TrainConfig:
     cache_latents_to_disk: bool = option(False, "Also keep the latents on disk and reuse them in later runs.",
                                          "dataset")
     latents_cache_dir: str = option("", "Folder for the disk latent cache (empty: next to the images).", "dataset")
+    cache_text_encoder_outputs: bool = option(
+        False, "Encode every caption once before training (needs the text encoders frozen, fixed captions).",
+        "dataset")
     prior_loss_weight: float = option(1.0, "Loss weight of regularisation images.", "dataset", minimum=0.0)
 
     # --- network ---
@@ -182,6 +192,8 @@ class TrainConfig:
             found.append("network_train_unet_only and network_train_text_encoder_only exclude each other")
         if self.random_crop and self.cache_latents:
             found.append("random_crop needs a fresh crop every step: turn off cache_latents (--no-cache_latents)")
+        if self.cache_text_encoder_outputs:
+            found += self._text_cache_problems()
         if self.cache_latents_to_disk and not self.cache_latents:
             found.append("cache_latents_to_disk needs cache_latents")
         if not self.output_name or os.sep in self.output_name or "/" in self.output_name:
@@ -191,6 +203,16 @@ class TrainConfig:
                 parse_key_values(getattr(self, name), name)
             except ConfigError as error:
                 found.append(str(error))
+        return found
+
+    def _text_cache_problems(self) -> list[str]:
+        """Cached conditioning is computed once per caption, so captions must not change
+        between steps and no text-encoder layer may train."""
+        varying = [name for name in ("shuffle_caption", "caption_dropout_rate", "caption_tag_dropout_rate")
+                   if getattr(self, name)]
+        found = [f"cache_text_encoder_outputs needs fixed captions: turn off {name}" for name in varying]
+        if self.train_text_encoder():
+            found.append("cache_text_encoder_outputs needs frozen text encoders: set network_train_unet_only")
         return found
 
     def validate(self) -> "TrainConfig":

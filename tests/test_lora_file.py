@@ -12,6 +12,7 @@ import torch
 
 from lib_trainer.config import TrainConfig
 from lib_trainer.formats.lora_file import load_lora, read_metadata, save_lora
+from lib_trainer.hosts.diffusers_sd import DiffusersSDBundle
 from lib_trainer.hosts.tiny import build_tiny_bundle, build_tiny_components
 from lib_trainer.networks.registry import create_network
 from lib_trainer.networks.lora import LoRAModule
@@ -33,47 +34,55 @@ def randomised_network(bundle, **settings):
     return network
 
 
-def diffusers_pipeline():
-    from diffusers import DDPMScheduler, StableDiffusionPipeline
+def diffusers_pipeline(family: str):
+    """A diffusers pipeline over a second copy of the tiny model (same seed, same weights)."""
+    from diffusers import DDPMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
 
-    unet, text_encoder, tokenizer, vae = build_tiny_components()
-    return StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                                   scheduler=DDPMScheduler(clip_sample=False), safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
+    parts = build_tiny_components(family)
+    common = dict(vae=parts.vae, unet=parts.unet, scheduler=DDPMScheduler(clip_sample=False),
+                  text_encoder=parts.text_encoders[0], tokenizer=parts.tokenizers[0])
+    if family == "sdxl":
+        return StableDiffusionXLPipeline(text_encoder_2=parts.text_encoders[1], tokenizer_2=parts.tokenizers[1],
+                                         **common), parts
+    return StableDiffusionPipeline(safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+                                   **common), parts
 
 
 def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).norm() / b.norm()).item()
 
 
+@pytest.mark.parametrize("family", ["sd1", "sd2", "sdxl"])
 @pytest.mark.parametrize("case", NETWORK_CASES)
-def test_independent_loader_consumes_every_key_and_reproduces_outputs(tmp_path, case):
-    bundle = build_tiny_bundle()
+def test_independent_loader_consumes_every_key_and_reproduces_outputs(tmp_path, case, family):
+    bundle = build_tiny_bundle(family)
     network = randomised_network(bundle, **NETWORK_CASES[case])
     path = str(tmp_path / f"{case}.safetensors")
     save_lora(path, network.file_state_dict(torch.float32), {"ss_network_module": "networks.lora"})
 
-    pipe = diffusers_pipeline()
+    pipe, parts = diffusers_pipeline(family)
     pipe.load_lora_weights(path)  # raises if any key of the file is not converted
     from peft.tuners.lora import LoraLayer
 
-    injected = sum(isinstance(m, LoraLayer) for c in (pipe.unet, pipe.text_encoder) for m in c.modules())
+    injected = sum(isinstance(m, LoraLayer) for c in (parts.unet, *parts.text_encoders) for m in c.modules())
     assert injected == len(network.adapters), "every layer of the file became a LoRA layer in diffusers"
 
+    theirs_bundle = DiffusersSDBundle(parts, prediction_type=bundle.prediction_type)
     generator = torch.Generator().manual_seed(0)
     latents = torch.randn(2, 4, 8, 8, generator=generator)
     timesteps = torch.tensor([10, 700])
-    ids = torch.tensor([pipe.tokenizer("ltdemo, red ball", padding="max_length", max_length=77)["input_ids"]] * 2)
-    with torch.no_grad(), network.attached():
-        ours_text = bundle.text_encoder(ids).last_hidden_state
-        ours = bundle.unet(latents, timesteps, encoder_hidden_states=ours_text).sample
-        base_text = None
+    prompts = ["ltdemo, red ball", "a photo of a cat"]
     with torch.no_grad():
-        base_text = bundle.text_encoder(ids).last_hidden_state
-        theirs_text = pipe.text_encoder(ids).last_hidden_state
-        theirs = pipe.unet(latents, timesteps, encoder_hidden_states=theirs_text).sample
-    assert relative_error(base_text, ours_text) > 1e-3, "the LoRA changes the text encoder's output"
-    assert relative_error(theirs_text, ours_text) < 1e-4
+        base_text = bundle.encode_prompts(prompts).context
+        with network.attached():
+            ours_text = bundle.encode_prompts(prompts)
+            ours = bundle.predict(latents, timesteps, ours_text)
+        theirs_text = theirs_bundle.encode_prompts(prompts)
+        theirs = theirs_bundle.predict(latents, timesteps, theirs_text)
+    assert relative_error(base_text, ours_text.context) > 1e-3, "the LoRA changes the text encoder's output"
+    assert relative_error(theirs_text.context, ours_text.context) < 1e-4
+    if family == "sdxl":
+        assert relative_error(theirs_text.pooled, ours_text.pooled) < 1e-4
     assert relative_error(theirs, ours) < 1e-4
 
 

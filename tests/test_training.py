@@ -119,7 +119,7 @@ def test_base_model_is_left_as_it_was(small_root, tmp_path, mixed_precision, own
     it may be cast for speed, but comes back in its dtype either way."""
     bundle = build_tiny_bundle()
     bundle.owns_weights = owns_weights
-    modules = (bundle.unet, bundle.text_encoder, bundle.vae_model)
+    modules = (bundle.unet, *bundle.encoders, bundle.vae_model)
     before = [{k: v.clone() for k, v in m.state_dict().items()} for m in modules]
     flags = [{n: p.requires_grad for n, p in m.named_parameters()} for m in modules]
     modes = [m.training for m in modules]

@@ -20,6 +20,13 @@ def crop_box(placement: Placement, random_crop: bool, rng: random.Random | None)
     return extra_x // 2, extra_y // 2
 
 
+def size_condition(image_size: tuple[int, int], placement: Placement, left_top: tuple[int, int]) -> list[int]:
+    """SDXL's size conditioning of one image, in its order: original height, width, crop
+    top, left (in the resized image), target height, width."""
+    (width, height), (left, top), (bucket_w, bucket_h) = image_size, left_top, placement.bucket
+    return [height, width, top, left, bucket_h, bucket_w]
+
+
 def load_pixels(path: str, placement: Placement, left_top: tuple[int, int], flip: bool) -> torch.Tensor:
     """A (3, H, W) float tensor in [-1, 1]."""
     image = load_rgb(path)

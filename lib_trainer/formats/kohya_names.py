@@ -1,8 +1,10 @@
 """Which layers a kohya LoRA adapts, and the key name each gets in the file.
 
-kohya names a layer by its module path in the diffusers layout with dots turned into
-underscores: `lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q`,
-`lora_te_text_model_encoder_layers_0_self_attn_q_proj`. It adapts the Linear and 1x1 Conv
+kohya names a layer by its module path with dots turned into underscores: for SD1/SD2 in
+the diffusers layout (`lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q`,
+`lora_te_text_model_encoder_layers_0_self_attn_q_proj`), for SDXL in the original sgm
+layout of the UNet (`lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q`) and with
+`lora_te1_`/`lora_te2_` for the two text encoders. It adapts the Linear and 1x1 Conv
 layers inside these blocks (sd-scripts `networks/lora.py`):
 - UNet attention blocks (`Transformer2DModel`): proj_in/out, to_q/k/v/out, feed-forward;
 - with `conv_dim` (LoCon) also the ResNet and down/up-sampling blocks, whose 3x3 convs get
@@ -14,6 +16,7 @@ through this module so that the same layer always gets the same key.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 from torch import nn
 
@@ -38,8 +41,9 @@ def kohya_name(prefix: str, module_path: str) -> str:
 
 
 def find_targets(root: nn.Module, prefix: str, component: str, block_classes: tuple[str, ...],
-                 include_conv3x3: bool) -> list[TargetLayer]:
-    """The adaptable layers inside blocks of the given classes, named as kohya names them."""
+                 include_conv3x3: bool, path_in_file: Callable[[str], str] | None = None) -> list[TargetLayer]:
+    """The adaptable layers inside blocks of the given classes, named as kohya names them:
+    by their module path, or by `path_in_file(path)` where the file uses another layout."""
     targets: dict[str, TargetLayer] = {}
     for block_path, block in root.named_modules():
         if type(block).__name__ not in block_classes:
@@ -51,14 +55,17 @@ def find_targets(root: nn.Module, prefix: str, component: str, block_classes: tu
             if is_conv3x3 and not include_conv3x3:
                 continue
             path = f"{block_path}.{child_path}" if child_path else block_path
-            name = kohya_name(prefix, path)
+            name = kohya_name(prefix, path_in_file(path) if path_in_file else path)
             targets.setdefault(name, TargetLayer(name, child, component, is_conv3x3))
     return list(targets.values())
 
 
-def diffusers_unet_targets(unet: nn.Module, include_conv: bool) -> list[TargetLayer]:
+def diffusers_unet_targets(unet: nn.Module, include_conv: bool,
+                           path_in_file: Callable[[str], str] | None = None) -> list[TargetLayer]:
+    """SD1/SD2 files name UNet layers by diffusers path; SDXL files by the original sgm path,
+    which `path_in_file` gives."""
     blocks = UNET_ATTENTION_BLOCKS + (UNET_CONV_BLOCKS if include_conv else ())
-    return find_targets(unet, UNET_PREFIX, "unet", blocks, include_conv3x3=include_conv)
+    return find_targets(unet, UNET_PREFIX, "unet", blocks, include_conv3x3=include_conv, path_in_file=path_in_file)
 
 
 def clip_text_encoder_targets(text_encoder: nn.Module, prefix: str = "lora_te") -> list[TargetLayer]:

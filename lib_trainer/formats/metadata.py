@@ -12,7 +12,8 @@ from ..dataset.captions import split_tags
 from ..dataset.training_set import TrainingSet
 
 BASE_MODEL_VERSIONS = {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0"}
-ARCHITECTURES = {"sd1": "stable-diffusion-v1", "sd2": "stable-diffusion-v2-768-v", "sdxl": "stable-diffusion-xl-v1-base"}
+ARCHITECTURES = {"sd1": "stable-diffusion-v1", "sd2": "stable-diffusion-v2-512", "sd2_v": "stable-diffusion-v2-768-v",
+                 "sdxl": "stable-diffusion-xl-v1-base"}
 
 
 def training_metadata(config: TrainConfig, training_set: TrainingSet, family: str, prediction_type: str,
@@ -53,6 +54,7 @@ def training_metadata(config: TrainConfig, training_set: TrainingSet, family: st
         "ss_seed": config.seed,
         "ss_noise_offset": config.noise_offset,
         "ss_min_snr_gamma": config.min_snr_gamma,
+        "ss_zero_terminal_snr": config.zero_terminal_snr,
         "ss_max_grad_norm": config.max_grad_norm,
         "ss_optimizer": optimizer_description,
         "ss_caption_dropout_rate": config.caption_dropout_rate,
@@ -77,7 +79,7 @@ def training_metadata(config: TrainConfig, training_set: TrainingSet, family: st
         "ss_tag_frequency": json.dumps(tag_frequency(training_set, config.caption_separator)),
         "ss_bucket_info": json.dumps(bucket_info(training_set)),
         "modelspec.sai_model_spec": "1.0.0",
-        "modelspec.architecture": f"{ARCHITECTURES[family]}/lora",
+        "modelspec.architecture": f"{modelspec_architecture(family, prediction_type)}/lora",
         "modelspec.implementation": "https://github.com/Stability-AI/generative-models" if family == "sdxl"
         else "diffusers",
         "modelspec.title": config.output_name,
@@ -92,6 +94,12 @@ def base_model_version(family: str, prediction_type: str) -> str:
     if family == "sdxl":
         return BASE_MODEL_VERSIONS[family]
     return BASE_MODEL_VERSIONS[family] + ("_v" if prediction_type == "v_prediction" else "")
+
+
+def modelspec_architecture(family: str, prediction_type: str) -> str:
+    if family == "sd2" and prediction_type == "v_prediction":
+        return ARCHITECTURES["sd2_v"]
+    return ARCHITECTURES[family]
 
 
 def checkpoint_metadata(base: dict[str, str], epoch: int, step: int, finished_at: float,

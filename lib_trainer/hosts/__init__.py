@@ -2,20 +2,37 @@
 from __future__ import annotations
 
 
-def load_bundle(model: str, v_parameterization: bool = False, clip_skip: int = 1):
-    """The bundle for a `pretrained_model_name_or_path` value."""
+def load_bundle(model: str, v_parameterization: bool = False, clip_skip: int = 1, vae: str = ""):
+    """The bundle for a `pretrained_model_name_or_path` value (and kohya's `--vae`)."""
     import os
 
     if model.startswith("tiny:"):
         from .tiny import build_tiny_bundle
 
-        return build_tiny_bundle(model.split(":", 1)[1], v_parameterization=v_parameterization, clip_skip=clip_skip)
-    if os.path.isdir(model):
+        bundle = build_tiny_bundle(model.split(":", 1)[1], v_parameterization=v_parameterization,
+                                   clip_skip=clip_skip)
+    elif os.path.isdir(model):
         from .diffusers_sd import load_diffusers_folder
 
-        return load_diffusers_folder(model, v_parameterization=v_parameterization, clip_skip=clip_skip)
-    if os.path.isfile(model):
-        raise ValueError(
-            f"{model} is a single-file checkpoint; this version trains on a diffusers folder or the built-in "
-            "tiny:sd1 model. Convert the checkpoint to a diffusers folder first.")
-    raise ValueError(f"pretrained_model_name_or_path={model!r}: no such folder (or use tiny:sd1)")
+        bundle = load_diffusers_folder(model, v_parameterization=v_parameterization, clip_skip=clip_skip)
+    elif os.path.isfile(model):
+        return _load_checkpoint_file(model, v_parameterization, clip_skip, vae)
+    else:
+        raise ValueError(f"pretrained_model_name_or_path={model!r}: no such file or folder (a .safetensors or "
+                         ".ckpt checkpoint, a diffusers folder, or tiny:sd1 / tiny:sd2 / tiny:sdxl)")
+    if vae:
+        from .single_file import load_vae_file
+
+        load_vae_file(vae, bundle.vae_model)
+    return bundle
+
+
+def _load_checkpoint_file(path: str, v_parameterization: bool, clip_skip: int, vae: str):
+    from .diffusers_sd import DiffusersSDBundle
+    from .single_file import load_single_file, load_vae_file
+
+    components, info = load_single_file(path, v_parameterization=v_parameterization)
+    if vae:
+        load_vae_file(vae, components.vae)
+    return DiffusersSDBundle(components, prediction_type=info.prediction_type, clip_skip=clip_skip,
+                             model_name=info.model_name)

@@ -7,12 +7,38 @@ type, and the layers a network may adapt with the key names they carry in the fi
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from typing import Iterator
 
 import torch
 from torch import nn
 
 from ..formats.kohya_names import TargetLayer
+
+
+@dataclass
+class Conditioning:
+    """What the denoiser is conditioned on besides the noisy latents and the timestep."""
+    context: torch.Tensor                 # (B, tokens, dim): cross-attention input
+    pooled: torch.Tensor | None = None    # (B, dim): SDXL's pooled OpenCLIP embedding
+
+    def to(self, device: torch.device | str) -> "Conditioning":
+        pooled = None if self.pooled is None else self.pooled.to(device)
+        return Conditioning(self.context.to(device), pooled)
+
+    def detach(self) -> "Conditioning":
+        pooled = None if self.pooled is None else self.pooled.detach()
+        return Conditioning(self.context.detach(), pooled)
+
+    def rows(self) -> list["Conditioning"]:
+        """One Conditioning per prompt (batch dimension kept, size 1)."""
+        return [Conditioning(self.context[i: i + 1], None if self.pooled is None else self.pooled[i: i + 1])
+                for i in range(self.context.shape[0])]
+
+    @staticmethod
+    def cat(parts: list["Conditioning"]) -> "Conditioning":
+        pooled = None if parts[0].pooled is None else torch.cat([p.pooled for p in parts])
+        return Conditioning(torch.cat([p.context for p in parts]), pooled)
 
 
 class ModelBundle:
@@ -37,11 +63,15 @@ class ModelBundle:
                       train_text_encoder: bool = True) -> list[TargetLayer]:
         raise NotImplementedError
 
-    def encode_prompts(self, prompts: list[str], max_token_length: int = 75) -> torch.Tensor:
+    def encode_prompts(self, prompts: list[str], max_token_length: int = 75) -> Conditioning:
         """Conditioning for a batch of prompts; gradients flow when text-encoder layers train."""
         raise NotImplementedError
 
-    def predict(self, noisy_latents: torch.Tensor, timesteps: torch.Tensor, conditioning: torch.Tensor) -> torch.Tensor:
+    def predict(self, noisy_latents: torch.Tensor, timesteps: torch.Tensor, conditioning: Conditioning,
+                sizes: torch.Tensor | None = None) -> torch.Tensor:
+        """The model output. `sizes` (B, 6) is SDXL's size conditioning per image: original
+        height, width, crop top, left, target height, width; None means uncropped at the
+        latents' size. Other families ignore it."""
         raise NotImplementedError
 
     def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""A bundle over diffusers/transformers SD1.x-style components (used without the WebUI).
+"""A bundle over diffusers/transformers components of SD1.x, SD2.x and SDXL (used without
+the WebUI).
 
 diffusers and transformers give us well-tested model code and the independent LoRA
 loader the tests compare against; they are used only by this standalone host, never by
@@ -7,31 +8,40 @@ the dataset, network, training or format code, which also run inside the WebUI.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 
 import torch
 from torch import nn
 
 from ..formats.kohya_names import clip_text_encoder_targets, diffusers_unet_targets
-from .bundle import ModelBundle, scaled_linear_alphas_cumprod
+from .bundle import Conditioning, ModelBundle, scaled_linear_alphas_cumprod
+from .components import ModelComponents
 from .prompt_chunks import batch_chunk_ids
+
+# kohya's key prefix of each text encoder in the LoRA file.
+TEXT_ENCODER_PREFIXES = {"sd1": ["lora_te"], "sd2": ["lora_te"], "sdxl": ["lora_te1", "lora_te2"]}
 
 
 class DiffusersSDBundle(ModelBundle):
-    def __init__(self, unet, text_encoder, tokenizer, vae, family: str = "sd1", prediction_type: str = "epsilon",
-                 clip_skip: int = 1, model_name: str = "", alphas_cumprod: torch.Tensor | None = None) -> None:
-        self.unet, self.text_encoder, self.tokenizer, self.vae_model = unet, text_encoder, tokenizer, vae
-        self.family, self.prediction_type, self.clip_skip, self.model_name = family, prediction_type, clip_skip, model_name
+    def __init__(self, components: ModelComponents, prediction_type: str = "epsilon", clip_skip: int = 1,
+                 model_name: str = "", alphas_cumprod: torch.Tensor | None = None) -> None:
+        self.components = components
+        self.unet, self.vae_model = components.unet, components.vae
+        self.encoders, self.tokenizers = components.text_encoders, components.tokenizers
+        self.family, self.prediction_type, self.clip_skip, self.model_name = (
+            components.family, prediction_type, clip_skip, model_name)
         self.alphas_cumprod = alphas_cumprod if alphas_cumprod is not None else scaled_linear_alphas_cumprod()
-        self.scaling_factor = float(getattr(vae.config, "scaling_factor", 0.18215))
-        self._comma_id = tokenizer.convert_tokens_to_ids(",</w>")
+        self.scaling_factor = float(getattr(self.vae_model.config, "scaling_factor", 0.18215))
+        # Every SD text encoder uses the same CLIP BPE vocabulary; they differ in padding.
+        self._comma_id = self.tokenizers[0].convert_tokens_to_ids(",</w>")
         self._fingerprint: str | None = None
 
     def denoiser(self) -> nn.Module:
         return self.unet
 
     def text_encoders(self) -> list[nn.Module]:
-        return [self.text_encoder]
+        return list(self.encoders)
 
     def vae(self) -> nn.Module:
         return self.vae_model
@@ -39,38 +49,74 @@ class DiffusersSDBundle(ModelBundle):
     def target_layers(self, include_conv, train_unet=True, train_text_encoder=True):
         targets = []
         if train_unet:
-            targets += diffusers_unet_targets(self.unet, include_conv)
+            targets += diffusers_unet_targets(self.unet, include_conv, self._unet_path_in_file())
         if train_text_encoder:
-            targets += clip_text_encoder_targets(self.text_encoder, "lora_te")
+            for encoder, prefix in zip(self.encoders, TEXT_ENCODER_PREFIXES[self.family]):
+                targets += clip_text_encoder_targets(encoder, prefix)
         return targets
 
+    def _unet_path_in_file(self):
+        """kohya names SDXL UNet layers by their path in the original sgm UNet
+        (`input_blocks_4_1_…`), SD1/SD2 layers by their diffusers path."""
+        if self.family != "sdxl":
+            return None
+        from ..formats.original_layout import UNetLayout
+
+        layout = UNetLayout(dict(self.unet.config))
+        return layout.original_module_path
+
     def tokenize(self, prompts: list[str]) -> list[list[int]]:
-        return [self.tokenizer(p, add_special_tokens=False, truncation=False, verbose=False)["input_ids"] for p in prompts]
+        tokenizer = self.tokenizers[0]
+        return [tokenizer(p, add_special_tokens=False, truncation=False, verbose=False)["input_ids"] for p in prompts]
 
     def count_tokens(self, prompt: str) -> int:
         return len(self.tokenize([prompt])[0])
 
-    def encode_prompts(self, prompts: list[str], max_token_length: int = 75) -> torch.Tensor:
-        chunks = batch_chunk_ids(
-            self.tokenize(prompts), self._comma_id, max_token_length // 75,
-            bos_id=self.tokenizer.bos_token_id, eos_id=self.tokenizer.eos_token_id,
-            pad_id=self.tokenizer.pad_token_id,
-        )
-        device = next(self.text_encoder.parameters()).device
-        encoded = [self._encode_chunk(torch.tensor(ids, device=device)) for ids in chunks]
-        return torch.cat(encoded, dim=1)
+    def encode_prompts(self, prompts: list[str], max_token_length: int = 75) -> Conditioning:
+        """The WebUI's long prompts: 75-token chunks encoded apart and concatenated; SDXL's
+        pooled embedding comes from the first chunk, as in the WebUI."""
+        token_ids = self.tokenize(prompts)
+        contexts, pooled = [], None
+        for index, (encoder, tokenizer) in enumerate(zip(self.encoders, self.tokenizers)):
+            chunks = batch_chunk_ids(token_ids, self._comma_id, max_token_length // 75, bos_id=tokenizer.bos_token_id,
+                                     eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id)
+            device = next(encoder.parameters()).device
+            hidden = []
+            for chunk_index, ids in enumerate(chunks):
+                states, chunk_pooled = self._encode_chunk(index, torch.tensor(ids, device=device))
+                hidden.append(states)
+                if chunk_index == 0 and chunk_pooled is not None:
+                    pooled = chunk_pooled
+            contexts.append(torch.cat(hidden, dim=1))
+        return Conditioning(torch.cat(contexts, dim=-1), pooled)
 
-    def _encode_chunk(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """The WebUI's clip skip: the N-th last layer's hidden states, then the final norm."""
-        output = self.text_encoder(input_ids, output_hidden_states=self.clip_skip > 1)
-        if self.clip_skip <= 1:
-            return output.last_hidden_state
-        hidden = output.hidden_states[-self.clip_skip]
-        # transformers 4 keeps the norm under .text_model, transformers 5 on the model itself.
-        return getattr(self.text_encoder, "text_model", self.text_encoder).final_layer_norm(hidden)
+    def _encode_chunk(self, index: int, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The hidden states the WebUI takes from each text encoder, and SDXL's pooled output.
+        - SD1: clip skip N = the N-th last layer's states, then the final norm;
+        - SD2: the penultimate OpenCLIP layer with the final norm, whatever the clip skip (the
+          WebUI ignores it there); the models here already end at that layer;
+        - SDXL: the penultimate layer of both encoders without the final norm; with clip skip
+          of 2 or more CLIP-L takes the N-th last layer, like the WebUI's "SDXL CLIP-L skip".
+        """
+        encoder = self.encoders[index]
+        if self.family == "sd2" or (self.family == "sd1" and self.clip_skip <= 1):
+            return encoder(input_ids).last_hidden_state, None
+        output = encoder(input_ids, output_hidden_states=True)
+        if self.family == "sd1":
+            hidden = output.hidden_states[-self.clip_skip]
+            # transformers 4 keeps the norm under .text_model, transformers 5 on the model itself.
+            return getattr(encoder, "text_model", encoder).final_layer_norm(hidden), None
+        layer = -self.clip_skip if index == 0 and self.clip_skip >= 2 else -2
+        return output.hidden_states[layer], getattr(output, "text_embeds", None)
 
-    def predict(self, noisy_latents, timesteps, conditioning):
-        return self.unet(noisy_latents, timesteps, encoder_hidden_states=conditioning).sample
+    def predict(self, noisy_latents, timesteps, conditioning, sizes=None):
+        extra = {}
+        if self.family == "sdxl":
+            if sizes is None:
+                sizes = default_sizes(noisy_latents)
+            extra["added_cond_kwargs"] = {"text_embeds": conditioning.pooled,
+                                          "time_ids": sizes.to(noisy_latents.device, conditioning.context.dtype)}
+        return self.unet(noisy_latents, timesteps, encoder_hidden_states=conditioning.context, **extra).sample
 
     def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
         parameter = next(self.vae_model.parameters())
@@ -89,12 +135,14 @@ class DiffusersSDBundle(ModelBundle):
     def set_gradient_checkpointing(self, enabled: bool) -> None:
         # transformers 5 renamed the switches; its enable also hooks the input embeddings to
         # require grad, a hook that its disable leaves behind unless removed explicitly.
-        encoder = self.text_encoder
         if enabled:
             self.unet.enable_gradient_checkpointing()
-            getattr(encoder, "activation_checkpointing_enable", encoder.gradient_checkpointing_enable)()
         else:
             self.unet.disable_gradient_checkpointing()
+        for encoder in self.encoders:
+            if enabled:
+                getattr(encoder, "activation_checkpointing_enable", encoder.gradient_checkpointing_enable)()
+                continue
             getattr(encoder, "activation_checkpointing_disable", encoder.gradient_checkpointing_disable)()
             if hasattr(encoder, "disable_input_require_grads") and hasattr(encoder, "_require_grads_hook"):
                 encoder.disable_input_require_grads()
@@ -104,28 +152,43 @@ class DiffusersSDBundle(ModelBundle):
             self.unet.enable_xformers_memory_efficient_attention()
 
 
-def load_diffusers_folder(folder: str, v_parameterization: bool = False, clip_skip: int = 1) -> DiffusersSDBundle:
-    """An SD1.x/SD2.x diffusers folder (model_index.json with unet/, vae/, text_encoder/, tokenizer/)."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
+def default_sizes(latents: torch.Tensor) -> torch.Tensor:
+    """SDXL size conditioning of uncropped images at the latents' size."""
+    height, width = latents.shape[-2] * 8, latents.shape[-1] * 8
+    return torch.tensor([[height, width, 0, 0, height, width]] * latents.shape[0], dtype=torch.float32)
 
-    if not os.path.isfile(os.path.join(folder, "model_index.json")):
+
+def load_diffusers_folder(folder: str, v_parameterization: bool = False, clip_skip: int = 1) -> DiffusersSDBundle:
+    """An SD1.x/SD2.x/SDXL diffusers folder (model_index.json with unet/, vae/,
+    text_encoder/, tokenizer/ and for SDXL text_encoder_2/, tokenizer_2/)."""
+    import transformers
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    index_path = os.path.join(folder, "model_index.json")
+    if not os.path.isfile(index_path):
         raise ValueError(f"{folder} is not a diffusers model folder (no model_index.json)")
+    with open(index_path, encoding="utf-8") as handle:
+        index = json.load(handle)
     unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet")
-    prediction = _prediction_type(folder, v_parameterization)
-    return DiffusersSDBundle(
-        unet=unet,
-        text_encoder=CLIPTextModel.from_pretrained(folder, subfolder="text_encoder"),
-        tokenizer=CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer"),
-        vae=AutoencoderKL.from_pretrained(folder, subfolder="vae"),
-        family="sd2" if unet.config.cross_attention_dim == 1024 else "sd1",
-        prediction_type=prediction, clip_skip=clip_skip, model_name=os.path.basename(os.path.normpath(folder)),
-    )
+    is_xl = "text_encoder_2" in index
+    encoder_folders = ["text_encoder", "text_encoder_2"] if is_xl else ["text_encoder"]
+    encoders, tokenizers = [], []
+    for name in encoder_folders:
+        class_name = index[name][1]  # e.g. ["transformers", "CLIPTextModelWithProjection"]
+        encoders.append(getattr(transformers, class_name).from_pretrained(folder, subfolder=name))
+        tokenizers.append(transformers.CLIPTokenizer.from_pretrained(folder, subfolder=name.replace("text_encoder",
+                                                                                                   "tokenizer")))
+    # SD2's OpenCLIP text encoder is the one with plain GELU (CLIP-L uses quick_gelu).
+    family = "sdxl" if is_xl else "sd2" if encoders[0].config.hidden_act == "gelu" else "sd1"
+    components = ModelComponents(family, unet, AutoencoderKL.from_pretrained(folder, subfolder="vae"), encoders,
+                                 tokenizers)
+    for module in (unet, components.vae, *encoders):
+        module.eval()
+    return DiffusersSDBundle(components, prediction_type=_prediction_type(folder, v_parameterization),
+                             clip_skip=clip_skip, model_name=os.path.basename(os.path.normpath(folder)))
 
 
 def _prediction_type(folder: str, v_parameterization: bool) -> str:
-    import json
-
     if v_parameterization:
         return "v_prediction"
     scheduler_config = os.path.join(folder, "scheduler", "scheduler_config.json")

@@ -1,69 +1,31 @@
-"""Tiny models with the real SD1.x module structure and names, random weights, built from
-config in a second. For tests, the demo and benchmarks: no download, same key names as a
-full-size model (4 UNet levels, 2 layers each, cross-attention in the first three; a CLIP
-text encoder with the real tokenizer and 77-token windows; a 4-level VAE, 8x down).
+"""Tiny models with the real module structure and names of SD1.x, SD2.x and SDXL, random
+weights, built from config in a second: for tests, the demo and benchmarks, no download.
+
+- tiny:sd1: 4 UNet levels with cross-attention in the first three, a CLIP-L-style text encoder;
+- tiny:sd2: the same UNet with linear projections, an OpenCLIP-style text encoder (GELU,
+  padded with "!"), v-prediction like SD2's 768-v models;
+- tiny:sdxl: 3 UNet levels (no attention in the first, transformer depth growing), two text
+  encoders whose outputs are concatenated, pooled text and size conditioning.
+All use the real tokenizer and 77-token windows and a 4-level VAE (8x down).
 """
 from __future__ import annotations
 
-import torch
-
-from .clip_tokenizer import load_clip_tokenizer
+from .components import ModelComponents, build_components
 from .diffusers_sd import DiffusersSDBundle
 
-TINY_CROSS_ATTENTION_DIM = 64
+TINY_FAMILIES = ("sd1", "sd2", "sdxl")
 
 
-def tiny_unet_config() -> dict:
-    return dict(
-        sample_size=16, in_channels=4, out_channels=4,
-        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-        block_out_channels=(32, 32, 64, 64), layers_per_block=2,
-        cross_attention_dim=TINY_CROSS_ATTENTION_DIM, attention_head_dim=8, norm_num_groups=32,
-    )
-
-
-def tiny_vae_config() -> dict:
-    return dict(
-        in_channels=3, out_channels=3, latent_channels=4,
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(32, 32, 32, 32), layers_per_block=2, norm_num_groups=32, sample_size=128,
-    )
-
-
-def tiny_text_encoder_config() -> dict:
-    return dict(
-        vocab_size=49408, hidden_size=TINY_CROSS_ATTENTION_DIM, intermediate_size=256, num_hidden_layers=4,
-        num_attention_heads=4, max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=64,
-        bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
-    )
-
-
-def build_tiny_components(seed: int = 0):
-    """(unet, text_encoder, tokenizer, vae) with weights drawn from `seed`, on the CPU, fp32."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    generator_state = torch.random.get_rng_state()
-    try:
-        torch.manual_seed(seed)
-        unet = UNet2DConditionModel(**tiny_unet_config())
-        text_encoder = CLIPTextModel(CLIPTextConfig(**tiny_text_encoder_config()))
-        vae = AutoencoderKL(**tiny_vae_config())
-    finally:
-        torch.random.set_rng_state(generator_state)  # building a model must not change the caller's seed
-    for module in (unet, text_encoder, vae):
-        module.eval()
-    return unet, text_encoder, load_clip_tokenizer(), vae
+def build_tiny_components(variant: str = "sd1", seed: int = 0) -> ModelComponents:
+    if variant not in TINY_FAMILIES:
+        raise ValueError(f"tiny:{variant}: the tiny model families are: {', '.join(TINY_FAMILIES)}")
+    return build_components(f"tiny-{variant}", seed=seed)
 
 
 def build_tiny_bundle(variant: str = "sd1", v_parameterization: bool = False, clip_skip: int = 1,
                       seed: int = 0) -> DiffusersSDBundle:
-    if variant != "sd1":
-        raise ValueError(f"tiny:{variant}: the tiny model families are: sd1")
-    unet, text_encoder, tokenizer, vae = build_tiny_components(seed)
+    v_prediction = v_parameterization or variant == "sd2"
     return DiffusersSDBundle(
-        unet, text_encoder, tokenizer, vae, family="sd1",
-        prediction_type="v_prediction" if v_parameterization else "epsilon",
+        build_tiny_components(variant, seed), prediction_type="v_prediction" if v_prediction else "epsilon",
         clip_skip=clip_skip, model_name=f"tiny-{variant}",
     )

@@ -17,7 +17,7 @@ import torch
 
 from ..config import TrainConfig
 from ..dataset.latent_cache import LatentCache
-from ..dataset.pixels import crop_box, load_pixels
+from ..dataset.pixels import crop_box, load_pixels, size_condition
 from ..dataset.plan import TrainingPlan, caption_options, make_plan
 from ..dataset.captions import training_caption
 from ..formats.metadata import training_metadata
@@ -29,6 +29,7 @@ from .checkpoints import CheckpointWriter, epoch_path, final_path, step_path
 from .optimizers import make_optimizer
 from .precision import autocast, compute_dtype, grad_scaler, resolve_device
 from .schedulers import make_scheduler, warmup_steps
+from .text_cache import TextEncoderCache
 
 
 class TrainingDiverged(RuntimeError):
@@ -56,7 +57,8 @@ def train(config: TrainConfig, bundle: ModelBundle | None = None, progress: Prog
     if bundle is None:
         from ..hosts import load_bundle
 
-        bundle = load_bundle(config.pretrained_model_name_or_path, config.v_parameterization, config.clip_skip)
+        bundle = load_bundle(config.pretrained_model_name_or_path, config.v_parameterization, config.clip_skip,
+                             config.vae)
     plan = make_plan(config, bundle.count_tokens)
     progress.status(plan.summary())
     targets = bundle.target_layers(include_conv=bool(network_settings(config)["conv_dim"]),
@@ -80,6 +82,9 @@ def _run(config, bundle, plan, network, device, progress, data_rng, noise_rng) -
     network.train()
 
     latents = _latent_source(config, bundle, plan, progress)
+    captions = caption_options(config)
+    prompts = _prompt_source(config, bundle, plan, captions, trains_text, device, progress)
+    schedule = _noise_schedule(config, bundle, progress)
     if progress.stop_requested:  # stopped while caching: nothing trained, nothing to save
         progress.end("stopped before training")
         return TrainResult(None, [], 0, True, plan=plan)
@@ -94,7 +99,6 @@ def _run(config, bundle, plan, network, device, progress, data_rng, noise_rng) -
                                  bundle.model_name, uuid.uuid4().hex, time.time(), plan.total_steps,
                                  optimizer_text, network.settings, warmup)
     writer = CheckpointWriter(config, network, metadata)
-    captions = caption_options(config)
     params = [p for group in optimizer.param_groups for p in group["params"]]
 
     losses: list[float] = []
@@ -108,8 +112,8 @@ def _run(config, bundle, plan, network, device, progress, data_rng, noise_rng) -
             for index, batch in enumerate(batches):
                 # --- loss of one batch (accumulated over gradient_accumulation_steps) ---
                 with autocast(device, config.mixed_precision):
-                    loss = _batch_loss(config, bundle, batch, latents, captions, device, data_rng, noise_rng,
-                                       trains_text)
+                    loss = _batch_loss(config, bundle, batch, latents, prompts, schedule, device, data_rng,
+                                       noise_rng)
                 if not torch.isfinite(loss):
                     raise TrainingDiverged(_diverged_message(loss, step, epoch, writer.saved))
                 scaler.scale(loss / config.gradient_accumulation_steps).backward()
@@ -174,46 +178,76 @@ def _gradient_checkpointing(bundle: ModelBundle, enabled: bool):
         bundle.set_gradient_checkpointing(False)
 
 
-def _batch_loss(config, bundle, batch, latents, captions, device, data_rng, noise_rng, trains_text) -> torch.Tensor:
+def _batch_loss(config, bundle, batch, latents, prompts, schedule, device, data_rng, noise_rng) -> torch.Tensor:
     """Noise the latents at random timesteps and score the model's prediction of the target."""
     flips = [config.flip_aug and data_rng.random() < 0.5 for _ in batch]
-    x0 = latents(batch, flips, data_rng).to(device)
-    prompts = [training_caption(example.caption, captions, data_rng) for example in batch]
-    with contextlib.nullcontext() if trains_text else torch.no_grad():
-        conditioning = bundle.encode_prompts(prompts, config.max_token_length)
+    x0, sizes = latents(batch, flips, data_rng)
+    x0 = x0.to(device)
+    conditioning = prompts(batch, data_rng)
 
     noise = diffusion.sample_noise(x0.shape, config.noise_offset, noise_rng).to(device)
-    timesteps = diffusion.sample_timesteps(len(batch), len(bundle.alphas_cumprod), "cpu", noise_rng).to(device)
-    noisy = diffusion.add_noise(x0, noise, timesteps, bundle.alphas_cumprod)
-    target = diffusion.prediction_target(x0, noise, timesteps, bundle.alphas_cumprod, bundle.prediction_type)
+    timesteps = diffusion.sample_timesteps(len(batch), len(schedule), "cpu", noise_rng).to(device)
+    noisy = diffusion.add_noise(x0, noise, timesteps, schedule)
+    target = diffusion.prediction_target(x0, noise, timesteps, schedule, bundle.prediction_type)
 
-    prediction = bundle.predict(noisy, timesteps, conditioning)
+    prediction = bundle.predict(noisy, timesteps, conditioning, sizes)
     per_sample = torch.nn.functional.mse_loss(prediction.float(), target.float(), reduction="none")
     per_sample = per_sample.mean(dim=(1, 2, 3))
     weights = torch.tensor([example.loss_weight for example in batch], device=device)
     if config.min_snr_gamma:
-        weights = weights * diffusion.min_snr_weights(timesteps, bundle.alphas_cumprod, config.min_snr_gamma,
+        weights = weights * diffusion.min_snr_weights(timesteps, schedule, config.min_snr_gamma,
                                                       bundle.prediction_type)
     return (per_sample * weights).mean()
 
 
+def _prompt_source(config, bundle, plan, captions, trains_text, device, progress):
+    """A function (batch, rng) -> conditioning of this step's captions: encoded each step
+    (with gradients when text-encoder layers train), or from the text-encoder cache."""
+    if config.cache_text_encoder_outputs:
+        cache = TextEncoderCache(bundle, config.max_token_length)
+        cache.fill((training_caption(e.caption, captions, None) for e in plan.training_set.examples), progress)
+        return lambda batch, rng: cache.get([training_caption(e.caption, captions, None) for e in batch], device)
+
+    def encode_each_step(batch, rng):
+        prompts = [training_caption(example.caption, captions, rng) for example in batch]
+        with contextlib.nullcontext() if trains_text else torch.no_grad():
+            return bundle.encode_prompts(prompts, config.max_token_length)
+
+    return encode_each_step
+
+
+def _noise_schedule(config, bundle, progress) -> torch.Tensor:
+    if not config.zero_terminal_snr:
+        return bundle.alphas_cumprod
+    if bundle.prediction_type == "epsilon":
+        progress.status("zero_terminal_snr with an epsilon model: the last timestep has no signal left to "
+                        "predict the noise from; it is meant for v-prediction (v_parameterization)")
+    return diffusion.rescale_zero_terminal_snr(bundle.alphas_cumprod)
+
+
 def _latent_source(config, bundle, plan, progress):
-    """A function (batch, flips, rng) -> latents: from the cache, or encoded each step."""
+    """A function (batch, flips, rng) -> (latents, SDXL size conditioning): from the cache,
+    or encoded each step."""
     if config.cache_latents:
         cache = LatentCache(bundle.encode_pixels, bundle.vae_fingerprint(), config.flip_aug,
                             config.cache_latents_to_disk, config.latents_cache_dir)
         cache.fill(plan.training_set.examples, progress)
         if cache.reused_from_disk:
             progress.status(f"reused {cache.reused_from_disk} cached latents from disk")
-        return lambda batch, flips, rng: torch.stack([cache.get(e, f) for e, f in zip(batch, flips)])
+
+        def from_cache(batch, flips, rng):
+            sizes = [size_condition(e.item.size, e.placement, crop_box(e.placement, False, None)) for e in batch]
+            return torch.stack([cache.get(e, f) for e, f in zip(batch, flips)]), torch.tensor(sizes)
+
+        return from_cache
 
     def encode_each_step(batch, flips, rng):
-        pixels = torch.stack([
-            load_pixels(e.path, e.placement, crop_box(e.placement, config.random_crop, rng), flip)
-            for e, flip in zip(batch, flips)
-        ])
+        crops = [crop_box(e.placement, config.random_crop, rng) for e in batch]
+        pixels = torch.stack([load_pixels(e.path, e.placement, crop, flip)
+                              for e, crop, flip in zip(batch, crops, flips)])
+        sizes = [size_condition(e.item.size, e.placement, crop) for e, crop in zip(batch, crops)]
         with torch.no_grad():
-            return bundle.encode_pixels(pixels).float()
+            return bundle.encode_pixels(pixels).float(), torch.tensor(sizes)
 
     return encode_each_step
 

@@ -56,3 +56,19 @@ def min_snr_weights(timesteps: torch.Tensor, alphas_cumprod: torch.Tensor, gamma
 
 def _per_sample(values: torch.Tensor, timesteps: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return values.to(like.device)[timesteps].to(like.dtype).reshape(-1, *([1] * (like.dim() - 1)))
+
+
+# kohya's floor for the last step's abar after the rescale: zero exactly would make the
+# epsilon target and min-SNR weights divide by zero.
+ZERO_TERMINAL_ABAR = 4.8973451890853435e-08
+
+
+def rescale_zero_terminal_snr(alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """The schedule shifted and scaled in sqrt(abar) so the last step is pure noise while
+    the first keeps its value (Lin et al. 2023, https://arxiv.org/abs/2305.08891, alg. 1)."""
+    root = alphas_cumprod.double().sqrt()
+    first, last = root[0].clone(), root[-1].clone()
+    root = (root - last) * first / (first - last)
+    rescaled = root.square()
+    rescaled[-1] = ZERO_TERMINAL_ABAR
+    return rescaled.float()
