@@ -86,18 +86,41 @@ def measure_floor(config: TrainConfig, bundle, steps: int, warmup: int) -> Measu
     return Measurement("bare forward+backward", statistics.median(times[warmup:]), peak_memory_mb(device))
 
 
-def run_benchmark(config: TrainConfig, steps: int = 20, warmup: int = 3) -> list[Measurement]:
-    from .hosts import load_bundle
-
-    bundle = load_bundle(config.pretrained_model_name_or_path, config.v_parameterization, config.clip_skip,
-                         config.vae)
+def run_benchmark(config: TrainConfig, steps: int = 20, warmup: int = 3) -> tuple[list[Measurement], float]:
+    bundle, loading = measure_loading(config)
     floor = measure_floor(config, bundle, steps, warmup)
     training = measure_training(config, bundle, steps, warmup)
-    return [floor, training]
+    return [floor, training, loading], model_size_mb(bundle)
 
 
-def report(config: TrainConfig, measurements: list[Measurement]) -> str:
-    floor = measurements[0]
+def measure_loading(config: TrainConfig):
+    """Load the model, recording the time and the peak resident memory while loading."""
+    from .hosts import load_bundle
+
+    device = torch.device("cpu")
+    reset_peak_memory(device)
+    start = time.perf_counter()
+    bundle = load_bundle(config.pretrained_model_name_or_path, config.v_parameterization, config.clip_skip,
+                         config.vae)
+    return bundle, Measurement("loading the model", time.perf_counter() - start, peak_memory_mb(device))
+
+
+def model_size_mb(bundle) -> float:
+    """Bytes of every weight the loaded model holds: what loading cannot do with less."""
+    return sum(t.numel() * t.element_size() for m in bundle.modules() for t in m.state_dict().values()) / 2**20
+
+
+def write_random_checkpoint(architecture: str, path: str, dtype: torch.dtype = torch.float16) -> str:
+    """A single-file checkpoint of the architecture, random weights, in the original layout."""
+    from .hosts.components import build_components
+    from .hosts.single_file import save_single_file
+
+    save_single_file(build_components(architecture, dtype=dtype, seed=0), path)
+    return path
+
+
+def report(config: TrainConfig, measurements: list[Measurement], model_mb: float = 0.0) -> str:
+    floor, *steps, loading = measurements
     width, height = config.resolution_wh()
     preload = os.environ.get("LD_PRELOAD", "")
     lines = [
@@ -107,7 +130,10 @@ def report(config: TrainConfig, measurements: list[Measurement]) -> str:
         f"torch threads {torch.get_num_threads()}, allocator {'tcmalloc' if 'tcmalloc' in preload else 'default'}",
         f"{'phase':<24}{'s/step':>10}{'x floor':>9}{'peak MB':>10}{'x floor':>9}",
     ]
-    for m in measurements:
+    for m in (floor, *steps):
         lines.append(f"{m.name:<24}{m.seconds_per_step:>10.4f}{m.seconds_per_step / floor.seconds_per_step:>9.2f}"
                      f"{m.peak_memory_mb:>10.0f}{m.peak_memory_mb / floor.peak_memory_mb:>9.2f}")
+    if model_mb:
+        lines.append(f"{loading.name}: {loading.seconds_per_step:.1f} s, peak RAM {loading.peak_memory_mb:.0f} MB "
+                     f"= {loading.peak_memory_mb / model_mb:.2f} x the {model_mb:.0f} MB of weights it holds")
     return "\n".join(lines)

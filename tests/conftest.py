@@ -34,3 +34,23 @@ def quick_config(data_root: str, output_dir: str, **changes) -> TrainConfig:
     )
     settings.update(changes)
     return TrainConfig().replace(**settings)
+
+
+def diffusers_pipeline(parts):
+    """diffusers' own pipeline over model components (ModelComponents): the independent
+    reference for prompt encoding and LoRA loading."""
+    from diffusers import DDPMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    common = dict(vae=parts.vae, unet=parts.unet, scheduler=DDPMScheduler(clip_sample=False),
+                  text_encoder=parts.text_encoders[0], tokenizer=parts.tokenizers[0])
+    if parts.family == "sdxl":
+        return StableDiffusionXLPipeline(text_encoder_2=parts.text_encoders[1], tokenizer_2=parts.tokenizers[1],
+                                         **common)
+    return StableDiffusionPipeline(safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+                                   **common)
+
+
+def peft_layer_count(parts) -> int:
+    from peft.tuners.lora import LoraLayer
+
+    return sum(isinstance(m, LoraLayer) for c in (parts.unet, *parts.text_encoders) for m in c.modules())

@@ -13,23 +13,13 @@ from lib_trainer.hosts.tiny import build_tiny_bundle
 from lib_trainer.train.loop import train
 from lib_trainer.train.noise import ZERO_TERMINAL_ABAR, rescale_zero_terminal_snr
 
-from conftest import quick_config
+from conftest import diffusers_pipeline, quick_config
 
 PROMPTS = ["ltdemo, red ball, white background", "a photo of a cat"]
 
 
 def reference_pipeline(bundle):
-    """diffusers' own pipeline over the bundle's modules: its encode_prompt is the reference."""
-    from diffusers import DDPMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
-
-    parts = bundle.components
-    common = dict(vae=parts.vae, unet=parts.unet, scheduler=DDPMScheduler(clip_sample=False),
-                  text_encoder=parts.text_encoders[0], tokenizer=parts.tokenizers[0])
-    if bundle.family == "sdxl":
-        return StableDiffusionXLPipeline(text_encoder_2=parts.text_encoders[1], tokenizer_2=parts.tokenizers[1],
-                                         **common)
-    return StableDiffusionPipeline(safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-                                   **common)
+    return diffusers_pipeline(bundle.components)
 
 
 @torch.no_grad()

@@ -17,6 +17,8 @@ from lib_trainer.hosts.tiny import build_tiny_bundle, build_tiny_components
 from lib_trainer.networks.registry import create_network
 from lib_trainer.networks.lora import LoRAModule
 
+from conftest import diffusers_pipeline, peft_layer_count
+
 NETWORK_CASES = {
     "lora": dict(network_dim=4, network_alpha=2.0),
     "locon": dict(network_dim=4, network_alpha=2.0, conv_dim=3, conv_alpha=1.5),
@@ -34,20 +36,6 @@ def randomised_network(bundle, **settings):
     return network
 
 
-def diffusers_pipeline(family: str):
-    """A diffusers pipeline over a second copy of the tiny model (same seed, same weights)."""
-    from diffusers import DDPMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
-
-    parts = build_tiny_components(family)
-    common = dict(vae=parts.vae, unet=parts.unet, scheduler=DDPMScheduler(clip_sample=False),
-                  text_encoder=parts.text_encoders[0], tokenizer=parts.tokenizers[0])
-    if family == "sdxl":
-        return StableDiffusionXLPipeline(text_encoder_2=parts.text_encoders[1], tokenizer_2=parts.tokenizers[1],
-                                         **common), parts
-    return StableDiffusionPipeline(safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-                                   **common), parts
-
-
 def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).norm() / b.norm()).item()
 
@@ -60,12 +48,9 @@ def test_independent_loader_consumes_every_key_and_reproduces_outputs(tmp_path, 
     path = str(tmp_path / f"{case}.safetensors")
     save_lora(path, network.file_state_dict(torch.float32), {"ss_network_module": "networks.lora"})
 
-    pipe, parts = diffusers_pipeline(family)
-    pipe.load_lora_weights(path)  # raises if any key of the file is not converted
-    from peft.tuners.lora import LoraLayer
-
-    injected = sum(isinstance(m, LoraLayer) for c in (parts.unet, *parts.text_encoders) for m in c.modules())
-    assert injected == len(network.adapters), "every layer of the file became a LoRA layer in diffusers"
+    parts = build_tiny_components(family)  # a second copy: same seed, same weights
+    diffusers_pipeline(parts).load_lora_weights(path)  # raises if any key of the file is not converted
+    assert peft_layer_count(parts) == len(network.adapters), "every layer of the file became a LoRA layer"
 
     theirs_bundle = DiffusersSDBundle(parts, prediction_type=bundle.prediction_type)
     generator = torch.Generator().manual_seed(0)

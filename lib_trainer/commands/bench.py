@@ -1,7 +1,12 @@
 """`python -m lib_trainer bench`: seconds per step and peak memory of training, and the same
 for a bare forward+backward of the denoiser (the floor), with their ratios. Any training
 flag (--resolution, --train_batch_size, --mixed_precision, --gradient_checkpointing,
---network_train_unet_only, --pretrained_model_name_or_path...) sets up what is measured."""
+--network_train_unet_only, --pretrained_model_name_or_path...) sets up what is measured.
+Loading the model is timed too, with its peak RAM against the size of the weights.
+
+`--make-checkpoint sd1` first writes a full-size SD1.5-architecture checkpoint with random
+weights (fp16, original single-file layout) to the --pretrained_model_name_or_path file
+when that file does not exist yet, so the benchmark needs no download."""
 from __future__ import annotations
 
 import argparse
@@ -16,12 +21,23 @@ BENCH_DEFAULTS = TrainConfig().replace(resolution="128", min_bucket_reso=64, max
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=20, help="timed steps (after the warm-up)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    parser.add_argument("--make-checkpoint", metavar="ARCHITECTURE", default="",
+                        help="write a random-weight checkpoint of this architecture (sd1, sd2, sdxl, tiny-sd1...) "
+                             "to --pretrained_model_name_or_path first, unless the file exists")
     add_config_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..bench import report, run_benchmark
 
+    import os
+
     config = config_from_args(args, base=BENCH_DEFAULTS)
-    print(report(config, run_benchmark(config, args.steps, args.warmup)))
+    if args.make_checkpoint and not os.path.exists(config.pretrained_model_name_or_path):
+        from ..bench import write_random_checkpoint
+
+        print(f"writing a random {args.make_checkpoint} checkpoint to {config.pretrained_model_name_or_path}")
+        write_random_checkpoint(args.make_checkpoint, config.pretrained_model_name_or_path)
+    measurements, model_mb = run_benchmark(config, args.steps, args.warmup)
+    print(report(config, measurements, model_mb))
     return 0
