@@ -49,6 +49,7 @@ class ModelBundle:
     # A bundle that loaded its own copy may cast it to the compute dtype; one that borrows a
     # live model (the WebUI's) must not, since casting down and back is not lossless.
     owns_weights: bool = True
+    notes: tuple[str, ...] = ()            # what loading noticed and the user should know
 
     def denoiser(self) -> nn.Module:
         raise NotImplementedError

@@ -60,10 +60,10 @@ class DiffusersSDBundle(ModelBundle):
         (`input_blocks_4_1_…`), SD1/SD2 layers by their diffusers path."""
         if self.family != "sdxl":
             return None
-        from ..formats.original_layout import UNetLayout
+        from ..formats.original_layout import unet_module_to_original
 
-        layout = UNetLayout(dict(self.unet.config))
-        return layout.original_module_path
+        config = dict(self.unet.config)
+        return lambda path: unet_module_to_original(path, config)
 
     def tokenize(self, prompts: list[str]) -> list[list[int]]:
         tokenizer = self.tokenizers[0]

@@ -59,6 +59,8 @@ def train(config: TrainConfig, bundle: ModelBundle | None = None, progress: Prog
 
         bundle = load_bundle(config.pretrained_model_name_or_path, config.v_parameterization, config.clip_skip,
                              config.vae)
+    for note in (*bundle.notes, *_family_notes(config, bundle)):
+        progress.status(note)
     plan = make_plan(config, bundle.count_tokens)
     progress.status(plan.summary())
     targets = bundle.target_layers(include_conv=bool(network_settings(config)["conv_dim"]),
@@ -214,6 +216,13 @@ def _prompt_source(config, bundle, plan, captions, trains_text, device, progress
             return bundle.encode_prompts(prompts, config.max_token_length)
 
     return encode_each_step
+
+
+def _family_notes(config, bundle) -> list[str]:
+    if bundle.family == "sd2" and config.clip_skip > 1:
+        return [f"clip_skip={config.clip_skip} has no effect on SD2 models: the WebUI always conditions them on "
+                "the penultimate OpenCLIP layer, and so does training"]
+    return []
 
 
 def _noise_schedule(config, bundle, progress) -> torch.Tensor:
