@@ -93,6 +93,24 @@ def test_file_layout_is_kohya(tmp_path):
     assert all(t.dtype == torch.float16 for t in tensors.values())
 
 
+def test_sdxl_file_layout_is_kohyas():
+    """SDXL: UNet layers by their path in the original sgm UNet, two text-encoder prefixes."""
+    names = {t.name for t in build_tiny_bundle("sdxl").target_layers(include_conv=True)}
+    expected = {
+        "lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q",   # level 1, first attention
+        "lora_unet_middle_block_1_proj_in",
+        "lora_unet_output_blocks_0_1_transformer_blocks_1_ff_net_2",      # depth 2 at the last level
+        "lora_unet_input_blocks_1_0_in_layers_2",                         # LoCon: ResNet conv1
+        "lora_unet_input_blocks_3_0_op",                                  # LoCon: downsampler
+        "lora_unet_output_blocks_2_2_conv",                               # LoCon: upsampler
+        "lora_unet_output_blocks_0_0_skip_connection",
+        "lora_te1_text_model_encoder_layers_0_self_attn_q_proj",
+        "lora_te2_text_model_encoder_layers_3_mlp_fc2",
+    }
+    assert expected <= names
+    assert not any(n.startswith(("lora_unet_down_blocks", "lora_te_text")) for n in names)
+
+
 def test_hashes_are_kohyas(tmp_path):
     path = str(tmp_path / "h.safetensors")
     tensors = {"a.lora_down.weight": torch.arange(6, dtype=torch.float32).reshape(2, 3)}
