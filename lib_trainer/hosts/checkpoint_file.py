@@ -149,7 +149,7 @@ class TorchCheckpointReader(CheckpointReader):
 def open_checkpoint(path: str) -> CheckpointReader:
     """A reader for `path`: safetensors by extension, otherwise a PyTorch pickle."""
     if not os.path.isfile(path):
-        raise CheckpointError(f"{path}: no such file")
+        raise CheckpointError(f"{path} is a folder, not a checkpoint file" if os.path.isdir(path) else f"{path}: no such file")
     if path.lower().endswith(".safetensors"):
         return SafetensorsReader(path)
     return TorchCheckpointReader(path)
