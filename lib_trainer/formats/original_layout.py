@@ -173,7 +173,8 @@ def _vae_table(config: dict) -> BlockTable:
 
 
 def _config_key(config: dict) -> str:
-    return json.dumps(config, sort_keys=True)
+    """A hashable form of a config (a plain dict or a diffusers module's `.config`)."""
+    return json.dumps(config, sort_keys=True, default=str)
 
 
 @functools.lru_cache(maxsize=32)
