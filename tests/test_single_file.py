@@ -449,8 +449,8 @@ def test_ckpt_with_code_in_it_is_refused_and_the_code_never_runs(saved, tmp_path
     marker = tmp_path / "marker"
     ckpt = str(tmp_path / "evil.ckpt")
     torch.save({"state_dict": load_file(saved["tiny-sd1"][1]), "payload": WritesAFile(str(marker))}, ckpt)
-    with open(ckpt, "rb"):  # the payload is live: an ordinary unpickling writes the marker
-        torch.load(ckpt, weights_only=False)
+    live = torch.load(ckpt, weights_only=False)  # the payload is live: ordinary unpickling runs it
+    live["payload"].close()
     assert marker.exists()
     marker.unlink()
     with pytest.raises(CheckpointError, match="objects other than tensors.*safetensors"):
