@@ -29,10 +29,15 @@ def load_bundle(model: str, v_parameterization: bool = False, clip_skip: int = 1
 
 def _load_checkpoint_file(path: str, v_parameterization: bool, clip_skip: int, vae: str):
     from .diffusers_sd import DiffusersSDBundle
-    from .single_file import load_single_file, load_vae_file
+    from .single_file import load_single_file
 
-    components, info = load_single_file(path, v_parameterization=v_parameterization)
-    if vae:
-        load_vae_file(vae, components.vae)
-    return DiffusersSDBundle(components, prediction_type=info.prediction_type, clip_skip=clip_skip,
-                             model_name=info.model_name)
+    components, info = load_single_file(path, vae_path=vae or None, v_parameterization=v_parameterization)
+    bundle = DiffusersSDBundle(components, prediction_type=info.prediction_type, clip_skip=clip_skip,
+                               model_name=info.model_name)
+    kind = "v-prediction" if info.prediction_type == "v_prediction" else "epsilon"
+    notes = [f"{info.model_name}: {info.family} ({info.architecture}), {kind} from {info.prediction_source}"]
+    if info.zero_terminal_snr:
+        notes.append("the checkpoint has a ztsnr key: it was trained with zero terminal SNR; "
+                     "consider --zero_terminal_snr")
+    bundle.notes = tuple(notes)
+    return bundle
