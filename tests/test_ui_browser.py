@@ -71,7 +71,9 @@ def server(tmp_path_factory):
 def browser():
     with sync_api.sync_playwright() as playwright:
         executable = CHROMIUM if os.path.exists(CHROMIUM) else shutil.which("chromium")
-        launched = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        # CI preloads tcmalloc for training speed; the browser keeps its own allocator.
+        env = {key: value for key, value in os.environ.items() if key != "LD_PRELOAD"}
+        launched = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS, env=env)
         yield launched
         launched.close()
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 
 DEFAULT_STATE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "lib_trainer", "ui")
 
@@ -50,6 +51,8 @@ def run(args: argparse.Namespace) -> int:
         return 1
     if args.model and not args.model.startswith("tiny:") and not os.path.exists(args.model):
         print(f"warning: --model {args.model} does not exist; choose the model in the form", file=sys.stderr)
+    # gradio 3.41 builds an empty altair chart for every no-op update of the loss plot.
+    warnings.filterwarnings("ignore", message="I don't know how to infer vegalite type")
     print(f"LoRA Train: http://{args.host}:{args.port}/  (queue in {args.state_dir}; Ctrl-C to quit)", flush=True)
     launch_standalone(service, defaults, args.host, args.port, block=True)
     return 0
