@@ -58,7 +58,8 @@ def loss_frame(view: RunView):
 def queue_rows(items: list[QueueItem]) -> list[list]:
     rows = []
     for item in items:
-        dataset = os.path.basename(os.path.normpath(item.config.get("train_data_dir", ""))) or "-"
+        folder = item.config.get("train_data_dir", "")
+        dataset = os.path.basename(os.path.normpath(folder)) if folder else "-"
         detail = item.error or item.result or item.note
         rows.append([item.id, item.name, dataset, item.total_steps if item.total_steps is not None else "?",
                      item.status, detail])
