@@ -1,0 +1,171 @@
+"""The training queue: runs waiting their turn, kept in a JSON file.
+
+Each item holds a whole training config (as a flat dict, the same as a config file), so
+the queue survives a page reload and a restart of the server. Waiting items can be moved
+up or down or removed; the item that is running and finished ones stay where they are.
+Every change is written atomically at once.
+
+A server that stopped while a run was going leaves that item "running" in the file; on
+loading, such an item goes back to "waiting" (first in line) with a note, and the queue
+starts paused: nothing trains until the user asks again.
+"""
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from ..config import TrainConfig
+from ..fileio import write_text_atomic
+
+WAITING, RUNNING, DONE, STOPPED, FAILED = "waiting", "running", "done", "stopped", "failed"
+FINISHED = (DONE, STOPPED, FAILED)
+QUEUE_FILE_VERSION = 1
+
+
+@dataclass
+class QueueItem:
+    id: int
+    name: str
+    config: dict[str, Any]
+    status: str = WAITING
+    added: float = field(default_factory=time.time)
+    started: float | None = None
+    finished: float | None = None
+    result: str = ""  # the file written (final or name-stepN)
+    error: str = ""
+    note: str = ""
+    total_steps: int | None = None
+
+    def train_config(self) -> TrainConfig:
+        return TrainConfig.from_dict(self.config, source=f"queue item {self.id}")
+
+
+class QueueError(ValueError):
+    """A queue operation that cannot be done (unknown item, item not waiting)."""
+
+
+class TrainQueue:
+    """Thread-safe: the UI edits it while the worker thread takes items from it."""
+
+    def __init__(self, path: str | None) -> None:
+        self.path = path
+        self._lock = threading.RLock()
+        self.items: list[QueueItem] = []
+        self.paused = True
+        self._next_id = 1
+        if path and os.path.isfile(path):
+            self._load()
+
+    # --- reading ---------------------------------------------------------------------
+    def snapshot(self) -> list[QueueItem]:
+        with self._lock:
+            return [QueueItem(**asdict(item)) for item in self.items]
+
+    def get(self, item_id: int) -> QueueItem:
+        with self._lock:
+            for item in self.items:
+                if item.id == item_id:
+                    return item
+        raise QueueError(f"no queue item #{item_id}")
+
+    def waiting(self) -> list[QueueItem]:
+        with self._lock:
+            return [item for item in self.items if item.status == WAITING]
+
+    # --- changing --------------------------------------------------------------------
+    def add(self, config: TrainConfig, name: str = "", total_steps: int | None = None) -> QueueItem:
+        with self._lock:
+            item = QueueItem(self._next_id, name or config.output_name, config.to_dict(), total_steps=total_steps)
+            self._next_id += 1
+            self.items.append(item)
+            self._save()
+            return item
+
+    def remove(self, item_id: int) -> QueueItem:
+        """Remove a waiting or finished item (a running one must be stopped first)."""
+        with self._lock:
+            item = self.get(item_id)
+            if item.status == RUNNING:
+                raise QueueError(f"#{item_id} {item.name} is running: stop it first")
+            self.items.remove(item)
+            self._save()
+            return item
+
+    def move(self, item_id: int, offset: int) -> None:
+        """Move a waiting item `offset` places among the waiting items (-1: up, +1: down)."""
+        with self._lock:
+            item = self.get(item_id)
+            if item.status != WAITING:
+                raise QueueError(f"#{item_id} {item.name} is {item.status}: only waiting runs can be moved")
+            waiting = [i for i, entry in enumerate(self.items) if entry.status == WAITING]
+            position = waiting.index(self.items.index(item))
+            target = max(0, min(len(waiting) - 1, position + offset))
+            if target == position:
+                return
+            a, b = waiting[position], waiting[target]
+            moved = self.items.pop(a)
+            self.items.insert(b, moved)
+            self._save()
+
+    def clear_finished(self) -> int:
+        with self._lock:
+            before = len(self.items)
+            self.items = [item for item in self.items if item.status not in FINISHED]
+            self._save()
+            return before - len(self.items)
+
+    def set_paused(self, paused: bool) -> None:
+        with self._lock:
+            self.paused = paused
+            self._save()
+
+    def take_next(self) -> QueueItem | None:
+        """Mark the first waiting item running and return a copy; None if paused or empty."""
+        with self._lock:
+            if self.paused:
+                return None
+            for item in self.items:
+                if item.status == WAITING:
+                    item.status, item.started, item.error, item.note = RUNNING, time.time(), "", ""
+                    self._save()
+                    return QueueItem(**asdict(item))
+            return None
+
+    def update(self, item_id: int, **changes: Any) -> None:
+        with self._lock:
+            item = self.get(item_id)
+            for key, value in changes.items():
+                setattr(item, key, value)
+            if changes.get("status") in FINISHED:
+                item.finished = time.time()
+            self._save()
+
+    # --- the file --------------------------------------------------------------------
+    def _save(self) -> None:
+        if not self.path:
+            return
+        data = {"version": QUEUE_FILE_VERSION, "paused": self.paused, "next_id": self._next_id,
+                "items": [asdict(item) for item in self.items]}
+        write_text_atomic(self.path, json.dumps(data, indent=1, ensure_ascii=False) + "\n")
+
+    def _load(self) -> None:
+        with open(self.path, encoding="utf-8") as handle:
+            try:
+                data = json.load(handle)
+            except json.JSONDecodeError as error:
+                raise QueueError(f"the queue file {self.path} is not valid JSON ({error}); "
+                                 "move it away to start with an empty queue") from error
+        known = {spec.name for spec in fields(QueueItem)}
+        self.items = [QueueItem(**{k: v for k, v in entry.items() if k in known}) for entry in data.get("items", [])]
+        interrupted = [item for item in self.items if item.status == RUNNING]
+        for item in interrupted:
+            item.status, item.started = WAITING, None
+            item.note = "interrupted by a restart of the server; will run again"
+        # They stay in place, which is ahead of every waiting run: the queue only ever
+        # starts the first waiting item, and moves happen among waiting items.
+        self._next_id = max([data.get("next_id", 1)] + [item.id + 1 for item in self.items])
+        self.paused = True  # a restart never starts training by itself

@@ -1,0 +1,169 @@
+"""The job service the UI talks to: queue runs, stop, save now, and read the state.
+
+`TrainService` is the whole interface the UI uses. `LocalTrainService` is the standalone
+implementation: one worker thread takes the first waiting item of the `TrainQueue`, trains
+it with `train()`, and goes on to the next until the queue is empty or paused. A WebUI
+host implements the same interface over the WebUI's job queue (so training waits for
+generation, and the Interrupt button stops it) and reuses `TrainQueue` and `RunState`.
+"""
+from __future__ import annotations
+
+import threading
+import traceback
+from dataclasses import dataclass
+from typing import Callable
+
+from ..config import ConfigError, TrainConfig
+from ..progress import Commands, Progress
+from .queue import DONE, FAILED, STOPPED, QueueItem, TrainQueue
+from .state import RunState, RunView
+
+
+@dataclass
+class ServiceSnapshot:
+    items: list[QueueItem]
+    run: RunView
+    paused: bool
+    busy: bool
+
+
+class TrainService:
+    """What the UI needs from whoever runs training."""
+
+    queue: TrainQueue
+
+    def enqueue(self, config: TrainConfig, start: bool = False) -> QueueItem:
+        raise NotImplementedError
+
+    def start_queue(self) -> None:
+        raise NotImplementedError
+
+    def pause_queue(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> bool:
+        """Stop the running run after its current step (it saves name-stepN) and pause the queue."""
+        raise NotImplementedError
+
+    def save_now(self) -> bool:
+        raise NotImplementedError
+
+    def snapshot(self) -> ServiceSnapshot:
+        raise NotImplementedError
+
+
+# (config) -> TrainResult-like object with final_path and stopped_early; gets the progress.
+Trainer = Callable[[TrainConfig, Progress], object]
+
+
+def default_trainer(config: TrainConfig, progress: Progress):
+    from ..train.loop import train
+
+    return train(config, bundle=None, progress=progress)
+
+
+class LocalTrainService(TrainService):
+    """Runs the queue in one background thread of this process."""
+
+    def __init__(self, queue: TrainQueue, trainer: Trainer = default_trainer) -> None:
+        self.queue = queue
+        self.trainer = trainer
+        self.state = RunState()
+        self._lock = threading.Lock()
+        self._commands: Commands | None = None
+        self._thread: threading.Thread | None = None
+
+    # --- the interface -----------------------------------------------------------------
+    def enqueue(self, config: TrainConfig, start: bool = False) -> QueueItem:
+        config.validate()
+        item = self.queue.add(config, total_steps=_planned_steps(config))
+        if start:
+            self.start_queue()
+        return item
+
+    def start_queue(self) -> None:
+        self.queue.set_paused(False)
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._work, name="lib_trainer-queue", daemon=True)
+                self._thread.start()
+
+    def pause_queue(self) -> None:
+        self.queue.set_paused(True)
+
+    def stop(self) -> bool:
+        self.queue.set_paused(True)
+        with self._lock:
+            if self._commands is None:
+                return False
+            self._commands.request_stop()
+            return True
+
+    def save_now(self) -> bool:
+        with self._lock:
+            if self._commands is None:
+                return False
+            self._commands.request_save()
+            return True
+
+    def snapshot(self) -> ServiceSnapshot:
+        with self._lock:
+            busy = self._commands is not None
+        return ServiceSnapshot(self.queue.snapshot(), self.state.view(), self.queue.paused, busy)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait for the worker to finish the queue (tests, the CLI); True if it did."""
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+            return not thread.is_alive()
+        return True
+
+    # --- the worker --------------------------------------------------------------------
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                item = self.queue.take_next()
+                if item is None:
+                    self._thread = None
+                    return
+                self._commands = Commands()
+                commands = self._commands
+            try:
+                self._run_item(item, commands)
+            finally:
+                with self._lock:
+                    self._commands = None
+
+    def _run_item(self, item: QueueItem, commands: Commands) -> None:
+        self.state.begin(item.id, item.name)
+        progress = Progress([self.state], commands)
+        try:
+            result = self.trainer(item.train_config(), progress)
+        except (ConfigError, ValueError, RuntimeError, OSError) as error:
+            # Expected failures (dataset, config, divergence, disk) read as messages.
+            self._failed(item, str(error))
+            return
+        except Exception as error:  # a bug: show the message, keep the trace under it for a report
+            self._failed(item, f"{type(error).__name__}: {error}", traceback.format_exc(limit=8))
+            return
+        path = getattr(result, "final_path", None) or ""
+        stopped = bool(getattr(result, "stopped_early", False))
+        status = STOPPED if stopped else DONE
+        self.queue.update(item.id, status=status, result=path)
+        self.state.finish(status, result=path)
+
+    def _failed(self, item: QueueItem, message: str, trace: str = "") -> None:
+        self.queue.update(item.id, status=FAILED, error=" ".join(message.split())[:500])
+        self.state.finish(FAILED, error=message + (f"\n\n{trace}" if trace else ""))
+
+
+def _planned_steps(config: TrainConfig) -> int | None:
+    """The step count shown in the queue; None when the dataset cannot be read yet."""
+    from ..dataset.plan import make_plan
+
+    try:
+        return make_plan(config).total_steps
+    except (ValueError, OSError):
+        return None
+

@@ -1,0 +1,72 @@
+"""The "LoRA Train" page: three sub-tabs over one `TrainService`.
+
+`build_tab(service, defaults)` returns the `gr.Blocks` that both hosts show: the
+standalone server (`launch_standalone`, `python -m lib_trainer ui`) and, later, the
+WebUI's `on_ui_tabs`. The WebUI loads `style.css` and `javascript/*.js` from the
+extension folder by itself; the standalone server passes the same files to Gradio.
+"""
+from __future__ import annotations
+
+import glob
+import os
+
+import gradio as gr
+
+from ..config import TrainConfig
+from ..jobs.service import TrainService
+from .compat import js_event_kwargs, queue
+from .dataset_tab import DatasetTab
+from .live_view import LiveView
+from .tags_tab import TagsTab
+from .train_tab import TrainTab
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TAB_ID = "lib_trainer_tab"
+
+
+def build_tab(service: TrainService, defaults: TrainConfig | None = None, **blocks_kwargs) -> gr.Blocks:
+    defaults = defaults or TrainConfig()
+    with gr.Blocks(analytics_enabled=False, **blocks_kwargs) as blocks:
+        with gr.Column(elem_id=TAB_ID):
+            with gr.Tabs(elem_id="lt_tabs"):
+                with gr.Tab("Train", elem_id="lt_tab_train"):
+                    train = TrainTab(service, defaults)
+                    train.build()
+                    live = LiveView(service)
+                    live.build()
+                with gr.Tab("Dataset", elem_id="lt_tab_dataset"):
+                    dataset = DatasetTab()
+                    dataset.build()
+                with gr.Tab("Tags", elem_id="lt_tab_tags"):
+                    tags = TagsTab()
+                    tags.build()
+        train.wire()
+        live.wire(blocks)
+        dataset.wire()
+        tags.wire()
+    return blocks
+
+
+def asset_files() -> tuple[str, list[str]]:
+    """(style.css, javascript/*.js in name order): what the WebUI loads for an extension."""
+    return os.path.join(ROOT, "style.css"), sorted(glob.glob(os.path.join(ROOT, "javascript", "*.js")))
+
+
+def standalone_blocks(service: TrainService, defaults: TrainConfig | None = None) -> gr.Blocks:
+    css_file, scripts = asset_files()
+    with open(css_file, encoding="utf-8") as handle:
+        css = handle.read()
+    blocks = build_tab(service, defaults, title="LoRA Train - lib_trainer", css=css)
+    code = "\n".join(open(path, encoding="utf-8").read() for path in scripts)
+    # The scripts are plain files for the WebUI's <script> tags; here they run once on load.
+    with blocks:
+        blocks.load(None, None, None, **js_event_kwargs(f"() => {{ {code}\n }}"))
+    return queue(blocks, concurrency=4)
+
+
+def launch_standalone(service: TrainService, defaults: TrainConfig, host: str, port: int,
+                      block: bool = True) -> gr.Blocks:
+    blocks = standalone_blocks(service, defaults)
+    blocks.launch(server_name=host, server_port=port, prevent_thread_lock=not block, show_api=False,
+                  inbrowser=False, share=False, quiet=True)
+    return blocks

@@ -1,0 +1,210 @@
+"""The "Train" sub-tab: beginner form, expert options, config files, plan, start/stop.
+
+The live progress and the queue are drawn by live_view.py; all work goes through the
+`TrainService` the tab is built with.
+"""
+from __future__ import annotations
+
+import html
+import os
+
+import gradio as gr
+
+from ..config import TrainConfig, save_config
+from ..dataset.folders import scan_dataset
+from ..dataset.plan import make_plan
+from ..jobs.service import TrainService
+from .compat import uploaded_path
+from .config_io import read_config_file
+from .form import NETWORK_TYPES, ConfigForm, network_type_of
+from .guard import shows_errors
+from .presets import CUSTOM, PRESETS
+from .render import error_lines, message_html
+
+BEGINNER_FIELDS = (("pretrained_model_name_or_path",), ("train_data_dir", "trigger_word"),
+                   ("output_dir", "output_name"))
+PATH_FIELDS = ("train_data_dir", "reg_data_dir", "output_dir", "logging_dir", "latents_cache_dir", "vae",
+               "network_weights")
+
+
+def absolute_paths(config: TrainConfig) -> TrainConfig:
+    """Relative folders are taken from where the server runs, once, when a run is queued."""
+    changes = {name: os.path.abspath(getattr(config, name)) for name in PATH_FIELDS if getattr(config, name)}
+    model = config.pretrained_model_name_or_path
+    if model and not model.startswith("tiny:") and os.path.exists(model):
+        changes["pretrained_model_name_or_path"] = os.path.abspath(model)
+    return config.replace(**changes)
+
+
+def dataset_summary(folder: str) -> str:
+    """The concepts of a dataset folder with their repeats, from the N_concept folder names."""
+    if not folder.strip():
+        return "Choose the folder that holds `<repeats>_<concept>` folders (e.g. `10_sks dog`)."
+    try:
+        scan = scan_dataset(folder.strip())
+    except (ValueError, OSError) as error:
+        return "<span class='lt-error-text'>" + html.escape(" ".join(error_lines(error))) + "</span>"
+    lines = []
+    for concept in scan.concepts:
+        count = sum(1 for item in scan.items if item.concept is concept)
+        lines.append(f"- `{os.path.basename(concept.folder)}`: {count} images × **{concept.repeats} repeats** "
+                     f"= {count * concept.repeats} per epoch")
+    return "\n".join(lines) + "\n\nRepeats come from the folder names: rename a folder to change them."
+
+
+class TrainTab:
+    def __init__(self, service: TrainService, defaults: TrainConfig) -> None:
+        self.service = service
+        self.defaults = defaults
+        self.form = ConfigForm()
+
+    # --- layout ------------------------------------------------------------------------
+    def build(self) -> None:
+        form, d = self.form, self.defaults
+        self.message = gr.HTML(elem_id="lt_train_message")
+        with gr.Row():
+            self.preset = gr.Dropdown([CUSTOM, *PRESETS], value=CUSTOM, label="Preset", elem_id="lt_preset",
+                                      info="Fills in sensible settings; dataset, output and model stay as they are.")
+        for row in BEGINNER_FIELDS:
+            with gr.Row():
+                for name in row:
+                    form.add(name, getattr(d, name))
+        self.dataset_info = gr.Markdown(dataset_summary(d.train_data_dir), elem_id="lt_dataset_info")
+        with gr.Row():
+            self.network_type = gr.Dropdown(list(NETWORK_TYPES), value=network_type_of(d.conv_dim),
+                                            label="Network type", elem_id="lt_network_type",
+                                            info="LoCon also trains the 3x3 convolutions (conv_dim).")
+            for name in ("network_dim", "network_alpha", "max_train_epochs"):
+                form.add(name, getattr(d, name))
+        with gr.Accordion("Expert: every option", open=False, elem_id="lt_expert"):
+            form.build_expert(d)
+        with gr.Accordion("Config files", open=False, elem_id="lt_config_files"):
+            self.config_path = gr.Textbox(label="Config file (.toml or .json)", elem_id="lt_config_path",
+                                          info="Save writes this form there; Load reads ours, sd-scripts' TOML or "
+                                               "kohya_ss GUI JSON. Empty: <output_dir>/<output_name>.toml")
+            with gr.Row():
+                self.save_config = gr.Button("Save config", elem_id="lt_save_config")
+                self.load_config = gr.Button("Load config", elem_id="lt_load_config")
+            self.upload = gr.File(label="Import a kohya_ss / sd-scripts config file", file_types=[".toml", ".json"],
+                                  elem_id="lt_import_config")
+        with gr.Row():
+            self.check = gr.Button("Check", elem_id="lt_check")
+            self.start = gr.Button("Start", variant="primary", elem_id="lt_start")
+            self.enqueue = gr.Button("Add to queue", elem_id="lt_enqueue")
+            self.stop = gr.Button("Stop", variant="stop", elem_id="lt_stop")
+            self.save_now = gr.Button("Save now", elem_id="lt_save_now")
+        self.plan = gr.Textbox(label="Plan (steps before training)", lines=6, max_lines=30, interactive=False,
+                               elem_id="lt_plan")
+
+    # --- events ------------------------------------------------------------------------
+    def wire(self) -> None:
+        form, inputs = self.form, self.form.inputs
+        conv_dim, dim = form.components["conv_dim"], form.components["network_dim"]
+        data_dir = form.components["train_data_dir"]
+        data_dir.blur(dataset_summary, data_dir, self.dataset_info)
+        data_dir.submit(dataset_summary, data_dir, self.dataset_info)
+        self.network_type.change(self._network_type_changed, [self.network_type, conv_dim, dim],
+                                 [conv_dim, form.components["conv_alpha"]])
+        conv_dim.change(lambda c, t: gr.update() if network_type_of(c) == t else network_type_of(c),
+                        [conv_dim, self.network_type], self.network_type)
+        self.preset.change(self._preset_changed, self.preset, inputs)
+        self.check.click(self._check, inputs, [self.message, self.plan])
+        self.start.click(lambda *v: self._enqueue(True, *v), inputs, [self.message, self.plan])
+        self.enqueue.click(lambda *v: self._enqueue(False, *v), inputs, [self.message, self.plan])
+        self.stop.click(self._stop, None, self.message)
+        self.save_now.click(self._save_now, None, self.message)
+        self.save_config.click(self._save_config, [self.config_path, *inputs], self.message)
+        self.load_config.click(self._load_config, [self.config_path, *inputs],
+                               [self.message, self.network_type, *inputs])
+        self.upload.upload(self._import_config, [self.upload, *inputs], [self.message, self.network_type, *inputs])
+
+    @staticmethod
+    def _network_type_changed(kind, conv_dim, dim):
+        if network_type_of(conv_dim) == kind:
+            return gr.update(), gr.update()
+        if kind == "LoRA":
+            return 0, gr.update()
+        rank = max(1, min(8, int(dim or 8)))
+        return rank, max(1.0, rank / 2)
+
+    def _preset_changed(self, name):
+        if name == CUSTOM:
+            return self.form.updates(TrainConfig(), only=set())
+        return self.form.updates(TrainConfig().replace(**PRESETS[name]), only=set(PRESETS[name]))
+
+    def _read(self, values) -> TrainConfig:
+        config, problems = self.form.read(list(values))
+        if problems:
+            raise ValueError("\n".join(problems))
+        return config
+
+    def _check(self, *values):
+        @shows_errors(2)
+        def check():
+            config = self._read(values)
+            plan = make_plan(config)
+            return message_html(ok=f"{plan.total_steps} steps; the plan is below."), plan.summary()
+        return check()
+
+    def _enqueue(self, start: bool, *values):
+        @shows_errors(2)
+        def enqueue():
+            config = absolute_paths(self._read(values))
+            plan = make_plan(config)  # a bad dataset is reported now, not when its turn comes
+            busy = self.service.snapshot().busy
+            item = self.service.enqueue(config, start=start)
+            if start and busy:
+                text = f"#{item.id} {item.name} queued behind the running training ({plan.total_steps} steps)."
+            elif start:
+                text = f"#{item.id} {item.name}: training starts ({plan.total_steps} steps)."
+            else:
+                text = f"#{item.id} {item.name} added to the queue ({plan.total_steps} steps). Press Run queue to start."
+            return message_html(ok=text), plan.summary()
+        return enqueue()
+
+    @shows_errors(1)
+    def _stop(self):
+        if self.service.stop():
+            return message_html(ok="Stopping after this step; what was trained is saved as name-stepN. "
+                                   "The queue is paused.")
+        return message_html(notes=["No training is running. The queue is paused."])
+
+    @shows_errors(1)
+    def _save_now(self):
+        if self.service.save_now():
+            return message_html(ok="Saving a name-stepN file after this step.")
+        return message_html(notes=["No training is running."])
+
+    def _save_config(self, path, *values):
+        @shows_errors(1)
+        def save():
+            config, problems = self.form.read(list(values))
+            if config is None:
+                raise ValueError("\n".join(problems))
+            target = path.strip() or os.path.join(config.output_dir, config.output_name + ".toml")
+            save_config(config, target)
+            notes = [f"this config has problems to fix before training: {p}" for p in problems]
+            return message_html(ok=f"Config saved to {os.path.abspath(target)}", notes=notes)
+        return save()
+
+    def _load_config(self, path, *values):
+        if not path.strip():
+            return (message_html(errors=["Enter the path of a config file to load."]),
+                    gr.update(), *[gr.update() for _ in values])
+        return self._apply_file(path.strip(), values)
+
+    def _import_config(self, upload, *values):
+        path = uploaded_path(upload)
+        if not path:
+            return (gr.update(), gr.update(), *[gr.update() for _ in values])
+        return self._apply_file(path, values)
+
+    def _apply_file(self, path: str, values):
+        @shows_errors(2 + len(values))
+        def apply():
+            base, _ = self.form.read(list(values))
+            config, notes = read_config_file(path, base or self.defaults)
+            problems = [f"to fix before training: {p}" for p in config.problems()]
+            return (message_html(ok=f"Loaded {os.path.basename(path)}", notes=notes + problems),
+                    network_type_of(config.conv_dim), *self.form.updates(config))
+        return apply()

@@ -1,0 +1,232 @@
+"""The LoRA Train page in a real browser: Debian's chromium driven by Playwright, against
+`python -m lib_trainer ui` on a free port with the tiny model.
+
+Skipped, with the reason, only where chromium or playwright is missing; .ci/run installs
+both, so CI runs these.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from lib_trainer.demo_data import TRIGGER, make_demo_dataset
+from lib_trainer.formats.lora_file import load_lora
+
+CHROMIUM = os.environ.get("LIB_TRAINER_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+TIMEOUT_MS = 300_000  # the machine may be shared: be patient, not flaky
+
+if not os.path.exists(CHROMIUM) and not shutil.which("chromium"):
+    pytest.skip(f"chromium is not installed at {CHROMIUM} (apt-get install chromium; .ci/run does)",
+                allow_module_level=True)
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed "
+                               "(pip install -r requirements-dev.txt)")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ui")
+    port = free_port()
+    log = open(root / "server.log", "w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "lib_trainer", "ui", "--port", str(port), "--model", "tiny:sd1",
+         "--state-dir", str(root / "state"), "--output-dir", str(root / "out")],
+        stdout=log, stderr=subprocess.STDOUT, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 180
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=5)
+            break
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                pytest.fail("the UI server did not start:\n" + (root / "server.log").read_text())
+            time.sleep(0.5)
+    yield {"url": url, "root": root, "dataset": make_demo_dataset(str(root / "dataset"), count=4, size=64)}
+    process.terminate()
+    try:
+        process.wait(20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as playwright:
+        executable = CHROMIUM if os.path.exists(CHROMIUM) else shutil.which("chromium")
+        # CI preloads tcmalloc for training speed; the browser keeps its own allocator.
+        env = {key: value for key, value in os.environ.items() if key != "LD_PRELOAD"}
+        launched = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS, env=env)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def page(browser, server):
+    page = browser.new_page(viewport={"width": 1280, "height": 1800})
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(server["url"])
+    page.wait_for_selector("#lt_start")
+    yield page
+    page.close()
+
+
+# --- helpers: how a person uses the page ---------------------------------------------------
+def field(page, elem_id):
+    return page.locator(f"#{elem_id} :is(textarea, input)").first
+
+
+def fill(page, elem_id, value) -> None:
+    """Type a value and leave the field, as a person does (Gradio reads it on change/blur)."""
+    box = field(page, elem_id)
+    box.fill(str(value))
+    box.press("Tab")
+
+
+def open_accordion(page, elem_id) -> None:
+    page.click(f"#{elem_id} .label-wrap")
+
+
+def fill_beginner_form(page, server, name: str, epochs: int) -> None:
+    fill(page, "lt_cfg_train_data_dir", server["dataset"])
+    page.wait_for_selector("#lt_dataset_info:has-text('10 repeats')")  # repeats read from 10_ltdemo ball
+    fill(page, "lt_cfg_trigger_word", TRIGGER)
+    fill(page, "lt_cfg_output_name", name)
+    fill(page, "lt_cfg_network_dim", 4)
+    fill(page, "lt_cfg_network_alpha", 4)
+    fill(page, "lt_cfg_max_train_epochs", epochs)
+    # Small pictures and a high learning rate, so a run takes seconds on a CPU.
+    open_accordion(page, "lt_expert")
+    open_accordion(page, "lt_group_dataset")
+    open_accordion(page, "lt_group_optimizer")
+    open_accordion(page, "lt_group_training")
+    fill(page, "lt_cfg_resolution", 64)
+    fill(page, "lt_cfg_min_bucket_reso", 64)
+    fill(page, "lt_cfg_max_bucket_reso", 128)
+    fill(page, "lt_cfg_learning_rate", 0.001)
+    fill(page, "lt_cfg_train_batch_size", 4)
+
+
+def progress(page) -> dict:
+    box = page.locator("#lt_progress .lt-progress")
+    return {key: box.get_attribute(f"data-{key}") for key in ("phase", "step", "total")}
+
+
+def wait_for(page, condition, what: str, timeout_s: float = TIMEOUT_MS / 1000):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        page.wait_for_timeout(250)
+    pytest.fail(f"timed out waiting for {what}; progress: {progress(page)}; "
+                f"message: {page.inner_text('#lt_train_message')}; log: {field(page, 'lt_log').input_value()}")
+
+
+def chart_steps(page) -> int:
+    label = page.locator("#lt_loss_plot").inner_text()
+    match = re.search(r"Loss \((\d+) steps\)", label)
+    return int(match.group(1)) if match else -1
+
+
+# --- tests ---------------------------------------------------------------------------------
+def test_a_bad_dataset_folder_shows_its_error_in_the_page(page, server):
+    fill(page, "lt_cfg_train_data_dir", str(server["root"] / "no such folder"))
+    page.click("#lt_start")
+    error = page.wait_for_selector("#lt_train_message .lt-error")
+    assert "does not exist" in error.inner_text()
+    assert "Traceback" not in page.inner_text("#lib_trainer_tab")
+    assert "queue is empty" in page.inner_text("#lt_queue_table")
+
+
+def test_train_from_the_beginner_form(page, server):
+    fill_beginner_form(page, server, "browser", epochs=1)
+    page.click("#lt_check")
+    page.wait_for_selector("#lt_train_message .lt-ok:has-text('10 steps')")
+    assert "x 1 epochs = 10 steps" in field(page, "lt_plan").input_value()
+
+    page.click("#lt_start")
+    # Live progress: the step counter and the loss chart move while it trains.
+    wait_for(page, lambda: progress(page)["phase"] in ("training", "done") and int(progress(page)["step"]) > 0,
+             "the first steps")
+    wait_for(page, lambda: chart_steps(page) > 0, "the loss chart")
+    wait_for(page, lambda: progress(page)["phase"] == "done", "the end of training")
+    assert progress(page)["step"] == progress(page)["total"] == "10"
+    assert wait_for(page, lambda: chart_steps(page) == 10, "the chart's last point")
+    text = page.inner_text("#lt_progress")
+    assert "step 10/10" in text and "loss" in text and "it/s" in text
+    path = page.inner_text("#lt_progress .lt-result").strip()
+    assert path.endswith("browser.safetensors") and os.path.isfile(path)
+    assert load_lora(path)
+    assert path in field(page, "lt_files").input_value()
+
+
+def test_stop_mid_run_leaves_a_loadable_step_file(page, server):
+    fill_beginner_form(page, server, "stopped", epochs=100)
+    page.click("#lt_start")
+    wait_for(page, lambda: progress(page)["phase"] == "training" and int(progress(page)["step"]) >= 2,
+             "a few steps")
+    page.click("#lt_stop")
+    page.wait_for_selector("#lt_train_message .lt-ok:has-text('Stopping')")
+    wait_for(page, lambda: progress(page)["phase"] == "stopped", "the stop")
+    path = page.inner_text("#lt_progress .lt-result").strip()
+    assert re.search(r"stopped-step\d+\.safetensors$", path), path
+    assert os.path.isfile(path) and load_lora(path)
+    assert not os.path.exists(os.path.join(os.path.dirname(path), "stopped.safetensors"))
+
+
+def queue_names(page) -> list[str]:
+    rows = page.locator("#lt_queue_table tbody tr")
+    return [rows.nth(i).locator("td").nth(1).inner_text().strip() for i in range(rows.count())]
+
+
+def choose_run(page, label_start: str) -> None:
+    field(page, "lt_queue_select").click()
+    page.locator("#lt_queue_select li", has_text=label_start).first.click()
+
+
+def test_queue_two_runs_reorder_and_remove(page, server):
+    page.click("#lt_queue_clear")
+    wait_for(page, lambda: "stopped" not in queue_names(page) and "browser" not in queue_names(page),
+             "finished runs to clear")
+    fill_beginner_form(page, server, "first", epochs=1)
+    page.click("#lt_enqueue")
+    page.wait_for_selector("#lt_train_message .lt-ok:has-text('added to the queue')")
+    fill(page, "lt_cfg_output_name", "second")
+    page.click("#lt_enqueue")
+    page.wait_for_selector("#lt_train_message .lt-ok:has-text('second added')")
+    wait_for(page, lambda: queue_names(page) == ["first", "second"], "both runs in the table")
+
+    choose_run(page, "second")
+    page.click("#lt_queue_up")
+    wait_for(page, lambda: queue_names(page) == ["second", "first"], "second moved up")
+
+    page.reload()  # the queue lives on the server (and on disk), not in the page
+    page.wait_for_selector("#lt_start")
+    wait_for(page, lambda: queue_names(page) == ["second", "first"], "the queue after a reload")
+
+    choose_run(page, "first")
+    page.click("#lt_queue_remove")
+    wait_for(page, lambda: queue_names(page) == ["second"], "first removed")
+    statuses = page.inner_text("#lt_queue_table")
+    assert "waiting" in statuses  # Add to queue does not start training
+    choose_run(page, "second")
+    page.click("#lt_queue_remove")
+    wait_for(page, lambda: "queue is empty" in page.inner_text("#lt_queue_table"), "an empty queue")
