@@ -54,3 +54,14 @@ def peft_layer_count(parts) -> int:
     from peft.tuners.lora import LoraLayer
 
     return sum(isinstance(m, LoraLayer) for c in (parts.unet, *parts.text_encoders) for m in c.modules())
+
+
+def encoded_examples(bundle, examples):
+    """Latents (centre crop, no flip) and captions of training examples, for scoring a model."""
+    from lib_trainer.dataset.pixels import crop_box, load_pixels
+
+    pixels = torch.stack([load_pixels(e.path, e.placement, crop_box(e.placement, False, None), False)
+                          for e in examples])
+    with torch.no_grad():
+        latents = bundle.encode_pixels(pixels)
+    return latents, [e.caption for e in examples]

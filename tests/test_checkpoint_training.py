@@ -4,9 +4,7 @@ diffusers' independent loader turns every key of the LoRA into a layer."""
 from __future__ import annotations
 
 import pytest
-import torch
 
-from lib_trainer.dataset.pixels import crop_box, load_pixels
 from lib_trainer.demo_data import make_demo_dataset
 from lib_trainer.formats.lora_file import load_lora, read_metadata
 from lib_trainer.hosts import load_bundle
@@ -16,7 +14,7 @@ from lib_trainer.networks.registry import create_network
 from lib_trainer.train.evaluate import fixed_denoising_loss
 from lib_trainer.train.loop import train
 
-from conftest import diffusers_pipeline, peft_layer_count, quick_config
+from conftest import diffusers_pipeline, encoded_examples, peft_layer_count, quick_config
 
 FAMILIES = {  # family: (prediction type, kohya's ss_base_model_version, key of one UNet layer)
     "sd1": ("epsilon", "sd_v1", "lora_unet_down_blocks_0_attentions_0_proj_in"),
@@ -61,12 +59,7 @@ def test_lora_from_a_single_file_checkpoint(tmp_path, concept_root, family):
     diffusers_pipeline(independent).load_lora_weights(result.final_path)  # raises on any key it cannot place
     assert peft_layer_count(independent) == len(network.adapters)
 
-    examples = result.plan.training_set.examples
-    pixels = torch.stack([load_pixels(e.path, e.placement, crop_box(e.placement, False, None), False)
-                          for e in examples])
-    with torch.no_grad():
-        latents = bundle.encode_pixels(pixels)
-    prompts = [e.caption for e in examples]
+    latents, prompts = encoded_examples(bundle, result.plan.training_set.examples)
     base = fixed_denoising_loss(bundle, latents, prompts, seed=4321, timesteps=[100, 400, 700])
     with network.attached():
         trained = fixed_denoising_loss(bundle, latents, prompts, seed=4321, timesteps=[100, 400, 700])

@@ -9,8 +9,7 @@ import os
 import pytest
 import torch
 
-from conftest import quick_config
-from lib_trainer.dataset.pixels import crop_box, load_pixels
+from conftest import encoded_examples, quick_config
 from lib_trainer.demo_data import make_demo_dataset
 from lib_trainer.formats.lora_file import load_lora, read_metadata
 from lib_trainer.hosts.tiny import build_tiny_bundle
@@ -29,12 +28,7 @@ def test_loss_falls_on_the_demo_concept_also_for_unseen_noise(tmp_path):
     assert os.path.basename(result.final_path) == "test.safetensors"
 
     bundle = build_tiny_bundle()
-    examples = result.plan.training_set.examples
-    pixels = torch.stack([load_pixels(e.path, e.placement, crop_box(e.placement, False, None), False)
-                          for e in examples])
-    with torch.no_grad():
-        latents = bundle.encode_pixels(pixels)
-    prompts = [e.caption for e in examples]
+    latents, prompts = encoded_examples(bundle, result.plan.training_set.examples)
     network = create_network(config, bundle.target_layers(False))
     assert network.load_file_state_dict(load_lora(result.final_path)) == []
     # Seeds and timesteps the run never drew: it learned the images, not the noise.
