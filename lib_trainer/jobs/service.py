@@ -93,17 +93,17 @@ class LocalTrainService(TrainService):
 
     def stop(self) -> bool:
         self.queue.set_paused(True)
-        with self._lock:
-            if self._commands is None:
-                return False
-            self._commands.request_stop()
-            return True
+        return self._send(lambda commands: commands.request_stop())
 
     def save_now(self) -> bool:
+        return self._send(lambda commands: commands.request_save())
+
+    def _send(self, request) -> bool:
+        """Pass a request to the running job's commands; False when nothing is running."""
         with self._lock:
             if self._commands is None:
                 return False
-            self._commands.request_save()
+            request(self._commands)
             return True
 
     def snapshot(self) -> ServiceSnapshot:
