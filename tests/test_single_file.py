@@ -25,6 +25,7 @@ from lib_trainer.formats.original_layout import (
     with_prefix,
 )
 from lib_trainer.hosts.components import architecture, build_components
+from webui_models import OpenCLIPText, ldm_classes, ldm_unet, strip
 from lib_trainer.hosts.single_file import (
     CheckpointError,
     detect_checkpoint,
@@ -297,39 +298,13 @@ def test_diffusers_single_file_loader_reads_our_file(saved, name, tmp_path):
         assert_same_weights(expected, actual)
 
 
-@pytest.fixture
-def compvis_ldm(monkeypatch):
-    """The CompVis/Stability `ldm` modules (package stable-diffusion-sdkit, installed without its
-    dependencies). Its UNetModel imports omegaconf only to recognise omegaconf lists in configs."""
-    omegaconf = types.ModuleType("omegaconf")
-    omegaconf.listconfig = types.ModuleType("omegaconf.listconfig")
-    omegaconf.listconfig.ListConfig = type("ListConfig", (list,), {})
-    monkeypatch.setitem(sys.modules, "omegaconf", omegaconf)
-    monkeypatch.setitem(sys.modules, "omegaconf.listconfig", omegaconf.listconfig)
-    from ldm.modules.diffusionmodules import model, openaimodel
-
-    return openaimodel.UNetModel, model.Encoder, model.Decoder
-
-
-def strip(tensors: dict, prefix: str) -> dict:
-    return {key[len(prefix):]: value for key, value in tensors.items() if key.startswith(prefix)}
-
-
 @pytest.mark.parametrize("name", ["tiny-sd1", "tiny-sd2"])
-def test_compvis_ldm_modules_load_our_file_strictly_and_compute_the_same(saved, name, compvis_ldm):
-    unet_class, encoder_class, decoder_class = compvis_ldm
+def test_compvis_ldm_modules_load_our_file_strictly_and_compute_the_same(saved, name):
+    _, encoder_class, decoder_class = ldm_classes()
     components, path = saved[name]
     tensors = load_file(path)
     config = architecture(name)["unet"]
-    base = config["block_out_channels"][0]
-    heads = config["attention_head_dim"]  # SD1: heads per block; SD2: per-level heads of 64 channels
-    head_setting = {"num_heads": heads} if isinstance(heads, int) else {"num_head_channels": base // heads[0]}
-    unet = unet_class(image_size=16, in_channels=4, out_channels=4, model_channels=base, attention_resolutions=[4, 2, 1],
-                      num_res_blocks=2, channel_mult=[c // base for c in config["block_out_channels"]],
-                      use_spatial_transformer=True, transformer_depth=1, context_dim=config["cross_attention_dim"],
-                      use_linear_in_transformer=config.get("use_linear_projection", False), legacy=False,
-                      **head_setting).eval()
-    unet.load_state_dict(strip(tensors, "model.diffusion_model."), strict=True)
+    unet = ldm_unet(name.removeprefix("tiny-"), tensors)
     generator = torch.Generator().manual_seed(4)
     latents = torch.randn(1, 4, 8, 8, generator=generator)
     context = torch.randn(1, 7, config["cross_attention_dim"], generator=generator)
@@ -352,40 +327,6 @@ def test_compvis_ldm_modules_load_our_file_strictly_and_compute_the_same(saved, 
         torch.testing.assert_close(decoder(latents), components.vae.decoder(latents), rtol=1e-3, atol=1e-4)
 
 
-class OpenCLIPText(torch.nn.Module):
-    """OpenCLIP's text tower, written from its layout: `nn.MultiheadAttention` defines what the
-    fused in_proj holds, and the projection is applied as `x @ text_projection`."""
-
-    def __init__(self, tensors: dict, layers: int, heads: int):
-        super().__init__()
-        width = tensors["positional_embedding"].shape[1]
-        self.token_embedding = torch.nn.Embedding(tensors["token_embedding.weight"].shape[0], width)
-        self.positional_embedding = torch.nn.Parameter(torch.empty(77, width))
-        self.transformer = torch.nn.ModuleDict({"resblocks": torch.nn.ModuleList(
-            self._block(width, heads) for _ in range(layers))})
-        self.ln_final = torch.nn.LayerNorm(width)
-        self.text_projection = torch.nn.Parameter(torch.empty(width, width))
-        self.load_state_dict({k: v for k, v in tensors.items() if k != "logit_scale"
-                              and not k.startswith(f"transformer.resblocks.{layers}.")}, strict=True)
-
-    @staticmethod
-    def _block(width: int, heads: int) -> torch.nn.ModuleDict:
-        nn = torch.nn
-        mlp = nn.ModuleDict({"c_fc": nn.Linear(width, 4 * width), "c_proj": nn.Linear(4 * width, width)})
-        return nn.ModuleDict({"ln_1": nn.LayerNorm(width), "attn": nn.MultiheadAttention(width, heads),
-                              "ln_2": nn.LayerNorm(width), "mlp": mlp})
-
-    def forward(self, ids):
-        x = (self.token_embedding(ids) + self.positional_embedding[: ids.shape[1]]).transpose(0, 1)
-        mask = torch.full((ids.shape[1], ids.shape[1]), float("-inf")).triu(1)
-        for block in self.transformer.resblocks:
-            h = block.ln_1(x)
-            x = x + block.attn(h, h, h, attn_mask=mask, need_weights=False)[0]
-            x = x + block.mlp.c_proj(torch.nn.functional.gelu(block.mlp.c_fc(block.ln_2(x))))
-        x = self.ln_final(x.transpose(0, 1))
-        return x, x[torch.arange(ids.shape[0]), ids.argmax(-1)] @ self.text_projection
-
-
 @pytest.mark.parametrize("name, prefix", [("tiny-sd2", "cond_stage_model.model."),
                                           ("tiny-sdxl", "conditioner.embedders.1.model.")])
 def test_openclip_layout_computes_what_the_text_encoder_computes(saved, name, prefix):
@@ -395,7 +336,7 @@ def test_openclip_layout_computes_what_the_text_encoder_computes(saved, name, pr
                          encoder.config.num_attention_heads)
     ids = torch.tensor([[49406, 320, 1125, 539, 49407, 0, 0]])
     with torch.no_grad():
-        hidden, projected = tower(ids)
+        hidden, projected, _ = tower(ids)
         output = encoder(ids)
         torch.testing.assert_close(hidden, output.last_hidden_state, rtol=1e-4, atol=1e-5)
         if name == "tiny-sdxl":  # SDXL's pooled text embedding goes through the projection

@@ -7,6 +7,7 @@ type, and the layers a network may adapt with the key names they carry in the fi
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -141,6 +142,15 @@ class ModuleState:
 def _tensors(module: nn.Module):
     yield from module.named_parameters()
     yield from module.named_buffers()
+
+
+def module_fingerprint(module: nn.Module) -> str:
+    """A short hash of a module's weights: latent caches are only reused with the same VAE."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def scaled_linear_alphas_cumprod(steps: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012) -> torch.Tensor:

@@ -7,7 +7,6 @@ the dataset, network, training or format code, which also run inside the WebUI.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 
@@ -15,7 +14,7 @@ import torch
 from torch import nn
 
 from ..formats.kohya_names import clip_text_encoder_targets, diffusers_unet_targets
-from .bundle import Conditioning, ModelBundle, scaled_linear_alphas_cumprod
+from .bundle import Conditioning, ModelBundle, module_fingerprint, scaled_linear_alphas_cumprod
 from .components import ModelComponents
 from .prompt_chunks import batch_chunk_ids
 
@@ -125,11 +124,7 @@ class DiffusersSDBundle(ModelBundle):
 
     def vae_fingerprint(self) -> str:
         if self._fingerprint is None:
-            digest = hashlib.sha256()
-            for name, tensor in sorted(self.vae_model.state_dict().items()):
-                digest.update(name.encode())
-                digest.update(tensor.detach().float().cpu().numpy().tobytes())
-            self._fingerprint = digest.hexdigest()[:16]
+            self._fingerprint = module_fingerprint(self.vae_model)
         return self._fingerprint
 
     def set_gradient_checkpointing(self, enabled: bool) -> None:
