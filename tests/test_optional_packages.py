@@ -81,3 +81,41 @@ def test_webui_deepbooru_and_blip(fake_webui, tmp_path):
 
     with pytest.raises(wd14.ModelMissing, match=str(tmp_path / "models" / "wd14")):
         make_tagger("wd14", options)  # the WebUI's models folder is where WD14 is looked for
+
+
+def test_install_py_installs_only_missing_packages_with_the_webui_packages_pinned(monkeypatch):
+    """The WebUI runs install.py with its `launch` module; nothing it pins may move."""
+    import importlib.metadata
+    import os
+    import runpy
+
+    from lib_trainer.optional import OPTIONAL_PACKAGES
+
+    calls = []
+
+    def run_pip(command, description):
+        constraints = command.split('-c "')[1].rstrip('"')
+        with open(constraints, encoding="utf-8") as handle:
+            calls.append((command, handle.read()))
+        if "lion" in command:
+            raise RuntimeError("no network")  # a failed optional install must not stop the WebUI
+
+    installed = {"prodigyopt", "cv2", "tensorboard"}
+    launch = types.SimpleNamespace(is_installed=lambda name: name in installed, run_pip=run_pip)
+    monkeypatch.setitem(sys.modules, "launch", launch)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    runpy.run_path(os.path.join(root, "install.py"), run_name="__main__")
+
+    requested = [command.split('"')[1] for command, _ in calls]
+    assert requested == [OPTIONAL_PACKAGES[m][0] for m in OPTIONAL_PACKAGES if m not in installed]
+    pins = calls[0][1].split()
+    assert f"torch=={importlib.metadata.version('torch')}" in pins
+    assert f"numpy=={importlib.metadata.version('numpy')}" in pins
+    assert f"gradio=={importlib.metadata.version('gradio')}" in pins
+
+
+def test_missing_optional_packages_are_listed_with_how_to_install_them(monkeypatch):
+    from lib_trainer import optional
+
+    monkeypatch.setattr(optional, "is_available", lambda name: name != "prodigyopt")
+    assert optional.unavailable_features() == ['the Prodigy optimizer is unavailable: pip install "prodigyopt"']

@@ -8,6 +8,7 @@ generation, and the Interrupt button stops it) and reuses `TrainQueue` and `RunS
 """
 from __future__ import annotations
 
+import contextlib
 import threading
 import traceback
 from dataclasses import dataclass
@@ -137,9 +138,10 @@ class LocalTrainService(TrainService):
 
     def _run_item(self, item: QueueItem, commands: Commands) -> None:
         self.state.begin(item.id, item.name)
-        progress = Progress([self.state], commands)
+        progress = Progress([self.state, *self._host_sinks(commands)], commands)
         try:
-            result = self.trainer(item.train_config(), progress)
+            with self._host_job(item, progress):
+                result = self.trainer(item.train_config(), progress)
         except (ConfigError, ValueError, RuntimeError, OSError) as error:
             # Expected failures (dataset, config, divergence, disk) read as messages.
             self._failed(item, str(error))
@@ -152,6 +154,14 @@ class LocalTrainService(TrainService):
         status = STOPPED if stopped else DONE
         self.queue.update(item.id, status=status, result=path)
         self.state.finish(status, result=path)
+
+    def _host_sinks(self, commands: Commands) -> list:
+        """Progress sinks a host adds to every run (the WebUI's shared.state)."""
+        return []
+
+    def _host_job(self, item: QueueItem, progress: Progress):
+        """What a run is wrapped in (the WebUI's job queue); nothing here."""
+        return contextlib.nullcontext()
 
     def _failed(self, item: QueueItem, message: str, trace: str = "") -> None:
         self.queue.update(item.id, status=FAILED, error=" ".join(message.split())[:500])

@@ -1,19 +1,21 @@
 """The "LoRA Train" page: three sub-tabs over one `TrainService`.
 
 `build_tab(service, defaults)` returns the `gr.Blocks` that both hosts show: the
-standalone server (`launch_standalone`, `python -m lib_trainer ui`) and, later, the
-WebUI's `on_ui_tabs`. The WebUI loads `style.css` and `javascript/*.js` from the
+standalone server (`launch_standalone`, `python -m lib_trainer ui`) and the
+WebUI's `on_ui_tabs` (scripts/lora_train_tab.py). The WebUI loads `style.css` and `javascript/*.js` from the
 extension folder by itself; the standalone server passes the same files to Gradio.
 """
 from __future__ import annotations
 
 import glob
 import os
+from typing import Callable
 
 import gradio as gr
 
 from ..config import TrainConfig
 from ..jobs.service import TrainService
+from ..train.memory import memory_summary
 from .compat import js_event_kwargs, queue
 from .dataset_tab import DatasetTab
 from .live_view import LiveView
@@ -24,13 +26,18 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 TAB_ID = "lib_trainer_tab"
 
 
-def build_tab(service: TrainService, defaults: TrainConfig | None = None, **blocks_kwargs) -> gr.Blocks:
+def build_tab(service: TrainService, defaults: TrainConfig | None = None, notice: str = "",
+              memory: Callable[[TrainConfig], str] = memory_summary, **blocks_kwargs) -> gr.Blocks:
+    """`notice`: what the host wants the user to know first (features unavailable there);
+    `memory`: the host's memory estimate for a config, shown with the plan."""
     defaults = defaults or TrainConfig()
     with gr.Blocks(analytics_enabled=False, **blocks_kwargs) as blocks:
         with gr.Column(elem_id=TAB_ID):
+            if notice:
+                gr.Markdown(notice, elem_id="lt_notice")
             with gr.Tabs(elem_id="lt_tabs"):
                 with gr.Tab("Train", elem_id="lt_tab_train"):
-                    train = TrainTab(service, defaults)
+                    train = TrainTab(service, defaults, memory)
                     train.build()
                     live = LiveView(service)
                     live.build()

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import html
 import os
+from typing import Callable
 
 import gradio as gr
 
 from ..config import TrainConfig, save_config
 from ..dataset.folders import scan_dataset
 from ..dataset.plan import make_plan
+from ..train.memory import memory_summary
 from ..jobs.service import TrainService
 from .compat import uploaded_path
 from .config_io import read_config_file
@@ -53,9 +55,11 @@ def dataset_summary(folder: str) -> str:
 
 
 class TrainTab:
-    def __init__(self, service: TrainService, defaults: TrainConfig) -> None:
+    def __init__(self, service: TrainService, defaults: TrainConfig,
+                 memory: Callable[[TrainConfig], str] = memory_summary) -> None:
         self.service = service
         self.defaults = defaults
+        self.memory = memory  # the host's memory estimate for a config
         self.form = ConfigForm()
 
     # --- layout ------------------------------------------------------------------------
@@ -143,7 +147,7 @@ class TrainTab:
         def check():
             config = self._read(values)
             plan = make_plan(config)
-            return message_html(ok=f"{plan.total_steps} steps; the plan is below."), plan.summary()
+            return message_html(ok=f"{plan.total_steps} steps; the plan is below."), self._plan_text(config, plan)
         return check()
 
     def _enqueue(self, start: bool, *values):
@@ -159,8 +163,15 @@ class TrainTab:
                 text = f"#{item.id} {item.name}: training starts ({plan.total_steps} steps)."
             else:
                 text = f"#{item.id} {item.name} added to the queue ({plan.total_steps} steps). Press Run queue to start."
-            return message_html(ok=text), plan.summary()
+            return message_html(ok=text), self._plan_text(config, plan)
         return enqueue()
+
+    def _plan_text(self, config: TrainConfig, plan) -> str:
+        try:
+            memory = self.memory(config)
+        except (ValueError, OSError, RuntimeError) as error:  # an estimate must never block a run
+            memory = f"Memory estimate unavailable: {error}"
+        return f"{plan.summary()}\n\n{memory}"
 
     @shows_errors(1)
     def _stop(self):

@@ -1,0 +1,305 @@
+"""The WebUI side of training (hosts/a1111.py) with stand-ins for the WebUI's modules: its
+`shared` state and settings, the job lock, --lowvram's hooks and the built-in Lora extension's
+in-place merging (written from its documented behaviour). The model is a WebUI-shaped tiny
+model (webui_models.py)."""
+from __future__ import annotations
+
+import importlib
+import sys
+import threading
+import types
+
+import pytest
+import torch
+
+from conftest import quick_config
+from webui_models import webui_model
+from test_webui_host import assert_same_state, model_state
+
+
+class FakeState:
+    def __init__(self):
+        self.job, self.job_count, self.job_no, self.textinfo = "", 0, 0, ""
+        self.sampling_step = self.sampling_steps = 0
+        self.interrupted = self.stopping_generation = False
+        self.images, self.begun, self.ended = [], [], 0
+
+    def begin(self, job=""):
+        self.begun.append(job)
+
+    def end(self):
+        self.ended += 1
+
+    def assign_current_image(self, image):
+        self.images.append(image)
+
+    def interrupt(self):
+        self.interrupted = True
+
+
+class FakeLora:
+    """The built-in Lora's in-place merge: on a forward with another set of networks it backs
+    the weight up once, restores it, and adds every loaded network's delta."""
+
+    def __init__(self):
+        self.loaded_networks = []
+
+    def network_restore_weights_from_backup(self, layer):
+        backup = getattr(layer, "network_weights_backup", None)
+        if backup is not None:
+            layer.weight.copy_(backup)
+
+    def network_apply_weights(self, layer):
+        wanted = tuple(net.name for net in self.loaded_networks)
+        if getattr(layer, "network_current_names", ()) == wanted:
+            return
+        if getattr(layer, "network_weights_backup", None) is None and wanted:
+            layer.network_weights_backup = layer.weight.detach().clone()
+        self.network_restore_weights_from_backup(layer)
+        for net in self.loaded_networks:
+            layer.weight += net.delta(layer)
+        layer.network_current_names = wanted
+
+
+    def load_network(self, name, on_disk):
+        """What the loader matched: every layer except those the test marks unknown."""
+        from safetensors import safe_open
+
+        with safe_open(on_disk.filename, "pt") as handle:
+            layers = {key.partition(".")[0] for key in handle.keys()}
+        matched = {layer: types.SimpleNamespace(network_key=f"{layer}.alpha") for layer in layers
+                   if not any(part in layer for part in self.unknown)}
+        return types.SimpleNamespace(name=name, modules=matched)
+
+    unknown: tuple = ()
+
+
+class FakeNetwork:
+    def __init__(self, name):
+        self.name = name
+
+    def delta(self, layer):
+        generator = torch.Generator().manual_seed(len(self.name))
+        return torch.randn(layer.weight.shape, generator=generator) * 0.1
+
+
+@pytest.fixture
+def webui(monkeypatch, tmp_path):
+    """Stand-in `modules` package; yields the freshly imported a1111 host module."""
+    state = FakeState()
+    opts = types.SimpleNamespace(data={"CLIP_stop_at_last_layers": 1}, lora_functional=False,
+                                 lib_trainer_output_dir="")
+    shared = types.SimpleNamespace(state=state, opts=opts, sd_model=None,
+                                   cmd_opts=types.SimpleNamespace(lora_dir=str(tmp_path / "Lora")))
+    lowvram = types.SimpleNamespace(moved=[], send_everything_to_cpu=lambda: lowvram.moved.append("cpu"))
+    parts = {
+        "shared": shared,
+        "call_queue": types.SimpleNamespace(queue_lock=threading.Lock()),
+        "devices": types.SimpleNamespace(device=torch.device("cpu"), torch_gc=lambda: None),
+        "lowvram": lowvram,
+        "paths_internal": types.SimpleNamespace(data_path=str(tmp_path), models_path=str(tmp_path / "models"),
+                                                script_path=str(tmp_path)),
+    }
+    package = types.ModuleType("modules")
+    for name, value in parts.items():
+        setattr(package, name, value)
+        monkeypatch.setitem(sys.modules, f"modules.{name}", value)
+    monkeypatch.setitem(sys.modules, "modules", package)
+    lora = FakeLora()
+    monkeypatch.setitem(sys.modules, "networks", lora)
+    monkeypatch.setitem(sys.modules, "network", types.SimpleNamespace(
+        NetworkOnDisk=lambda name, filename: types.SimpleNamespace(name=name, filename=filename)))
+    monkeypatch.delitem(sys.modules, "lib_trainer.hosts.a1111", raising=False)
+    a1111 = importlib.import_module("lib_trainer.hosts.a1111")
+    a1111.fake = types.SimpleNamespace(state=state, shared=shared, lora=lora, lowvram=lowvram)
+    yield a1111
+    sys.modules.pop("lib_trainer.hosts.a1111", None)
+
+
+@pytest.fixture(scope="module")
+def sd1_model(tmp_path_factory):
+    model, _ = webui_model("sd1", tmp_path_factory.mktemp("sd1"))
+    return model
+
+
+def _merged_lora(a1111, model):
+    """The state after a generation with <lora:last:1>: merged into the layers it touches."""
+    layers = {name.replace(".", "_"): module for name, module in model.named_modules()
+              if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)) and "attn" in name}
+    model.network_layer_mapping = layers
+    a1111.fake.lora.loaded_networks[:] = [FakeNetwork("last")]
+    with torch.no_grad():
+        for layer in layers.values():
+            a1111.fake.lora.network_apply_weights(layer)
+    return layers
+
+
+def test_training_starts_from_the_base_weights_and_the_users_lora_comes_back(webui, sd1_model, small_root, tmp_path):
+    a1111 = webui
+    layers = _merged_lora(a1111, sd1_model)
+    merged_state = model_state(sd1_model)
+    base = {name: layer.network_weights_backup.clone() for name, layer in layers.items()}
+    bundle = a1111.WebUIBundle(sd1_model)
+    seen = {}
+
+    def look(event):
+        if event.kind == "step" and event.label == "training" and not seen:
+            seen.update({name: layer.weight.detach().clone() for name, layer in layers.items()})
+
+    from lib_trainer.progress import Progress
+    from lib_trainer.train.loop import train
+
+    with a1111.borrowed_model(bundle, clip_skip=2):
+        assert a1111.fake.lora.loaded_networks == []
+        assert a1111.fake.shared.opts.data["CLIP_stop_at_last_layers"] == 2
+        train(quick_config(small_root, str(tmp_path), max_train_steps=2), bundle=bundle, progress=Progress([look]))
+    assert all(torch.equal(seen[name], base[name]) for name in layers)  # trained on the base weights
+    assert [n.name for n in a1111.fake.lora.loaded_networks] == ["last"]
+    assert a1111.fake.shared.opts.data["CLIP_stop_at_last_layers"] == 1
+    assert_same_state(merged_state, model_state(sd1_model))  # the merged weights are back, bit for bit
+    del sd1_model.network_layer_mapping
+    a1111.fake.lora.loaded_networks.clear()
+    with torch.no_grad():
+        for layer in layers.values():
+            a1111.fake.lora.network_apply_weights(layer)
+
+
+def test_lowvram_hooks_are_suspended_while_training_and_restored(webui, sd1_model):
+    a1111 = webui
+    moves = []
+
+    def send_me_to_gpu(module, _):
+        moves.append(module)
+
+    handles = [sd1_model.model.register_forward_pre_hook(send_me_to_gpu),
+               sd1_model.cond_stage_model.transformer.register_forward_pre_hook(send_me_to_gpu)]
+    sd1_model.lowvram = True
+    before = model_state(sd1_model)
+    try:
+        bundle = a1111.WebUIBundle(sd1_model)
+        with a1111.borrowed_model(bundle, clip_skip=1):
+            bundle.encode_prompts(["a dog"])
+            assert moves == []
+        assert a1111.fake.lowvram.moved == ["cpu", "cpu"]
+        assert_same_state(before, model_state(sd1_model))
+        bundle.encode_prompts(["a dog"])
+        assert moves == [sd1_model.cond_stage_model.transformer]
+    finally:
+        for handle in handles:
+            handle.remove()
+        del sd1_model.lowvram
+
+
+def test_a_run_is_a_webui_job_and_interrupt_stops_it_with_a_saved_file(webui, sd1_model, small_root, tmp_path):
+    a1111 = webui
+    a1111.fake.shared.sd_model = sd1_model
+    from lib_trainer.jobs.queue import TrainQueue
+
+    service = a1111.WebUITrainService(TrainQueue(str(tmp_path / "state")))
+    state = a1111.fake.state
+
+    class InterruptAtStep:
+        def __call__(self, event):
+            if event.kind == "step" and event.label == "training" and event.done == 2:
+                state.interrupt()  # the WebUI's Interrupt button
+
+    service._host_sinks = lambda commands: [InterruptAtStep(), a1111.WebUIState(commands)]
+    config = quick_config(small_root, str(tmp_path / "out"), max_train_steps=6,
+                          pretrained_model_name_or_path=a1111.LOADED_MODEL)
+    service.enqueue(config, start=True)
+    assert service.wait(120)
+    snapshot = service.snapshot()
+    assert snapshot.items[0].status == "stopped", snapshot.run.error
+    assert snapshot.items[0].result.endswith("test-step00000002.safetensors")
+    assert state.begun == ["lib_trainer-1"] and state.ended == 1
+    assert state.job_count == 6 and state.job_no == 2
+    assert "loss" in state.textinfo or "stopped" in state.textinfo
+
+
+def test_training_waits_for_the_webui_job_lock(webui, sd1_model, small_root, tmp_path):
+    a1111 = webui
+    a1111.fake.shared.sd_model = sd1_model
+    from lib_trainer.jobs.queue import TrainQueue
+
+    lock = sys.modules["modules.call_queue"].queue_lock
+    service = a1111.WebUITrainService(TrainQueue(str(tmp_path / "state")))
+    lock.acquire()  # a generation is running
+    try:
+        service.enqueue(quick_config(small_root, str(tmp_path / "out"), max_train_steps=1,
+                                     pretrained_model_name_or_path=a1111.LOADED_MODEL), start=True)
+        assert not service.wait(2)
+        assert any("waiting for the WebUI" in m for m in service.snapshot().run.messages)
+        assert a1111.fake.state.begun == []
+    finally:
+        lock.release()
+    assert service.wait(120)
+    assert service.snapshot().items[0].status == "done"
+
+
+def test_a_checkpoint_path_in_the_webui_is_refused_with_what_to_do(webui, sd1_model, small_root, tmp_path):
+    a1111 = webui
+    a1111.fake.shared.sd_model = sd1_model
+    from lib_trainer.progress import Progress
+
+    config = quick_config(small_root, str(tmp_path), pretrained_model_name_or_path="/models/other.safetensors")
+    with pytest.raises(ValueError, match="checkpoint list"):
+        a1111.webui_trainer(config, Progress())
+
+
+def test_the_memory_estimate_counts_the_loaded_weights(webui, sd1_model, small_root, tmp_path):
+    a1111 = webui
+    a1111.fake.shared.sd_model = sd1_model
+    text = a1111.memory_estimate(quick_config(small_root, str(tmp_path)))
+    weights = sum(p.numel() * 4 for m in (sd1_model.model, sd1_model.cond_stage_model, sd1_model.first_stage_model)
+                  for p in m.parameters())
+    assert f"model weights {weights / 1024 ** 3:.1f} GB" in text and "(sd1)" in text
+
+
+def test_each_saved_file_is_read_back_and_unmatched_layers_are_reported(webui, sd1_model, small_root, tmp_path):
+    a1111 = webui
+    a1111.fake.shared.sd_model = sd1_model
+    from lib_trainer.progress import Progress
+
+    messages = []
+    progress = Progress([lambda event: event.kind == "status" and messages.append(event.text)])
+    config = quick_config(small_root, str(tmp_path / "good"), max_train_steps=2, save_every_n_steps=1,
+                          pretrained_model_name_or_path=a1111.LOADED_MODEL)
+    a1111.webui_trainer(config, progress)
+    assert not [m for m in messages if "WARNING" in m]
+
+    a1111.fake.lora.unknown = ("lora_te_",)  # a loader that does not know the text encoder's names
+    messages.clear()
+    a1111.webui_trainer(config.replace(output_dir=str(tmp_path / "bad")), Progress(
+        [lambda event: event.kind == "status" and messages.append(event.text)]))
+    warnings = [m for m in messages if m.startswith("WARNING")]
+    assert len(warnings) == 2  # the step-1 file and the final one
+    assert "did not match 24 of 216 layers" in warnings[0]  # 4 text layers x 6 and "lora_te_text_model" in warnings[0]
+
+
+def test_the_webui_script_registers_the_tab_and_its_setting(webui, sd1_model, monkeypatch, tmp_path):
+    import os
+    import runpy
+
+    import gradio as gr
+
+    a1111 = webui
+    a1111.fake.shared.sd_model = sd1_model
+    registered = {}
+    callbacks = types.SimpleNamespace(on_ui_tabs=lambda f: registered.setdefault("tabs", f),
+                                      on_ui_settings=lambda f: registered.setdefault("settings", f))
+    monkeypatch.setitem(sys.modules, "modules.script_callbacks", callbacks)
+    monkeypatch.setattr(sys.modules["modules"], "script_callbacks", callbacks, raising=False)
+    options = {}
+    a1111.fake.shared.OptionInfo = lambda default, label, section: (default, label, section)
+    a1111.fake.shared.opts.add_option = lambda key, info: options.setdefault(key, info)
+    monkeypatch.setattr(sys.modules["modules"], "shared", a1111.fake.shared, raising=False)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    runpy.run_path(os.path.join(root, "scripts", "lora_train_tab.py"))
+
+    [(blocks, title, elem_id)] = registered["tabs"]()
+    assert isinstance(blocks, gr.Blocks) and title == "LoRA Train" and elem_id == "lib_trainer_tab"
+    registered["settings"]()
+    assert "lib_trainer_output_dir" in options
+    defaults = a1111.webui_defaults()
+    assert defaults.output_dir == str(tmp_path / "Lora")  # trained files land on the Lora cards
+    assert defaults.pretrained_model_name_or_path == a1111.LOADED_MODEL
