@@ -266,6 +266,7 @@ def test_each_saved_file_is_read_back_and_unmatched_layers_are_reported(webui, s
                           pretrained_model_name_or_path=a1111.LOADED_MODEL)
     a1111.webui_trainer(config, progress)
     assert not [m for m in messages if "WARNING" in m]
+    assert messages.count("checked with the WebUI's Lora loader: all 216 layers matched") == 2
 
     a1111.fake.lora.unknown = ("lora_te_",)  # a loader that does not know the text encoder's names
     messages.clear()

@@ -215,17 +215,19 @@ class ReadBack:
     def __call__(self, event: ProgressEvent) -> None:
         if event.kind != SAVED or not event.text:
             return
-        problem = unmatched_in_webui(event.text)
+        matched, problem = check_with_webui_loader(event.text)
         if problem:
             log.warning(problem)
             self.progress.status("WARNING: " + problem)
+        elif matched:
+            self.progress.status(f"checked with the WebUI's Lora loader: all {matched} layers matched")
 
 
-def unmatched_in_webui(path: str) -> str:
-    """'' when the WebUI's Lora loader places every layer of the file, else what it missed."""
+def check_with_webui_loader(path: str) -> tuple[int, str]:
+    """(layers the WebUI's Lora loader placed, '' or what it missed)."""
     networks, network = lora_extension(), sys.modules.get("network")
     if networks is None or network is None:
-        return ""  # the built-in Lora extension is disabled: nothing to check against
+        return 0, ""  # the built-in Lora extension is disabled: nothing to check against
     from safetensors import safe_open
 
     name = os.path.splitext(os.path.basename(path))[0]
@@ -235,8 +237,8 @@ def unmatched_in_webui(path: str) -> str:
     matched = {module.network_key.partition(".")[0] for module in loaded.modules.values()}
     missing = sorted(layers - matched)
     if not missing:
-        return ""
-    return (f"{os.path.basename(path)}: the WebUI's Lora loader did not match {len(missing)} of {len(layers)} layers "
+        return len(matched), ""
+    return len(matched), (f"{os.path.basename(path)}: the WebUI's Lora loader did not match {len(missing)} of {len(layers)} layers "
             f"(e.g. {', '.join(missing[:3])}); those parts of the LoRA will have no effect in the WebUI")
 
 
