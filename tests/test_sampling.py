@@ -1,0 +1,168 @@
+"""Sample images: the prompt file, and the samplers' math (against diffusers' schedulers)."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from lib_trainer.hosts.bundle import scaled_linear_alphas_cumprod
+from lib_trainer.train import samplers
+from lib_trainer.train.sample_prompts import SamplePrompt, SamplePromptError, parse_prompt_line, read_sample_prompts
+
+
+def write_prompts(folder, text: str, name: str = "prompts.txt") -> str:
+    path = os.path.join(str(folder), name)
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    return path
+
+
+# --- the prompt file ---------------------------------------------------------------------
+
+def test_every_option_of_a_prompt_line():
+    line = "masterpiece, sks dog on a beach --n lowres, blurry --w 512 --h 768 --s 20 --l 7 --d 1234 --ss euler_a"
+    assert parse_prompt_line(line) == SamplePrompt("masterpiece, sks dog on a beach", "lowres, blurry", 512, 768, 20,
+                                                   7.0, 1234, "euler_a")
+
+
+def test_a_plain_line_takes_kohyas_defaults():
+    assert parse_prompt_line("  a red ball  ") == SamplePrompt("a red ball", "", 512, 512, 30, 7.5, None, None)
+
+
+@pytest.mark.parametrize("line, expected", [
+    ("a --W 100 --H 64", {"width": 96, "height": 64}),              # letters in either case; sizes down to x8
+    ("a --l 6.5 --n", {"cfg_scale": 6.5, "negative_prompt": ""}),   # --n may be empty
+    ("a--b -- c --d 0", {"prompt": "a--b -- c", "seed": 0}),        # only --letter starts an option
+    ("--w 64 --n  two  words ", {"prompt": "", "width": 64, "negative_prompt": "two  words"}),
+    ("a\t--s\t1000", {"steps": 1000}),
+])
+def test_prompt_line_details(line, expected):
+    prompt = parse_prompt_line(line)
+    assert {name: getattr(prompt, name) for name in expected} == expected
+
+
+@pytest.mark.parametrize("line, fragment", [
+    ("a --x 3", "unknown option --x (the options are --n --w --h --s --l --d --ss)"),
+    ("a --g 3.5", "unknown option --g"),
+    ("a --w 512px", "--w 512px: expected a whole number"),
+    ("a --h 32", "--h 32: must be at least 64 pixels"),
+    ("a --s 0", "--s 0: steps must be between 1 and 1000"),
+    ("a --s 1001", "steps must be between 1 and 1000"),
+    ("a --l -2", "--l -2: expected a number of 0 or more"),
+    ("a --l high", "--l high: expected a number such as 7 or 7.5"),
+    ("a --d -5", "--d -5: expected a whole number"),
+    ("a --ss heun", "--ss heun: not a sampler available here: ddim, euler, euler_a"),
+    ("a --w", "--w needs a value"),
+    ("a --s 20 --s 30", "--s is given twice"),
+])
+def test_bad_options_say_what_is_wrong(line, fragment):
+    with pytest.raises(ValueError) as error:
+        parse_prompt_line(line)
+    assert fragment in str(error.value)
+
+
+def test_file_skips_comments_and_blanks_and_names_every_bad_line(tmp_path):
+    good = write_prompts(tmp_path, "# my prompts\n\na red ball --d 5\n   \n  # indented comment\nblue cube --s 4\n")
+    assert [p.prompt for p in read_sample_prompts(good)] == ["a red ball", "blue cube"]
+
+    bad = write_prompts(tmp_path, "# header\nfine\n\na --w wide\nb --q 1\n", "bad.txt")
+    with pytest.raises(SamplePromptError) as error:
+        read_sample_prompts(bad)
+    assert str(error.value).splitlines() == [f"{bad}, line 4: --w wide: expected a whole number",
+                                             f"{bad}, line 5: unknown option --q (the options are --n --w --h --s "
+                                             "--l --d --ss)"]
+
+
+def test_unusable_prompt_files(tmp_path):
+    with pytest.raises(SamplePromptError, match="does not exist"):
+        read_sample_prompts(str(tmp_path / "missing.txt"))
+    with pytest.raises(SamplePromptError, match=r"give a \.txt file .*\.toml and \.json prompt files are not read"):
+        read_sample_prompts(write_prompts(tmp_path, "[prompt]\n", "prompts.toml"))
+    with pytest.raises(SamplePromptError, match="holds no prompts"):
+        read_sample_prompts(write_prompts(tmp_path, "# nothing\n\n", "empty.txt"))
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("caf\xe9 au lait".encode("latin-1"))
+    with pytest.raises(SamplePromptError, match="is not UTF-8 text"):
+        read_sample_prompts(str(latin1))
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_prompt(tmp_path):
+    path = tmp_path / "bom.txt"
+    path.write_bytes("\ufeffa red ball --d 3\n".encode("utf-8"))
+    assert read_sample_prompts(str(path))[0].prompt == "a red ball"
+
+
+# --- the samplers' math ------------------------------------------------------------------
+
+_WEIGHTS = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(3))
+
+
+def toy_model(x: torch.Tensor, t: float) -> torch.Tensor:
+    """Some smooth function of the input and the timestep."""
+    return torch.tanh(x) * 0.8 + _WEIGHTS * (float(t) / 1000)
+
+
+def diffusers_reference(name: str, prediction_type: str, steps: int, seed: int) -> torch.Tensor:
+    """The same sampler as diffusers writes it: DDIM with the WebUI's timesteps (leading, +1)
+    ending at abar = 1; Euler (a) with k-diffusion's linspace timesteps."""
+    from diffusers import DDIMScheduler, EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
+
+    common = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                  prediction_type=prediction_type)
+    if name == "ddim":
+        scheduler = DDIMScheduler(clip_sample=False, set_alpha_to_one=True, steps_offset=1, timestep_spacing="leading",
+                                  **common)
+    else:
+        kind = EulerAncestralDiscreteScheduler if name == "euler_a" else EulerDiscreteScheduler
+        scheduler = kind(timestep_spacing="linspace", **common)
+    scheduler.set_timesteps(steps)
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(1, 4, 8, 8, generator=generator) * scheduler.init_noise_sigma
+    for t in scheduler.timesteps:
+        output = toy_model(scheduler.scale_model_input(x, t), t)
+        extra = {"generator": generator} if name == "euler_a" else {}
+        x = scheduler.step(output, t, x, **extra).prev_sample
+    return x
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+@pytest.mark.parametrize("name, steps", [("ddim", 5), ("euler", 4), ("euler_a", 4), ("euler", 7)])
+def test_samplers_match_diffusers(name, steps, prediction_type):
+    """With 4 steps every Euler timestep is a whole number (999, 666, 333, 0); with 7 they
+    are fractional, where diffusers interpolates sigma and k-diffusion log sigma: nearly equal."""
+    generator = torch.Generator().manual_seed(11)
+    noise = torch.randn(1, 4, 8, 8, generator=generator)
+    ours = samplers.SAMPLERS[name].run(toy_model, noise, scaled_linear_alphas_cumprod(), prediction_type, steps,
+                                       generator)
+    reference = diffusers_reference(name, prediction_type, steps, seed=11)
+    scale = reference.abs().max()
+    assert (ours - reference).abs().max() < 1e-5 * scale, (ours - reference).abs().max()
+
+
+def abar_at(alphas_cumprod: torch.Tensor, t: float) -> float:
+    """abar at a fractional timestep, log sigma interpolated linearly (written apart from samplers.py)."""
+    log_sigmas = np.log(np.sqrt((1 - alphas_cumprod.double().numpy()) / alphas_cumprod.double().numpy()))
+    sigma = float(np.exp(np.interp(t, np.arange(len(log_sigmas)), log_sigmas)))
+    return 1 / (1 + sigma ** 2)
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+@pytest.mark.parametrize("name", ["ddim", "euler", "euler_a"])
+def test_a_perfect_denoiser_leads_every_sampler_to_its_image(name, prediction_type):
+    """If the model always answers with the true noise (or v) of one known x0, any sampler
+    ends at exactly that x0, from any starting noise and in any number of steps."""
+    alphas = scaled_linear_alphas_cumprod()
+    x0 = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+
+    def oracle(x_t, t):
+        abar = abar_at(alphas, t)
+        eps = (x_t - abar ** 0.5 * x0) / (1 - abar) ** 0.5
+        return eps if prediction_type == "epsilon" else abar ** 0.5 * eps - (1 - abar) ** 0.5 * x0
+
+    generator = torch.Generator().manual_seed(2)
+    for steps in (3, 10):
+        noise = torch.randn(1, 4, 8, 8, generator=generator)
+        result = samplers.SAMPLERS[name].run(oracle, noise, alphas, prediction_type, steps, generator)
+        assert torch.allclose(result, x0, atol=1e-4), (steps, (result - x0).abs().max())
