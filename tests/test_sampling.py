@@ -1,4 +1,5 @@
-"""Sample images: the prompt file, and the samplers' math (against diffusers' schedulers)."""
+"""Sample images: the prompt file, the samplers' math (against diffusers' schedulers),
+and the sampling options of the config."""
 from __future__ import annotations
 
 import os
@@ -7,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from lib_trainer.config import TrainConfig
 from lib_trainer.hosts.bundle import scaled_linear_alphas_cumprod
 from lib_trainer.train import samplers
 from lib_trainer.train.sample_prompts import SamplePrompt, SamplePromptError, parse_prompt_line, read_sample_prompts
@@ -166,3 +168,44 @@ def test_a_perfect_denoiser_leads_every_sampler_to_its_image(name, prediction_ty
         noise = torch.randn(1, 4, 8, 8, generator=generator)
         result = samplers.SAMPLERS[name].run(oracle, noise, alphas, prediction_type, steps, generator)
         assert torch.allclose(result, x0, atol=1e-4), (steps, (result - x0).abs().max())
+
+
+# --- config ------------------------------------------------------------------------------
+
+def test_sampling_problems_say_what_to_fix(tmp_path):
+    assert TrainConfig(sample_every_n_steps=10).problems() == [
+        "sample images are on (sample_every_n_steps, sample_every_n_epochs or sample_at_first) but sample_prompts "
+        "is empty: give a .txt file of prompts, or turn sampling off"]
+    missing = str(tmp_path / "nope.txt")
+    assert TrainConfig(sample_at_first=True, sample_prompts=missing).problems() == [
+        f"sample_prompts={missing!r}: the prompt file does not exist"]
+    bad = write_prompts(tmp_path, "a --s 0\n")
+    assert TrainConfig(sample_every_n_epochs=1, sample_prompts=bad).problems() == [
+        f"{bad}, line 1: --s 0: steps must be between 1 and 1000"]
+    good = write_prompts(tmp_path, "a red ball\n", "good.txt")
+    assert TrainConfig(sample_every_n_steps=5, sample_prompts=good, sample_sampler="dpmsolver++").problems() == [
+        "sample_sampler='dpmsolver++' is an sd-scripts sampler this trainer cannot sample with; use one of: ddim, "
+        "euler, euler_a, k_euler, k_euler_a"]
+    assert "sample_sampler='foo' is not one of: ddim" in TrainConfig(sample_sampler="foo").problems()[0]
+
+
+def test_an_sd_scripts_config_with_sampling_off_loads_whatever_its_sampler_and_prompts():
+    config = TrainConfig(sample_sampler="heun", sample_prompts="somewhere/prompts.toml")
+    assert config.problems() == []
+
+
+def test_cli_flags_are_kohyas(tmp_path):
+    import argparse
+
+    from lib_trainer.cli_args import add_config_arguments, config_from_args
+
+    prompts = write_prompts(tmp_path, "a red ball\n")
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser)
+    config = config_from_args(parser.parse_args(
+        ["--sample_every_n_steps", "50", "--sample_every_n_epochs", "2", "--sample_at_first", "--sample_prompts",
+         prompts, "--sample_sampler", "euler_a"]))
+    assert (config.sample_every_n_steps, config.sample_every_n_epochs, config.sample_at_first,
+            config.sample_prompts, config.sample_sampler) == (50, 2, True, prompts, "euler_a")
+    assert config.problems() == []
+    assert TrainConfig().sample_sampler == "ddim"

@@ -10,7 +10,7 @@ import pytest
 from lib_trainer.config import TrainConfig
 from lib_trainer.jobs import LocalTrainService, TrainQueue
 from lib_trainer.ui.config_io import read_config_file
-from lib_trainer.ui.form import ConfigForm
+from lib_trainer.ui.form import GROUP_TITLES, HIDDEN_GROUPS, ConfigForm
 from lib_trainer.ui.live_view import LiveView
 from lib_trainer.ui.presets import PRESETS, apply_preset
 from lib_trainer.ui.render import message_html, queue_id, queue_label, queue_rows
@@ -87,6 +87,11 @@ def test_kohya_ss_gui_json_imports_with_notes(tmp_path):
     assert (config.network_dim, config.unet_lr, config.xformers, config.conv_dim) == (32, 2e-4, True, 0)
     assert any("color_aug" in note for note in notes)
     assert any("save_model_as" in note for note in notes)
+
+
+def test_every_config_group_has_a_title():
+    groups = {spec.metadata["group"] for spec in fields(TrainConfig)} - set(HIDDEN_GROUPS)
+    assert groups <= set(GROUP_TITLES) and GROUP_TITLES["sampling"] == "Samples"
 
 
 def test_sd_scripts_toml_with_sections_imports(tmp_path):
