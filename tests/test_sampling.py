@@ -1,5 +1,5 @@
 """Sample images: the prompt file, the samplers' math (against diffusers' schedulers),
-and the sampling options of the config."""
+the sampling options of the config, and images from the tiny models."""
 from __future__ import annotations
 
 import os
@@ -7,9 +7,11 @@ import os
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from lib_trainer.config import TrainConfig
 from lib_trainer.hosts.bundle import scaled_linear_alphas_cumprod
+from lib_trainer.hosts.tiny import build_tiny_bundle
 from lib_trainer.train import samplers
 from lib_trainer.train.sample_prompts import SamplePrompt, SamplePromptError, parse_prompt_line, read_sample_prompts
 
@@ -19,6 +21,10 @@ def write_prompts(folder, text: str, name: str = "prompts.txt") -> str:
     with open(path, "w", encoding="utf-8") as handle:
         handle.write(text)
     return path
+
+
+def pixels(image: Image.Image) -> np.ndarray:
+    return np.asarray(image, dtype=np.int16)
 
 
 # --- the prompt file ---------------------------------------------------------------------
@@ -209,3 +215,39 @@ def test_cli_flags_are_kohyas(tmp_path):
             config.sample_prompts, config.sample_sampler) == (50, 2, True, prompts, "euler_a")
     assert config.problems() == []
     assert TrainConfig().sample_sampler == "ddim"
+
+
+# --- images from the tiny models ---------------------------------------------------------
+
+TINY_PROMPT = SamplePrompt("ltdemo, red ball", "blurry", width=64, height=96, steps=2, cfg_scale=5.0)
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "euler_a"])
+def test_same_seed_same_image_other_seed_other_image(sampler):
+    bundle = build_tiny_bundle("sd1")
+    images = [bundle.sample_image(TINY_PROMPT, sampler, torch.Generator().manual_seed(seed)) for seed in (1, 1, 2)]
+    assert images[0].size == (64, 96) and images[0].mode == "RGB"
+    assert np.array_equal(pixels(images[0]), pixels(images[1]))
+    assert not np.array_equal(pixels(images[0]), pixels(images[2]))
+
+
+def test_the_negative_prompt_counts_only_with_guidance():
+    """Guidance is negative + scale * (positive - negative): at scale 1 only the prompt counts."""
+    bundle = build_tiny_bundle("sd1")
+
+    def image(negative, scale):
+        prompt = SamplePrompt("ltdemo, red ball", negative, width=64, height=64, steps=2, cfg_scale=scale)
+        return pixels(bundle.sample_image(prompt, "ddim", torch.Generator().manual_seed(3)))
+
+    assert np.array_equal(image("blurry", 1.0), image("green cube", 1.0))
+    assert not np.array_equal(image("blurry", 7.0), image("green cube", 7.0))
+
+
+def test_sdxl_is_conditioned_on_the_sample_size():
+    bundle = build_tiny_bundle("sdxl")
+    seen = []
+    predict = bundle.predict
+    bundle.predict = lambda x, t, conditioning, sizes=None: seen.append(sizes) or predict(x, t, conditioning, sizes)
+    image = bundle.sample_image(TINY_PROMPT, "euler", torch.Generator().manual_seed(0))
+    assert image.size == (64, 96) and len(seen) == 2
+    assert all(sizes.tolist() == [[96, 64, 0, 0, 96, 64]] * 2 for sizes in seen)
