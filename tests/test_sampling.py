@@ -1,5 +1,6 @@
-"""Sample images: the prompt file, the samplers' math (against diffusers' schedulers),
-the sampling options of the config, and images from the tiny models."""
+"""Sample images during training: the prompt file, when samples are due, the samplers'
+math (against diffusers' schedulers), and short runs on the tiny models that write the
+PNG files, with the prompt read back from them."""
 from __future__ import annotations
 
 import os
@@ -9,11 +10,18 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import quick_config
 from lib_trainer.config import TrainConfig
+from lib_trainer.demo_data import DEMO_FOLDER, make_demo_dataset
+from lib_trainer.formats.lora_file import load_lora
 from lib_trainer.hosts.bundle import scaled_linear_alphas_cumprod
 from lib_trainer.hosts.tiny import build_tiny_bundle
+from lib_trainer.networks.registry import create_network
+from lib_trainer.progress import IMAGE, STATUS, Progress
 from lib_trainer.train import samplers
+from lib_trainer.train.loop import train
 from lib_trainer.train.sample_prompts import SamplePrompt, SamplePromptError, parse_prompt_line, read_sample_prompts
+from lib_trainer.train.sampling import SampleMaker, due_after_epoch, due_after_step, infotext, sample_path
 
 
 def write_prompts(folder, text: str, name: str = "prompts.txt") -> str:
@@ -251,3 +259,159 @@ def test_sdxl_is_conditioned_on_the_sample_size():
     image = bundle.sample_image(TINY_PROMPT, "euler", torch.Generator().manual_seed(0))
     assert image.size == (64, 96) and len(seen) == 2
     assert all(sizes.tolist() == [[96, 64, 0, 0, 96, 64]] * 2 for sizes in seen)
+
+
+# --- when and where ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("every_steps, every_epochs, steps_due, epochs_due", [
+    (0, 0, [], []),
+    (2, 0, [2, 4, 6], []),
+    (0, 2, [], [2, 4, 6]),
+    (3, 2, [], [2, 4, 6]),   # as in sd-scripts, epochs win
+])
+def test_when_samples_are_due(every_steps, every_epochs, steps_due, epochs_due):
+    config = TrainConfig(sample_every_n_steps=every_steps, sample_every_n_epochs=every_epochs)
+    assert [n for n in range(1, 7) if due_after_step(config, n)] == steps_due
+    assert [n for n in range(1, 7) if due_after_epoch(config, n)] == epochs_due
+
+
+def test_file_names_and_infotext_are_kohyas_and_the_webuis():
+    assert sample_path("out", "sls", "e000002", 1, 42) == os.path.join("out", "sample", "sls_e000002_01_42.png")
+    prompt = SamplePrompt("sks dog", "lowres", 512, 768, 20, 7.0, 1234)
+    assert infotext(prompt, "euler_a", 1234) == ("sks dog\nNegative prompt: lowres\n"
+                                                 "Steps: 20, Sampler: Euler a, CFG scale: 7, Seed: 1234, Size: 512x768")
+    assert infotext(SamplePrompt("cat"), "k_euler", 5) == (
+        "cat\nSteps: 30, Sampler: Euler, CFG scale: 7.5, Seed: 5, Size: 512x512")
+
+
+def test_sampling_leaves_modules_as_they_were_and_samples_in_eval_mode(tmp_path):
+    bundle = build_tiny_bundle("sd1")
+    config = TrainConfig(sample_every_n_steps=1, sample_prompts=write_prompts(tmp_path, "a --w 64 --h 64 --s 1\n"),
+                         output_dir=str(tmp_path), output_name="t")
+    network = create_network(config, bundle.target_layers(False))
+    modules = [network, bundle.unet, *bundle.encoders, bundle.vae_model]
+    network.train()
+    bundle.unet.train()
+    bundle.vae_model.encoder.train()  # a mixed state comes back mixed
+    before = [[m.training for m in module.modules()] for module in modules]
+    during = []
+    progress = Progress([lambda e: during.append([m.training for m in modules]) if e.kind == IMAGE else None])
+    with network.attached():
+        SampleMaker(config, bundle, network, torch.device("cpu"), progress).after_step(1)
+    assert during == [[False] * len(modules)]
+    assert [[m.training for m in module.modules()] for module in modules] == before
+    assert os.listdir(tmp_path / "sample") == ["t_000001_00_42.png"]
+
+
+# --- whole runs --------------------------------------------------------------------------
+
+class Recorder:
+    def __init__(self):
+        self.images, self.messages = [], []
+
+    def __call__(self, event):
+        if event.kind == IMAGE:
+            self.images.append((event.info["image"], event.text))
+        elif event.kind == STATUS:
+            self.messages.append(event.text)
+
+
+def test_a_run_writes_samples_at_first_and_every_n_steps(small_root, tmp_path):
+    prompts = write_prompts(tmp_path, "# samples\nltdemo, red ball --n blurry --w 64 --h 96 --s 2 --l 6 --d 1234\n\n"
+                                      "ltdemo ball on grass --w 72 --h 64 --s 2 --ss euler_a\n")
+    out = tmp_path / "out"
+    recorder = Recorder()
+    config = quick_config(small_root, str(out), max_train_steps=4, sample_every_n_steps=2, sample_at_first=True,
+                          sample_prompts=prompts, sample_sampler="euler", learning_rate=5e-2)
+    result = train(config, progress=Progress([recorder]))
+    assert result.steps == 4 and not result.stopped_early
+
+    names = ["test_e000000_00_1234.png", "test_e000000_01_8.png", "test_000002_00_1234.png", "test_000002_01_8.png",
+             "test_000004_00_1234.png", "test_000004_01_8.png"]
+    assert sorted(os.listdir(out / "sample")) == sorted(names)
+    first = Image.open(out / "sample" / names[0])
+    assert first.size == (64, 96)
+    assert first.text["parameters"] == ("ltdemo, red ball\nNegative prompt: blurry\n"
+                                        "Steps: 2, Sampler: Euler, CFG scale: 6, Seed: 1234, Size: 64x96")
+    second = Image.open(out / "sample" / names[1])
+    assert second.size == (72, 64)
+    assert second.text["parameters"] == ("ltdemo ball on grass\n"
+                                         "Steps: 2, Sampler: Euler a, CFG scale: 7.5, Seed: 8, Size: 72x64")
+
+    assert [caption for _, caption in recorder.images] == [
+        "before training, #0: ltdemo, red ball", "before training, #1: ltdemo ball on grass",
+        "step 2, #0: ltdemo, red ball", "step 2, #1: ltdemo ball on grass",
+        "step 4, #0: ltdemo, red ball", "step 4, #1: ltdemo ball on grass"]
+    for (image, _), name in zip(recorder.images, names):
+        assert np.array_equal(pixels(image), pixels(Image.open(out / "sample" / name).convert("RGB")))
+    assert any(m.startswith("samples step 2: 2 of 2 written to") for m in recorder.messages)
+
+    # Before training the LoRA is zero: the base model's image. After training it is not.
+    bundle = build_tiny_bundle("sd1")
+    base = bundle.sample_image(read_sample_prompts(prompts)[0], "euler", torch.Generator().manual_seed(1234))
+    assert np.array_equal(pixels(base), pixels(recorder.images[0][0]))
+    assert not np.array_equal(pixels(recorder.images[0][0]), pixels(recorder.images[4][0]))
+    # And the trained file gives the last samples again.
+    network = create_network(config, bundle.target_layers(False))
+    network.load_file_state_dict(load_lora(result.final_path))
+    with network.attached():
+        again = bundle.sample_image(read_sample_prompts(prompts)[0], "euler", torch.Generator().manual_seed(1234))
+    assert np.abs(pixels(again) - pixels(recorder.images[4][0])).max() <= 1
+
+
+def test_sampling_does_not_change_what_is_trained(small_root, tmp_path):
+    prompts = write_prompts(tmp_path, "ltdemo --w 64 --h 64 --s 1\n")
+    plain = train(quick_config(small_root, str(tmp_path / "a"), network_dropout=0.1))
+    sampled = train(quick_config(small_root, str(tmp_path / "b"), network_dropout=0.1, sample_every_n_steps=1,
+                                 sample_prompts=prompts, sample_sampler="euler_a"))
+    first, second = load_lora(plain.final_path), load_lora(sampled.final_path)
+    assert all(torch.equal(first[key], second[key]) for key in first)
+    assert len(os.listdir(tmp_path / "b" / "sample")) == 4
+
+
+def test_epoch_samples_come_after_every_nth_epoch_including_the_last(tmp_path):
+    root = make_demo_dataset(str(tmp_path / "data"), count=2, size=64)
+    os.rename(os.path.join(root, DEMO_FOLDER), os.path.join(root, "1_ltdemo ball"))  # one step per epoch
+    recorder = Recorder()
+    config = quick_config(root, str(tmp_path / "out"), max_train_steps=0, max_train_epochs=4, sample_every_n_epochs=2,
+                          sample_every_n_steps=1, sample_prompts=write_prompts(tmp_path, "ltdemo --w 64 --h 64 --s 1"))
+    assert train(config, progress=Progress([recorder])).steps == 4
+    assert sorted(os.listdir(tmp_path / "out" / "sample")) == ["test_e000002_00_7.png", "test_e000004_00_7.png"]
+    assert any("sample_every_n_steps is ignored" in m for m in recorder.messages)
+
+
+class FailingSamples:
+    """Wraps a bundle whose sample_image raises."""
+
+    def __init__(self, bundle):
+        self.bundle = bundle
+
+    def __getattr__(self, name):
+        return getattr(self.bundle, name)
+
+    def sample_image(self, prompt, sampler, generator):
+        raise RuntimeError("simulated out of memory while sampling")
+
+
+def test_a_failed_sample_is_reported_and_training_goes_on(small_root, tmp_path):
+    recorder = Recorder()
+    config = quick_config(small_root, str(tmp_path), sample_every_n_steps=2,
+                          sample_prompts=write_prompts(tmp_path, "ltdemo --w 64 --h 64 --s 1\n"))
+    result = train(config, bundle=FailingSamples(build_tiny_bundle()), progress=Progress([recorder]))
+    assert result.steps == 4 and os.path.isfile(result.final_path)
+    failures = [m for m in recorder.messages if m.startswith("sample 0")]
+    assert failures == ["sample 0 (step 2) failed, training goes on: RuntimeError: simulated out of memory while "
+                        "sampling", "sample 0 (step 4) failed, training goes on: RuntimeError: simulated out of "
+                        "memory while sampling"]
+    assert not os.path.exists(tmp_path / "sample") or not os.listdir(tmp_path / "sample")
+
+
+def test_v_prediction_samples_in_mixed_precision(small_root, tmp_path):
+    prompts = write_prompts(tmp_path, "ltdemo --w 64 --h 64 --s 2\n")
+    config = quick_config(small_root, str(tmp_path), pretrained_model_name_or_path="tiny:sd2", max_train_steps=2,
+                          mixed_precision="bf16", sample_every_n_steps=2, sample_prompts=prompts)
+    recorder = Recorder()
+    train(config, progress=Progress([recorder]))
+    assert os.listdir(tmp_path / "sample") == ["test_000002_00_7.png"]
+    image = pixels(recorder.images[0][0])
+    assert image.shape == (64, 64, 3) and image.std() > 0
