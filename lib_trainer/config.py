@@ -33,6 +33,10 @@ OPTIMIZERS = ("AdamW", "AdamW8bit", "Lion", "Prodigy", "Adafactor", "SGDNesterov
 SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 PRECISIONS = ("no", "fp16", "bf16")
 SAVE_PRECISIONS = ("fp16", "bf16", "float")
+# sd-scripts' sample_sampler names, so its configs load; which of them can really sample
+# is checked when sampling is on (train/samplers.py lists them).
+KOHYA_SAMPLERS = ("ddim", "pndm", "lms", "euler", "euler_a", "heun", "dpm_2", "dpm_2_a", "dpmsolver", "dpmsolver++",
+                  "dpmsingle", "k_lms", "k_euler", "k_euler_a", "k_dpm_2", "k_dpm_2_a")
 
 
 @dataclass
@@ -138,6 +142,16 @@ class TrainConfig:
     log_prefix: str = option("", "Prefix of the TensorBoard run folder.", "training")
     training_comment: str = option("", "Stored in the file's ss_training_comment.", "training")
 
+    # --- sample images during training ---
+    sample_every_n_steps: int = option(0, "Generate sample images every N steps (0 = off).", "sampling", minimum=0)
+    sample_every_n_epochs: int = option(0, "Generate sample images after every N epochs (0 = off); as in "
+                                        "sd-scripts, sample_every_n_steps is then ignored.", "sampling", minimum=0)
+    sample_at_first: bool = option(False, "Also generate sample images before the first step.", "sampling")
+    sample_prompts: str = option("", "A .txt file with one prompt per line and kohya's options: --n negative "
+                                 "prompt, --w width, --h height, --s steps, --l CFG scale, --d seed.", "sampling")
+    sample_sampler: str = option("ddim", "Sampler of the sample images (ddim, euler and euler_a work here; "
+                                 "k_euler and k_euler_a are the same two).", "sampling", choices=KOHYA_SAMPLERS)
+
     config_version: int = option(CONFIG_VERSION, "Version of this config's layout.", "meta")
 
     # --- derived values ---
@@ -158,6 +172,9 @@ class TrainConfig:
 
     def train_text_encoder(self) -> bool:
         return not self.network_train_unet_only and self.effective_text_encoder_lr() > 0
+
+    def sampling_enabled(self) -> bool:
+        return bool(self.sample_every_n_steps or self.sample_every_n_epochs or self.sample_at_first)
 
     def parsed_network_args(self) -> dict[str, str]:
         return parse_key_values(self.network_args, "network_args")
@@ -203,6 +220,8 @@ class TrainConfig:
                 parse_key_values(getattr(self, name), name)
             except ConfigError as error:
                 found.append(str(error))
+        if self.sampling_enabled():
+            found += self._sampling_problems()
         return found
 
     def _text_cache_problems(self) -> list[str]:
@@ -213,6 +232,25 @@ class TrainConfig:
         found = [f"cache_text_encoder_outputs needs fixed captions: turn off {name}" for name in varying]
         if self.train_text_encoder():
             found.append("cache_text_encoder_outputs needs frozen text encoders: set network_train_unet_only")
+        return found
+
+    def _sampling_problems(self) -> list[str]:
+        """A prompt file that cannot be read is reported now, not at the first sample."""
+        # Imported here: they pull in torch, which reading a config does not need.
+        from .train.sample_prompts import SamplePromptError, read_sample_prompts
+        from .train.samplers import SAMPLERS
+
+        found = []
+        if self.sample_sampler in KOHYA_SAMPLERS and self.sample_sampler not in SAMPLERS:
+            found.append(f"sample_sampler={self.sample_sampler!r} is an sd-scripts sampler this trainer cannot "
+                         f"sample with; use one of: {', '.join(SAMPLERS)}")
+        if not self.sample_prompts:
+            return found + ["sample images are on (sample_every_n_steps, sample_every_n_epochs or sample_at_first) "
+                            "but sample_prompts is empty: give a .txt file of prompts, or turn sampling off"]
+        try:
+            read_sample_prompts(self.sample_prompts)
+        except SamplePromptError as error:
+            found += str(error).splitlines()
         return found
 
     def validate(self) -> "TrainConfig":

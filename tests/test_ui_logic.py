@@ -10,7 +10,7 @@ import pytest
 from lib_trainer.config import TrainConfig
 from lib_trainer.jobs import LocalTrainService, TrainQueue
 from lib_trainer.ui.config_io import read_config_file
-from lib_trainer.ui.form import ConfigForm
+from lib_trainer.ui.form import GROUP_TITLES, HIDDEN_GROUPS, ConfigForm
 from lib_trainer.ui.live_view import LiveView
 from lib_trainer.ui.presets import PRESETS, apply_preset
 from lib_trainer.ui.render import message_html, queue_id, queue_label, queue_rows
@@ -87,6 +87,28 @@ def test_kohya_ss_gui_json_imports_with_notes(tmp_path):
     assert (config.network_dim, config.unet_lr, config.xformers, config.conv_dim) == (32, 2e-4, True, 0)
     assert any("color_aug" in note for note in notes)
     assert any("save_model_as" in note for note in notes)
+
+
+def test_kohya_ss_gui_sample_prompts_text_becomes_a_prompt_file(tmp_path):
+    path = tmp_path / "kohya_ss.json"
+    text = "sks dog --n lowres --w 512 --h 768 --d 1\nsks dog, beach --s 20"
+    path.write_text(json.dumps({"output_dir": str(tmp_path / "out"), "sample_every_n_steps": 100,
+                                "sample_sampler": "euler_a", "sample_prompts": text}))
+    config, notes = read_config_file(str(path), TrainConfig())
+    assert config.sample_prompts == str(tmp_path / "out" / "sample" / "prompt.txt")
+    assert (tmp_path / "out" / "sample" / "prompt.txt").read_text() == text + "\n"
+    assert (config.sample_every_n_steps, config.sample_sampler) == (100, "euler_a")
+    assert notes == [f"sample_prompts: the kohya_ss GUI's prompts were written to {config.sample_prompts}"]
+    assert not any("sample_prompts" in p for p in config.problems())
+    # Our own JSON and sd-scripts' TOML hold a path, which stays as it is.
+    ours = tmp_path / "ours.json"
+    ours.write_text(json.dumps({"sample_prompts": "prompts/dog.txt"}))
+    assert read_config_file(str(ours), TrainConfig())[0].sample_prompts == "prompts/dog.txt"
+
+
+def test_every_config_group_has_a_title():
+    groups = {spec.metadata["group"] for spec in fields(TrainConfig)} - set(HIDDEN_GROUPS)
+    assert groups <= set(GROUP_TITLES) and GROUP_TITLES["sampling"] == "Samples"
 
 
 def test_sd_scripts_toml_with_sections_imports(tmp_path):

@@ -1,4 +1,5 @@
-"""From an image file to the pixel tensor the VAE encodes: resize, crop, flip, scale."""
+"""From an image file to the pixel tensor the VAE encodes (resize, crop, flip, scale), and
+from decoded pixels back to an image."""
 from __future__ import annotations
 
 import random
@@ -38,3 +39,9 @@ def load_pixels(path: str, placement: Placement, left_top: tuple[int, int], flip
         image = image.transpose(Image.FLIP_LEFT_RIGHT)
     array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+
+
+def to_image(pixels: torch.Tensor) -> Image.Image:
+    """A (3, H, W) tensor in [-1, 1] -> an RGB image; values outside are clipped."""
+    array = ((pixels.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return Image.fromarray(array.permute(1, 2, 0).cpu().numpy())

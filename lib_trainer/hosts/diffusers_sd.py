@@ -122,6 +122,11 @@ class DiffusersSDBundle(ModelBundle):
         latents = self.vae_model.encode(pixels.to(parameter.device, parameter.dtype)).latent_dist.sample()
         return latents * self.scaling_factor
 
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        parameter = next(self.vae_model.parameters())
+        scaled = latents.to(parameter.device, parameter.dtype) / self.scaling_factor
+        return self.vae_model.decode(scaled).sample.float()
+
     def vae_fingerprint(self) -> str:
         if self._fingerprint is None:
             self._fingerprint = module_fingerprint(self.vae_model)

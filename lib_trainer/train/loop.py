@@ -28,6 +28,7 @@ from . import noise as diffusion
 from .checkpoints import CheckpointWriter, epoch_path, final_path, step_path
 from .optimizers import make_optimizer
 from .precision import autocast, compute_dtype, grad_scaler, resolve_device
+from .sampling import SampleMaker
 from .schedulers import make_scheduler, warmup_steps
 from .text_cache import TextEncoderCache
 
@@ -101,14 +102,16 @@ def _run(config, bundle, plan, network, device, progress, data_rng, noise_rng) -
                                  bundle.model_name, uuid.uuid4().hex, time.time(), plan.total_steps,
                                  optimizer_text, network.settings, warmup)
     writer = CheckpointWriter(config, network, metadata)
+    samples = SampleMaker(config, bundle, network, device, progress)
     params = [p for group in optimizer.param_groups for p in group["params"]]
 
     losses: list[float] = []
     window: deque[float] = deque(maxlen=max(1, plan.steps_per_epoch))
     step, epoch, stopped = 0, 0, False
     progress.start("training", plan.total_steps)
-    started = time.monotonic()
     try:
+        samples.before_training()
+        started = time.monotonic()  # after the first samples: it/s and ETA are about training
         for epoch in range(1, plan.epochs + 1):
             batches = plan.training_set.epoch_batches(data_rng)
             for index, batch in enumerate(batches):
@@ -135,7 +138,8 @@ def _run(config, bundle, plan, network, device, progress, data_rng, noise_rng) -
                 losses.append(window[-1])
                 # --- report ---
                 _report(progress, step, epoch, plan.total_steps, window, optimizer, started)
-                # --- save and stop checks ---
+                # --- samples, save and stop checks ---
+                samples.after_step(step)
                 if config.save_every_n_steps and step % config.save_every_n_steps == 0 and step < plan.total_steps:
                     progress.saved(writer.save(step_path(config.output_dir, config.output_name, step), epoch, step))
                 if progress.commands.take_save_request():
@@ -143,6 +147,9 @@ def _run(config, bundle, plan, network, device, progress, data_rng, noise_rng) -
                 if step >= plan.total_steps or progress.stop_requested:
                     stopped = progress.stop_requested and step < plan.total_steps
                     break
+            # --- end of epoch: samples (after the last epoch too), then the epoch's file ---
+            if index == len(batches) - 1:
+                samples.after_epoch(epoch)
             if stopped or step >= plan.total_steps:
                 break
             if config.save_every_n_epochs and epoch % config.save_every_n_epochs == 0 and epoch < plan.epochs:

@@ -2,15 +2,18 @@
 
 Our files and sd-scripts' load through `load_config_file`. The kohya_ss GUI saves its
 own JSON with a few other names (`epoch`, `max_resolution`, `LoRA_type`, `lr_warmup` in
-percent, `xformers` as a string...); those are translated here. Keys that mean nothing
+percent, `xformers` as a string, the sample prompts themselves instead of a file...); those
+are translated here. Keys that mean nothing
 to this trainer are listed back to the user instead of failing the import; a known key
 with a bad value is an error naming it.
 """
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from ..config import ConfigError, TrainConfig, coerce_values, field_specs, load_config_file, without_kohya_only_options
+from ..fileio import write_text_atomic
 
 
 def _resolution(value: Any) -> str:
@@ -61,7 +64,24 @@ def read_config_file(path: str, base: TrainConfig) -> tuple[TrainConfig, list[st
             unused.append(key)
     if unused:
         notes.append(f"not used here ({len(unused)}): " + ", ".join(sorted(unused)))
-    return base.replace(**coerce_values(usable, path)), notes
+    config = base.replace(**coerce_values(usable, path))
+    if path.lower().endswith(".json") and _holds_prompt_text(config.sample_prompts):
+        config = _prompts_to_file(config)
+        notes.append(f"sample_prompts: the kohya_ss GUI's prompts were written to {config.sample_prompts}")
+    return config, notes
+
+
+def _holds_prompt_text(value: str) -> bool:
+    """The kohya_ss GUI keeps the prompts themselves in sample_prompts; sd-scripts and we keep
+    the path of a .txt file."""
+    return bool(value.strip()) and ("\n" in value or not value.strip().lower().endswith(".txt"))
+
+
+def _prompts_to_file(config: TrainConfig) -> TrainConfig:
+    """Where the kohya_ss GUI itself writes them when it starts a run."""
+    path = os.path.join(config.output_dir, "sample", "prompt.txt")
+    write_text_atomic(path, config.sample_prompts.rstrip("\n") + "\n")
+    return config.replace(sample_prompts=path)
 
 
 def _is_number(spec) -> bool:

@@ -18,7 +18,7 @@ import gradio as gr
 from ..config import ConfigError, TrainConfig, coerce_values
 
 GROUP_TITLES = {"model": "Model", "dataset": "Dataset", "network": "Network", "optimizer": "Optimizer",
-                "training": "Training"}
+                "training": "Training", "sampling": "Samples"}
 NETWORK_TYPES = ("LoRA", "LoCon")  # LoCon = LoRA also on the 3x3 convolutions (conv_dim > 0)
 HIDDEN_GROUPS = ("meta",)  # config_version: a file-format detail, not a setting
 
