@@ -304,3 +304,37 @@ def test_the_webui_script_registers_the_tab_and_its_setting(webui, sd1_model, mo
     defaults = a1111.webui_defaults()
     assert defaults.output_dir == str(tmp_path / "Lora")  # trained files land on the Lora cards
     assert defaults.pretrained_model_name_or_path == a1111.LOADED_MODEL
+
+
+def test_samples_go_through_the_webuis_txt2img_without_extra_networks(webui, sd1_model, monkeypatch):
+    from PIL import Image
+
+    from lib_trainer.train.sample_prompts import SamplePrompt
+
+    made = []
+
+    class Txt2Img:
+        cached_c = cached_uc = "class-wide cache"
+
+        def __init__(self, **kwargs):
+            self.kwargs, self.closed = kwargs, False
+            made.append(self)
+
+        def close(self):
+            self.closed = True
+
+    def process_images(p):
+        return types.SimpleNamespace(images=[Image.new("RGB", (p.kwargs["width"], p.kwargs["height"]))])
+
+    processing = types.SimpleNamespace(StableDiffusionProcessingTxt2Img=Txt2Img, process_images=process_images)
+    monkeypatch.setitem(sys.modules, "modules.processing", processing)
+    monkeypatch.setattr(sys.modules["modules"], "processing", processing, raising=False)
+    bundle = webui.WebUIBundle(sd1_model)
+    prompt = SamplePrompt("ltdemo ball <lora:other:1>", "blurry", width=64, height=96, steps=3, cfg_scale=5)
+    image = bundle.sample_image(prompt, "euler_a", torch.Generator().manual_seed(1234))
+    [p] = made
+    assert image.size == (64, 96) and p.closed
+    assert p.kwargs["seed"] == 1234 and p.kwargs["sampler_name"] == "Euler a" and p.kwargs["steps"] == 3
+    assert p.kwargs["negative_prompt"] == "blurry" and p.kwargs["do_not_save_samples"]
+    assert p.disable_extra_networks  # <lora:...> must not merge into the weights being trained
+    assert p.cached_c == [None, None] and p.cached_uc == [None, None]  # not the class-wide cache
