@@ -11,6 +11,24 @@ import tempfile
 from typing import Iterator
 
 
+def _process_umask() -> int:
+    mask = os.umask(0)  # reading the umask means setting it; done once, at import
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _process_umask()
+
+
+def _mode_for(path: str) -> int:
+    """The mode the file would have if written in place: its own if it exists (a caption
+    keeps its permissions), else what a new file gets (mkstemp's are private, 0600)."""
+    try:
+        return os.stat(path).st_mode & 0o7777
+    except FileNotFoundError:
+        return 0o666 & ~_UMASK
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     """Yield a temporary path next to `path`; rename it over `path` only if the block succeeds."""
@@ -21,6 +39,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     os.close(handle)
     try:
         yield temporary
+        os.chmod(temporary, _mode_for(path))
         os.replace(temporary, path)
     finally:
         if os.path.exists(temporary):
