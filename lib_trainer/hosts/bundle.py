@@ -102,7 +102,7 @@ class ModelBundle:
         device = next(self.denoiser().parameters()).device
         width, height = prompt.width, prompt.height
         conditioning = self.encode_prompts([prompt.prompt, prompt.negative_prompt], SAMPLE_MAX_TOKENS)
-        sizes = torch.tensor([[height, width, 0, 0, height, width]] * 2, dtype=torch.float32)
+        sizes = uncropped_sizes(height, width, 2)
 
         def denoise(x: torch.Tensor, t: float) -> torch.Tensor:
             timesteps = torch.full((2,), t, dtype=torch.float32, device=device)
@@ -179,6 +179,17 @@ class ModuleState:
 def _tensors(module: nn.Module):
     yield from module.named_parameters()
     yield from module.named_buffers()
+
+
+def uncropped_sizes(height: int, width: int, count: int) -> torch.Tensor:
+    """SDXL size conditioning (original h, w, crop top, left, target h, w) of `count` images
+    shown whole at height x width."""
+    return torch.tensor([[height, width, 0, 0, height, width]] * count, dtype=torch.float32)
+
+
+def latent_sizes(latents: torch.Tensor) -> torch.Tensor:
+    """Uncropped size conditioning at the latents' own size."""
+    return uncropped_sizes(latents.shape[-2] * 8, latents.shape[-1] * 8, latents.shape[0])
 
 
 def module_fingerprint(module: nn.Module) -> str:

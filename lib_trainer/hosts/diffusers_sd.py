@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..formats.kohya_names import clip_text_encoder_targets, diffusers_unet_targets
-from .bundle import Conditioning, ModelBundle, module_fingerprint, scaled_linear_alphas_cumprod
+from .bundle import Conditioning, ModelBundle, latent_sizes, module_fingerprint, scaled_linear_alphas_cumprod
 from .components import ModelComponents
 from .prompt_chunks import batch_chunk_ids
 
@@ -112,7 +112,7 @@ class DiffusersSDBundle(ModelBundle):
         extra = {}
         if self.family == "sdxl":
             if sizes is None:
-                sizes = default_sizes(noisy_latents)
+                sizes = latent_sizes(noisy_latents)
             extra["added_cond_kwargs"] = {"text_embeds": conditioning.pooled,
                                           "time_ids": sizes.to(noisy_latents.device, conditioning.context.dtype)}
         return self.unet(noisy_latents, timesteps, encoder_hidden_states=conditioning.context, **extra).sample
@@ -150,12 +150,6 @@ class DiffusersSDBundle(ModelBundle):
     def set_xformers(self, enabled: bool) -> None:
         if enabled:
             self.unet.enable_xformers_memory_efficient_attention()
-
-
-def default_sizes(latents: torch.Tensor) -> torch.Tensor:
-    """SDXL size conditioning of uncropped images at the latents' size."""
-    height, width = latents.shape[-2] * 8, latents.shape[-1] * 8
-    return torch.tensor([[height, width, 0, 0, height, width]] * latents.shape[0], dtype=torch.float32)
 
 
 def load_diffusers_folder(folder: str, v_parameterization: bool = False, clip_skip: int = 1) -> DiffusersSDBundle:

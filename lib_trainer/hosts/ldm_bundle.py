@@ -27,7 +27,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..formats.kohya_names import TargetLayer, clip_text_encoder_targets, find_targets, kohya_name
 from ..formats.original_layout import OPENCLIP_LAYER_PARTS, unet_module_from_original
-from .bundle import Conditioning, ModelBundle, module_fingerprint
+from .bundle import Conditioning, ModelBundle, latent_sizes, module_fingerprint
 from .fused_attention import ProjectionView, projection_views, split_projections
 
 LDM_ATTENTION_BLOCKS = ("SpatialTransformer",)
@@ -205,10 +205,7 @@ class LiveSDBundle(ModelBundle):
     def _vector(self, pooled: torch.Tensor, latents: torch.Tensor, sizes: torch.Tensor | None) -> torch.Tensor:
         """SDXL's vector input: the pooled text, then each size embedder fed its two columns of
         `sizes` (original, crop, target), in the conditioner's order."""
-        if sizes is None:
-            height, width = latents.shape[-2] * 8, latents.shape[-1] * 8
-            sizes = torch.tensor([[height, width, 0, 0, height, width]] * latents.shape[0])
-        sizes = sizes.to(latents.device, torch.float32)
+        sizes = (latent_sizes(latents) if sizes is None else sizes).to(latents.device, torch.float32)
         parts = [pooled.to(latents.device)]
         for embedder in self.sd_model.conditioner.embedders:
             key = getattr(embedder, "input_key", None)

@@ -9,6 +9,7 @@ the attention implementation, so the total is rounded and labelled as an estimat
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import dataclass
 
 from torch import nn
@@ -61,7 +62,7 @@ def estimate_memory(config: TrainConfig, family: str, weight_bytes: int, targets
                     where: str = "GPU") -> MemoryEstimate:
     trainable = network_parameters(targets, config)
     state_bytes = 8 + OPTIMIZER_STATE_BYTES.get(config.optimizer_type, 8)
-    width, height = _resolution(config.resolution)
+    width, height = config.resolution_wh()
     megapixels = width * height / 1e6 * config.train_batch_size
     plain, checkpointed = ACTIVATIONS_PER_MEGAPIXEL.get(family, ACTIVATIONS_PER_MEGAPIXEL["sd1"])
     activations = (checkpointed if config.gradient_checkpointing else plain) * megapixels
@@ -70,11 +71,6 @@ def estimate_memory(config: TrainConfig, family: str, weight_bytes: int, targets
     if config.mixed_precision == "no":
         activations *= 2
     return MemoryEstimate(weight_bytes / GB, trainable * state_bytes / GB, activations, where)
-
-
-def _resolution(value: str) -> tuple[int, int]:
-    parts = [int(p) for p in str(value).replace("x", ",").split(",") if p.strip()]
-    return (parts[0], parts[-1]) if parts else (512, 512)
 
 
 def module_bytes(modules: list[nn.Module]) -> int:
@@ -109,8 +105,6 @@ def estimate_for_checkpoint(config: TrainConfig, family: str) -> MemoryEstimate:
 
 def memory_summary(config: TrainConfig) -> str:
     """The standalone trainer's estimate for the configured base model."""
-    import os
-
     model = config.pretrained_model_name_or_path
     if model.startswith("tiny:"):
         return "Memory estimate: the tiny test model needs well under 1 GB."
