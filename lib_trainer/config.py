@@ -90,7 +90,7 @@ class TrainConfig:
 
     # --- network ---
     network_module: str = option("networks.lora", "Network method (networks.lora: LoRA, LoCon with conv_dim).",
-                                 "network", choices=("networks.lora",))
+                                 "network")
     network_dim: int = option(16, "LoRA rank of linear layers.", "network", minimum=1)
     network_alpha: float = option(8.0, "LoRA alpha; the update is scaled by alpha / dim.", "network", minimum=0.0)
     conv_dim: int = option(0, "Rank of LoRA on 3x3 convolutions (LoCon); 0 = none.", "network", minimum=0)
@@ -101,7 +101,8 @@ class TrainConfig:
     module_dropout: float = option(0.0, "Probability of skipping a whole LoRA layer per step.", "network",
                                    minimum=0.0, maximum=1.0)
     network_args: list = option([], "Extra key=value network arguments, as kohya's --network_args.", "network")
-    network_weights: str = option("", "Start from the weights of an existing LoRA file.", "network")
+    network_weights: str = option("", "Start from the weights of an existing LoRA file (weights only: a new "
+                                  "optimizer and schedule; to continue a stopped run use resume).", "network")
     network_train_unet_only: bool = option(False, "Train only the UNet LoRA.", "network")
     network_train_text_encoder_only: bool = option(False, "Train only the text-encoder LoRA.", "network")
 
@@ -131,6 +132,17 @@ class TrainConfig:
     save_every_n_epochs: int = option(0, "Also save name-000002.safetensors every N epochs.", "training", minimum=0)
     save_every_n_steps: int = option(0, "Also save name-step00000100.safetensors every N steps.", "training",
                                      minimum=0)
+    save_state: bool = option(False, "Also save the run state (optimizer, random generators, position) beside "
+                              "every saved file, as <file>-state/, to continue it later with resume.", "training")
+    save_state_on_train_end: bool = option(False, "Save the run state once, at the end (<output_name>-state/).",
+                                           "training")
+    save_last_n_epochs_state: int = option(0, "Keep only the newest N epoch states (0 = keep all).", "training",
+                                           minimum=0)
+    save_last_n_steps_state: int = option(0, "Keep only the newest N step states (0 = keep all).", "training",
+                                          minimum=0)
+    resume: str = option("", "Continue a run from a state folder it saved (<name>-...-state): the same steps, "
+                         "random draws and optimizer, so the result equals an uninterrupted run. network_weights "
+                         "instead starts from a file's weights with a new optimizer and schedule.", "training")
     gradient_checkpointing: bool = option(False, "Trade compute for memory.", "training")
     xformers: bool = option(False, "Use xformers attention (CUDA, when installed).", "training")
     seed: int = option(42, "Seed for noise, data order, augmentation and initial weights.", "training")
@@ -220,6 +232,10 @@ class TrainConfig:
                 parse_key_values(getattr(self, name), name)
             except ConfigError as error:
                 found.append(str(error))
+        if not any(name in problem for problem in found for name in ("network_args", "network_module")):
+            from .networks.registry import method_problems  # imports torch, which reading a config does not need
+
+            found += method_problems(self)
         if self.sampling_enabled():
             found += self._sampling_problems()
         return found

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 # Event kinds a sink may receive.
-START, STEP, STATUS, SAVED, IMAGE, END = "start", "step", "status", "saved", "image", "end"
+# STATE: a run state folder was written (train/resume.py); the text is its path.
+START, STEP, STATUS, SAVED, STATE, IMAGE, END = "start", "step", "status", "saved", "state", "image", "end"
 
 
 @dataclass
@@ -81,6 +82,9 @@ class Progress:
 
     def saved(self, path: str, **info: Any) -> None:
         self.emit(ProgressEvent(SAVED, label=self._label, text=path, info=info))
+
+    def state_saved(self, folder: str) -> None:
+        self.emit(ProgressEvent(STATE, label=self._label, text=folder))
 
     def image(self, image: Any, caption: str = "") -> None:
         self.emit(ProgressEvent(IMAGE, label=self._label, text=caption, info={"image": image}))

@@ -11,7 +11,7 @@ from lib_trainer.hosts import load_bundle
 from lib_trainer.hosts.components import build_components
 from lib_trainer.hosts.single_file import save_single_file
 from lib_trainer.networks.registry import create_network
-from lib_trainer.train.evaluate import fixed_denoising_loss
+from denoising_score import fixed_denoising_loss
 from lib_trainer.train.loop import train
 
 from conftest import diffusers_pipeline, encoded_examples, peft_layer_count, quick_config

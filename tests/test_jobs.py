@@ -146,3 +146,52 @@ def test_local_service_trains_a_real_lora(small_root, tmp_path):
     assert done.status == "done", done.error
     assert done.result.endswith("svc.safetensors") and load_lora(done.result)
     assert service.snapshot().run.step == 4
+
+
+def test_a_stopped_queue_item_resumes_from_its_state_and_ends_like_an_unstopped_run(small_root, tmp_path):
+    """Stop at step 2 of 10, Resume: the item goes on from the state its stop saved, and its
+    file equals that of a run that was never stopped."""
+    import torch
+    from lib_trainer.train.loop import train
+
+    settings = dict(max_train_steps=0, max_train_epochs=1, train_batch_size=4, output_name="svc", lr_scheduler="cosine")
+    whole = train(quick_config(small_root, str(tmp_path / "whole"), **settings))
+    service = LocalTrainService(TrainQueue(str(tmp_path / "q.json")))
+
+    class StopAtStep2:
+        def __call__(self, event):
+            if event.kind == "step" and event.label == "training" and event.done == 2 and not resumed:
+                service.stop()
+
+    resumed = False
+    service._host_sinks = lambda commands: [StopAtStep2()]
+    item = service.enqueue(quick_config(small_root, str(tmp_path / "out"), **settings), start=True)
+    assert service.wait(300)
+    stopped = service.queue.get(item.id)
+    assert stopped.status == "stopped" and stopped.resume_state.endswith("svc-step00000002-state")
+    assert stopped.resumable()
+    resumed = True
+    service.resume(item.id)
+    assert service.wait(300)
+    done = service.queue.get(item.id)
+    assert done.status == "done", done.error
+    assert done.config["resume"] == stopped.resume_state
+    assert any("resumed from" in message for message in service.snapshot().run.messages)
+    expected, got = load_lora(whole.final_path), load_lora(done.result)
+    assert all(torch.equal(expected[key], got[key]) for key in expected)
+
+
+def test_a_restart_resumes_an_interrupted_run_from_its_last_state(tmp_path):
+    path = str(tmp_path / "queue.json")
+    state = tmp_path / "a-step00000010-state"
+    state.mkdir()
+    queue = TrainQueue(path)
+    queue.add(config("a"))
+    queue.set_paused(False)
+    item = queue.take_next()
+    queue.update(item.id, resume_state=str(state))  # written while it ran, then the server died
+    reloaded = TrainQueue(path).get(item.id)
+    assert reloaded.status == "waiting" and reloaded.config["resume"] == str(state)
+    assert "resumes from a-step00000010-state" in reloaded.note
+    with pytest.raises(QueueError, match="not stopped or failed"):
+        TrainQueue(path).resume(item.id)

@@ -15,7 +15,7 @@ from lib_trainer.formats.lora_file import load_lora, read_metadata
 from lib_trainer.hosts.tiny import build_tiny_bundle
 from lib_trainer.networks.registry import create_network
 from lib_trainer.progress import STEP, Progress
-from lib_trainer.train.evaluate import fixed_denoising_loss
+from denoising_score import fixed_denoising_loss
 from lib_trainer.train.loop import TrainingDiverged, train
 
 

@@ -18,10 +18,11 @@ ARCHITECTURES = {"sd1": "stable-diffusion-v1", "sd2": "stable-diffusion-v2-512",
 
 def training_metadata(config: TrainConfig, training_set: TrainingSet, family: str, prediction_type: str,
                       model_name: str, session_id: str, started_at: float, total_steps: int,
-                      optimizer_description: str, network_settings: dict, warmup_steps: int) -> dict[str, str]:
-    """The metadata fixed for the whole run; `checkpoint_metadata` adds the per-save keys."""
+                      optimizer_description: str, network_metadata: dict[str, str],
+                      warmup_steps: int) -> dict[str, str]:
+    """The metadata fixed for the whole run; `checkpoint_metadata` adds the per-save keys.
+    `network_metadata`: the trainable's own ss_network_* keys."""
     width, height = config.resolution_wh()
-    network_args = {k: str(v) for k, v in network_settings.items() if k not in ("network_dim", "network_alpha")}
     meta = {
         "ss_session_id": session_id,
         "ss_training_started_at": started_at,
@@ -38,11 +39,7 @@ def training_metadata(config: TrainConfig, training_set: TrainingSet, family: st
         "ss_max_train_steps": total_steps,
         "ss_lr_warmup_steps": warmup_steps,
         "ss_lr_scheduler": config.lr_scheduler,
-        "ss_network_module": config.network_module,
-        "ss_network_dim": network_settings["network_dim"],
-        "ss_network_alpha": network_settings["network_alpha"],
-        "ss_network_dropout": config.network_dropout,
-        "ss_network_args": json.dumps(network_args),
+        **network_metadata,
         "ss_mixed_precision": config.mixed_precision,
         "ss_full_fp16": False,
         "ss_v2": family == "sd2",

@@ -291,12 +291,11 @@ def is_forge() -> bool:
 
 def memory_estimate(config: TrainConfig) -> str:
     """The estimate for the loaded model: its weights as held, the network on its real layers."""
-    from ..networks.registry import network_settings
+    from ..networks.registry import network_targets
     from ..train.memory import estimate_memory, module_bytes
 
     bundle = loaded_bundle()
-    targets = bundle.target_layers(include_conv=bool(network_settings(config)["conv_dim"]),
-                                   train_unet=config.train_unet(), train_text_encoder=config.train_text_encoder())
+    _, _, targets = network_targets(config, bundle)
     where = "GPU" if devices.device.type == "cuda" else str(devices.device)
     estimate = estimate_memory(config, bundle.family, module_bytes(bundle.modules()), targets, where)
     return f"Base model: {bundle.model_name or 'the loaded checkpoint'} ({bundle.family}).\n{estimate.summary()}"

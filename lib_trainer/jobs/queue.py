@@ -7,7 +7,9 @@ Every change is written atomically at once.
 
 A server that stopped while a run was going leaves that item "running" in the file; on
 loading, such an item goes back to "waiting" (first in line) with a note, and the queue
-starts paused: nothing trains until the user asks again.
+starts paused: nothing trains until the user asks again. An item remembers the newest run
+state its run wrote (`resume_state`), so that an interrupted item, or a stopped one the user
+resumes, goes on from there instead of from step 0.
 """
 from __future__ import annotations
 
@@ -39,6 +41,10 @@ class QueueItem:
     error: str = ""
     note: str = ""
     total_steps: int | None = None
+    resume_state: str = ""  # the newest run state folder its run wrote
+
+    def resumable(self) -> bool:
+        return self.status in (STOPPED, FAILED) and bool(self.resume_state) and os.path.isdir(self.resume_state)
 
     def train_config(self) -> TrainConfig:
         return TrainConfig.from_dict(self.config, source=f"queue item {self.id}")
@@ -111,6 +117,24 @@ class TrainQueue:
             self.items.insert(b, moved)
             self._save()
 
+    def resume(self, item_id: int) -> QueueItem:
+        """Put a stopped or failed item back in line, to go on from its last run state."""
+        with self._lock:
+            item = self.get(item_id)
+            if not item.resumable():
+                why = "it is not stopped or failed" if item.status not in (STOPPED, FAILED) else \
+                    "its run wrote no state to resume from"
+                raise QueueError(f"#{item_id} {item.name} cannot be resumed: {why}")
+            self._continue_from_state(item)
+            item.status, item.finished, item.error = WAITING, None, ""
+            self._save()
+            return QueueItem(**asdict(item))
+
+    @staticmethod
+    def _continue_from_state(item: QueueItem) -> None:
+        item.config = {**item.config, "resume": item.resume_state}
+        item.note = f"resumes from {os.path.basename(item.resume_state)}"
+
     def clear_finished(self) -> int:
         with self._lock:
             before = len(self.items)
@@ -164,7 +188,11 @@ class TrainQueue:
         interrupted = [item for item in self.items if item.status == RUNNING]
         for item in interrupted:
             item.status, item.started = WAITING, None
-            item.note = "interrupted by a restart of the server; will run again"
+            if item.resume_state and os.path.isdir(item.resume_state):
+                self._continue_from_state(item)
+                item.note = f"interrupted by a restart of the server; {item.note}"
+            else:
+                item.note = "interrupted by a restart of the server; will run again from the start"
         # They stay in place, which is ahead of every waiting run: the queue only ever
         # starts the first waiting item, and moves happen among waiting items.
         self._next_id = max([data.get("next_id", 1)] + [item.id + 1 for item in self.items])

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ..config import ConfigError, TrainConfig
-from ..progress import Commands, Progress
+from ..progress import STATE, Commands, Progress
 from .queue import DONE, FAILED, STOPPED, QueueItem, TrainQueue
 from .state import RunState, RunView
 
@@ -48,6 +48,12 @@ class TrainService:
 
     def save_now(self) -> bool:
         raise NotImplementedError
+
+    def resume(self, item_id: int) -> QueueItem:
+        """Put a stopped run back in the queue, from its last state, and start the queue."""
+        item = self.queue.resume(item_id)
+        self.start_queue()
+        return item
 
     def snapshot(self) -> ServiceSnapshot:
         raise NotImplementedError
@@ -138,7 +144,7 @@ class LocalTrainService(TrainService):
 
     def _run_item(self, item: QueueItem, commands: Commands) -> None:
         self.state.begin(item.id, item.name)
-        progress = Progress([self.state, *self._host_sinks(commands)], commands)
+        progress = Progress([self.state, _StateRecorder(self.queue, item.id), *self._host_sinks(commands)], commands)
         try:
             with self._host_job(item, progress):
                 result = self.trainer(item.train_config(), progress)
@@ -177,3 +183,14 @@ def _planned_steps(config: TrainConfig) -> int | None:
     except (ValueError, OSError):
         return None
 
+
+class _StateRecorder:
+    """Keeps the newest run state of an item in the queue file as it is written, so that even
+    a server that is killed leaves the item resumable."""
+
+    def __init__(self, queue: TrainQueue, item_id: int) -> None:
+        self.queue, self.item_id = queue, item_id
+
+    def __call__(self, event) -> None:
+        if event.kind == STATE:
+            self.queue.update(self.item_id, resume_state=event.text)

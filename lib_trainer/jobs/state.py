@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..progress import END, IMAGE, SAVED, START, STATUS, STEP, ProgressEvent
+from ..progress import END, IMAGE, SAVED, START, STATE, STATUS, STEP, ProgressEvent
 
 MAX_MESSAGES = 200
 MAX_IMAGES = 16
@@ -36,6 +36,7 @@ class RunView:
     losses: list[tuple[int, float, float]] = field(default_factory=list)  # (step, loss, avg_loss)
     images: list[tuple[Any, str]] = field(default_factory=list)  # (PIL image, caption)
     saved: list[str] = field(default_factory=list)
+    last_state: str = ""  # the newest run state folder written: where a resumption starts
     messages: list[str] = field(default_factory=list)
     error: str = ""
     result: str = ""
@@ -114,6 +115,9 @@ class RunState:
             elif event.kind == SAVED:
                 view.saved.append(event.text)
                 self._add_message(f"saved {event.text}")
+            elif event.kind == STATE:
+                view.last_state = event.text
+                self._add_message(f"run state saved to {event.text}")
             elif event.kind == IMAGE:
                 view.images.append((event.info.get("image"), event.text))
                 del view.images[:-MAX_IMAGES]

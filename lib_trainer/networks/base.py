@@ -1,20 +1,22 @@
 """The shared base of every network method.
 
 An `AdapterModule` adapts one layer of the base model (an nn.Linear or nn.Conv2d). It is
-attached with a forward hook that adds the adapter's output to the layer's, so the base
-layer itself is never replaced or modified, and detaching is removing the hook.
-A `Network` holds all adapters of a run, attaches and detaches them together, gives the
-optimizer its parameter groups, and turns its weights into the file's key/tensor dict.
+attached with a forward hook that sees the layer's input and output (and can read its
+weight), so the base layer itself is never replaced or modified, and detaching is removing
+the hook. Most methods add a delta to the output; IA3 scales it and DoRA re-normalises the
+merged weight, which is why the hook hands over both.
+A `Network` is the `Trainable` of every LoRA-family method: it holds the adapters of a run,
+attaches and detaches them together, gives the optimizer its parameter groups, and turns its
+weights into the file's key/tensor dict.
 """
 from __future__ import annotations
-
-import contextlib
-from typing import Iterator
 
 import torch
 from torch import nn
 
 from ..formats.kohya_names import TargetLayer
+from ..formats.lora_file import load_lora, save_lora
+from .trainable import Trainable
 
 
 class AdapterModule(nn.Module):
@@ -46,10 +48,15 @@ class AdapterModule(nn.Module):
     def _add_delta(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
         if self.multiplier == 0:
             return output
-        delta = self.delta_output(inputs[0])
+        return self.adapt(inputs[0], output)
+
+    def adapt(self, x: torch.Tensor, base_output: torch.Tensor) -> torch.Tensor:
+        """The adapted layer's output, from its input and what the base layer gave for it.
+        Additive methods only implement `delta_output`."""
+        delta = self.delta_output(x)
         if delta is None:
-            return output
-        return output + (delta * self.multiplier).to(output.dtype)
+            return base_output
+        return base_output + (delta * self.multiplier).to(base_output.dtype)
 
     def delta_output(self, x: torch.Tensor) -> torch.Tensor | None:
         """What this adapter adds to the base layer's output for input x (None: nothing)."""
@@ -67,32 +74,23 @@ class AdapterModule(nn.Module):
         raise NotImplementedError
 
 
-class Network(nn.Module):
-    def __init__(self, adapters: list[AdapterModule], method: str, settings: dict) -> None:
+class Network(Trainable):
+    kind = "network"
+
+    def __init__(self, adapters: list[AdapterModule], method, settings: dict) -> None:
         super().__init__()
         self.adapters = nn.ModuleDict({a.kohya_name: a for a in adapters})
-        self.method = method          # e.g. "networks.lora"; stored as ss_network_module
+        self.method = method          # the NetworkMethod record that built it
         self.settings = settings      # what the method was built with (dim, alpha, conv_dim...)
+        self.kind = method.label
 
-    def attach(self) -> None:
+    def attach(self, bundle=None) -> None:
         for adapter in self.adapters.values():
             adapter.attach()
 
     def detach(self) -> None:
         for adapter in self.adapters.values():
             adapter.detach()
-
-    @contextlib.contextmanager
-    def attached(self) -> Iterator["Network"]:
-        self.attach()
-        try:
-            yield self
-        finally:
-            self.detach()
-
-    def set_multiplier(self, multiplier: float) -> None:
-        for adapter in self.adapters.values():
-            adapter.multiplier = multiplier
 
     def parameter_groups(self, unet_lr: float, text_encoder_lr: float) -> list[dict]:
         groups = []
@@ -102,8 +100,29 @@ class Network(nn.Module):
                 groups.append({"params": params, "lr": lr, "name": component})
         return groups
 
-    def components(self) -> set[str]:
-        return {a.component for a in self.adapters.values()}
+    def conditioned(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for adapter in self.adapters.values():
+            counts[adapter.component] = counts.get(adapter.component, 0) + 1
+        return counts
+
+    def file_metadata(self) -> dict[str, str]:
+        return self.method.file_metadata(self.settings)
+
+    def write_file(self, path: str, metadata: dict[str, str], dtype: torch.dtype | None) -> None:
+        save_lora(path, self.file_state_dict(dtype), metadata)
+
+    def load_weights(self, path: str) -> None:
+        state = load_lora(path)
+        if not state:
+            raise ValueError(f"network_weights {path}: the file holds no tensors")
+        unmatched = self.load_file_state_dict(state)
+        if len(unmatched) == len(state):
+            raise ValueError(f"network_weights {path}: none of its keys is a layer of this network "
+                             f"(e.g. {unmatched[0]}); is it a {self.method.label} file of this model family?")
+        if unmatched:
+            raise ValueError(f"network_weights {path}: {len(unmatched)} keys match no layer of this network "
+                             f"(e.g. {unmatched[0]}); was it trained on another model family or with other settings?")
 
     def file_state_dict(self, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
         state = {}
@@ -126,6 +145,3 @@ class Network(nn.Module):
         for name, tensors in by_adapter.items():
             self.adapters[name].load_file_tensors(tensors)
         return unmatched
-
-    def all_finite(self) -> bool:
-        return all(torch.isfinite(p).all() for p in self.parameters())

@@ -3,20 +3,24 @@
 output = base(x) + multiplier * scale * up(down(x)), scale = alpha / rank.
 `down` is initialised like a Linear layer (Kaiming-uniform), `up` with zeros, so a fresh
 network leaves the model's output unchanged. Files store `lora_down.weight`,
-`lora_up.weight` and `alpha` per layer, as kohya does.
+`lora_up.weight` and `alpha` per layer, as kohya does. An alpha of 0 means "alpha = rank"
+(scale 1), and the file stores the alpha used, as kohya does: loaders read alpha 0 as scale 0.
 """
 from __future__ import annotations
 
+import json
 import math
 
 import torch
 from torch import nn
 
+from typing import Any, Iterable
+
+from ..config import ConfigError
 from ..formats.kohya_names import TargetLayer
 from .base import AdapterModule, Network
 from .functional import lora_delta_weight, lora_down_forward, lora_scale, lora_up_forward
-
-METHOD = "networks.lora"
+from .method import NetworkMethod
 
 
 class LoRAModule(AdapterModule):
@@ -37,7 +41,7 @@ class LoRAModule(AdapterModule):
             self.conv = None
             down_shape, up_shape = (rank, in_features), (out_features, rank)
         self.rank = rank
-        self.alpha = float(alpha)
+        self.alpha = float(alpha or rank)
         self.scale = lora_scale(alpha, rank)
         self.down = nn.Parameter(torch.empty(down_shape))
         self.up = nn.Parameter(torch.zeros(up_shape))
@@ -81,16 +85,98 @@ class LoRAModule(AdapterModule):
             self.scale = lora_scale(self.alpha, self.rank)
 
 
-def create(targets: list[TargetLayer], settings: dict) -> Network:
-    """settings: network_dim, network_alpha, conv_dim, conv_alpha and the dropouts."""
-    adapters = []
-    for target in targets:
-        if target.is_conv3x3:
-            if not settings.get("conv_dim"):
+class LoRAMethod(NetworkMethod):
+    """kohya's networks.lora; LoCon when conv_dim > 0 (the ResNet 3x3 convolutions too)."""
+    module = "networks.lora"
+    label = "LoRA"
+    ui_types = {"LoRA": {"network_module": "networks.lora", "conv_dim": 0},
+                "LoCon": {"network_module": "networks.lora", "conv_dim": 8, "conv_alpha": 4.0}}
+    # network_args kohya's networks.lora takes that this method supports, and their types.
+    ARGS = {"conv_dim": int, "conv_alpha": float, "rank_dropout": float, "module_dropout": float,
+            "dropout": float}
+
+    def settings(self, config) -> dict[str, Any]:
+        settings = {
+            "network_dim": config.network_dim, "network_alpha": config.network_alpha,
+            "conv_dim": config.conv_dim, "conv_alpha": config.conv_alpha,
+            "network_dropout": config.network_dropout, "rank_dropout": config.rank_dropout,
+            "module_dropout": config.module_dropout,
+        }
+        # kohya spells these as --network_args "conv_dim=4"; they override the fields.
+        problems = []
+        for key, value in config.parsed_network_args().items():
+            if key not in self.ARGS:
+                problems.append(f"network_args: {key} is not an option of {self.module} "
+                                f"(it takes {', '.join(self.ARGS)})")
                 continue
-            rank, alpha = settings["conv_dim"], settings["conv_alpha"]
-        else:
-            rank, alpha = settings["network_dim"], settings["network_alpha"]
-        adapters.append(LoRAModule(target, rank, alpha, settings.get("network_dropout", 0.0),
-                                   settings.get("rank_dropout", 0.0), settings.get("module_dropout", 0.0)))
-    return Network(adapters, METHOD, settings)
+            try:
+                settings["network_dropout" if key == "dropout" else key] = self.ARGS[key](value)
+            except ValueError:
+                problems.append(f"network_args: {key}={value!r} must be a number")
+        for key in ("network_dropout", "rank_dropout", "module_dropout"):
+            if not 0.0 <= settings[key] < 1.0:
+                problems.append(f"{key}={settings[key]} must be at least 0 and below 1")
+        if settings["conv_dim"] < 0 or settings["conv_alpha"] < 0:
+            problems.append("conv_dim and conv_alpha must not be negative")
+        if problems:
+            raise ConfigError("\n".join(problems))
+        # alpha 0 (or unset) trains at scale 1; the file must say so with alpha = dim.
+        settings["network_alpha"] = float(settings["network_alpha"] or settings["network_dim"])
+        settings["conv_alpha"] = float(settings["conv_alpha"] or settings["conv_dim"])
+        return settings
+
+    def adapts_conv(self, settings: dict[str, Any]) -> bool:
+        return settings["conv_dim"] > 0
+
+    def create(self, targets: list[TargetLayer], settings: dict[str, Any]) -> Network:
+        adapters = [LoRAModule(target, rank, alpha, settings["network_dropout"], settings["rank_dropout"],
+                               settings["module_dropout"])
+                    for target, rank, alpha in self._ranks(targets, settings)]
+        return Network(adapters, self, settings)
+
+    def parameter_count(self, targets: list[TargetLayer], settings: dict[str, Any]) -> int:
+        total = 0
+        for target, rank, _ in self._ranks(targets, settings):
+            layer = target.module
+            if isinstance(layer, nn.Conv2d):
+                kernel = layer.kernel_size[0] * layer.kernel_size[1]
+                total += rank * (layer.in_channels * kernel + layer.out_channels)
+            else:
+                total += rank * (layer.in_features + layer.out_features)
+        return total
+
+    def file_metadata(self, settings: dict[str, Any]) -> dict[str, str]:
+        args = {}
+        if settings["conv_dim"]:
+            args.update(conv_dim=settings["conv_dim"], conv_alpha=settings["conv_alpha"])
+        for key in ("rank_dropout", "module_dropout"):
+            if settings[key]:
+                args[key] = settings[key]
+        return {"ss_network_module": self.module, "ss_network_dim": str(settings["network_dim"]),
+                "ss_network_alpha": str(settings["network_alpha"]),
+                "ss_network_dropout": str(settings["network_dropout"]),
+                "ss_network_args": json.dumps({key: str(value) for key, value in args.items()})}
+
+    def ui_type_of(self, values: dict[str, Any]) -> str | None:
+        if values.get("network_module", self.module) != self.module:
+            return None
+        try:
+            return "LoCon" if int(values.get("conv_dim") or 0) > 0 else "LoRA"
+        except (TypeError, ValueError):
+            return "LoRA"
+
+    def recognises(self, keys: Iterable[str]) -> bool:
+        return any(key.endswith(".lora_down.weight") for key in keys)
+
+    @staticmethod
+    def _ranks(targets: list[TargetLayer], settings: dict[str, Any]):
+        """(target, rank, alpha) of every adapted layer: 3x3 convs only with conv_dim."""
+        for target in targets:
+            if target.is_conv3x3:
+                if settings["conv_dim"]:
+                    yield target, settings["conv_dim"], settings["conv_alpha"]
+            else:
+                yield target, settings["network_dim"], settings["network_alpha"]
+
+
+METHOD = LoRAMethod()

@@ -1,35 +1,72 @@
-"""Network methods by the name kohya stores in ss_network_module."""
+"""Network methods by the names sd-scripts users type, and the trainable of a run.
+
+Adding a method is one file with its `NetworkMethod` record and one line in `METHODS`.
+"""
 from __future__ import annotations
 
-from ..config import TrainConfig
+from typing import Any
+
+from ..config import ConfigError, TrainConfig
 from ..formats.kohya_names import TargetLayer
 from . import lora
-from .base import Network
+from .method import NetworkMethod
+from .trainable import Trainable
 
-METHODS = {
-    lora.METHOD: lora.create,
-}
-
-
-def network_settings(config: TrainConfig) -> dict:
-    settings = {
-        "network_dim": config.network_dim, "network_alpha": config.network_alpha,
-        "conv_dim": config.conv_dim, "conv_alpha": config.conv_alpha,
-        "network_dropout": config.network_dropout, "rank_dropout": config.rank_dropout,
-        "module_dropout": config.module_dropout,
-    }
-    # kohya spells conv/dropout settings as --network_args "conv_dim=4"; accept that too.
-    for key, value in config.parsed_network_args().items():
-        if key in ("conv_dim", "network_dim"):
-            settings[key] = int(value)
-        elif key in settings:
-            settings[key] = float(value)
-        else:
-            raise ValueError(f"network_args: {key} is not an option of {config.network_module}")
-    return settings
+METHODS: dict[tuple[str, str | None], NetworkMethod] = {method.key: method for method in (
+    lora.METHOD,
+)}
 
 
-def create_network(config: TrainConfig, targets: list[TargetLayer]) -> Network:
-    if config.network_module not in METHODS:
-        raise ValueError(f"network_module {config.network_module!r} is unknown; available: {', '.join(METHODS)}")
-    return METHODS[config.network_module](targets, network_settings(config))
+def find_method(config: TrainConfig) -> NetworkMethod:
+    """The record for --network_module (and, for LyCORIS' module, its algo= argument)."""
+    algo = config.parsed_network_args().get("algo")
+    method = METHODS.get((config.network_module, algo)) or METHODS.get((config.network_module, None))
+    if method is None:
+        known = ", ".join(module if algo is None else f"{module} algo={algo}" for module, algo in METHODS)
+        raise ConfigError(f"network_module {config.network_module!r}"
+                          f"{f' with algo={algo}' if algo else ''} is unknown; available: {known}")
+    return method
+
+
+def method_problems(config: TrainConfig) -> list[str]:
+    """What is wrong with the network settings, for the config's own checks."""
+    try:
+        find_method(config).settings(config)
+    except ConfigError as error:
+        return str(error).splitlines()
+    return []
+
+
+def network_targets(config: TrainConfig, bundle) -> tuple[NetworkMethod, dict[str, Any], list[TargetLayer]]:
+    """The method, its settings and the layers of `bundle` a run of this config adapts."""
+    method = find_method(config)
+    settings = method.settings(config)
+    targets = bundle.target_layers(include_conv=method.adapts_conv(settings), train_unet=config.train_unet(),
+                                   train_text_encoder=config.train_text_encoder())
+    return method, settings, targets
+
+
+def create_trainable(config: TrainConfig, bundle) -> Trainable:
+    """What this run trains, on this bundle's layers."""
+    method, settings, targets = network_targets(config, bundle)
+    return method.create(targets, settings)
+
+
+def create_network(config: TrainConfig, targets: list[TargetLayer]) -> Trainable:
+    """The configured network on layers chosen by the caller (tests, tools)."""
+    method = find_method(config)
+    return method.create(targets, method.settings(config))
+
+
+def ui_network_types() -> dict[str, dict[str, Any]]:
+    """The UI's network type list: label -> the config values it sets."""
+    return {label: values for method in METHODS.values() for label, values in method.ui_types.items()}
+
+
+def ui_network_type_of(values: dict[str, Any]) -> str | None:
+    """The UI label of a config's network settings (None when no entry describes them)."""
+    for method in METHODS.values():
+        label = method.ui_type_of(values)
+        if label:
+            return label
+    return None

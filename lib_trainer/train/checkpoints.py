@@ -1,4 +1,4 @@
-"""Saving LoRA files during and after a run, with kohya's file names.
+"""Saving the trained files during and after a run, with kohya's file names.
 
 `name-000002.safetensors` after epoch 2, `name-step00000100.safetensors` after step 100
 (and when a run is stopped early), `name.safetensors` at the end. A file is only written
@@ -11,9 +11,8 @@ import os
 import time
 
 from ..config import TrainConfig, save_config
-from ..formats.lora_file import save_lora
 from ..formats.metadata import checkpoint_metadata
-from ..networks.base import Network
+from ..networks.trainable import Trainable
 from .precision import SAVE_DTYPES
 
 
@@ -34,19 +33,20 @@ def final_path(output_dir: str, name: str) -> str:
 
 
 class CheckpointWriter:
-    def __init__(self, config: TrainConfig, network: Network, base_metadata: dict[str, str]) -> None:
+    def __init__(self, config: TrainConfig, trainable: Trainable, base_metadata: dict[str, str]) -> None:
         self.config = config
-        self.network = network
+        self.trainable = trainable
         self.base_metadata = base_metadata
         self.saved: list[str] = []
 
     def save(self, path: str, epoch: int, step: int, interrupted: bool = False) -> str:
-        if not self.network.all_finite():
-            raise UnsafeToSave(f"not writing {path}: the network's weights are not finite")
-        tensors = self.network.file_state_dict(SAVE_DTYPES[self.config.save_precision])
+        if not self.trainable.all_finite():
+            raise UnsafeToSave(f"not writing {path}: the trained weights are not finite")
         metadata = checkpoint_metadata(self.base_metadata, epoch, step, time.time(), interrupted)
-        save_lora(path, tensors, metadata)
-        # The config goes next to the files it produced, so a run can be repeated.
-        save_config(self.config, os.path.join(os.path.dirname(path), f"{self.config.output_name}.toml"))
+        self.trainable.write_file(path, metadata, SAVE_DTYPES[self.config.save_precision])
+        # The config goes next to the files it produced, so a run can be repeated. A stopped
+        # run's goes beside its own name-stepN file: it must not replace a finished run's.
+        config_name = os.path.splitext(os.path.basename(path))[0] if interrupted else self.config.output_name
+        save_config(self.config, os.path.join(os.path.dirname(path), f"{config_name}.toml"))
         self.saved.append(path)
         return path

@@ -6,6 +6,7 @@ dataset/, files in checkpoints.py.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import random
 import time
@@ -22,12 +23,13 @@ from ..dataset.plan import TrainingPlan, caption_options, make_plan
 from ..dataset.captions import training_caption
 from ..formats.metadata import training_metadata
 from ..hosts.bundle import ModelBundle
-from ..networks.registry import create_network, network_settings
+from ..networks.registry import create_trainable
 from ..progress import Progress
 from . import noise as diffusion
 from .checkpoints import CheckpointWriter, epoch_path, final_path, step_path
 from .optimizers import make_optimizer
 from .precision import autocast, compute_dtype, grad_scaler, resolve_device
+from .resume import RunPosition, StateWriter, fingerprint, read_state, resume_notes, state_dir_for
 from .sampling import SampleMaker
 from .schedulers import make_scheduler, warmup_steps
 from .text_cache import TextEncoderCache
@@ -50,7 +52,8 @@ class TrainResult:
 def train(config: TrainConfig, bundle: ModelBundle | None = None, progress: Progress | None = None) -> TrainResult:
     progress = progress or Progress()
     config.validate()
-    # --- set-up: seeds, model, plan, network ---
+    saved_state = read_state(config.resume) if config.resume else None  # a bad folder fails before loading
+    # --- set-up: seeds, model, plan, what is trained ---
     torch.manual_seed(config.seed)
     data_rng = random.Random(config.seed)
     noise_rng = torch.Generator().manual_seed(config.seed)
@@ -64,27 +67,28 @@ def train(config: TrainConfig, bundle: ModelBundle | None = None, progress: Prog
         progress.status(note)
     plan = make_plan(config, bundle.count_tokens)
     progress.status(plan.summary())
-    targets = bundle.target_layers(include_conv=bool(network_settings(config)["conv_dim"]),
-                                   train_unet=config.train_unet(), train_text_encoder=config.train_text_encoder())
-    network = create_network(config, targets).to(device)
+    trainable = create_trainable(config, bundle).to(device)
     if config.network_weights:
-        _load_initial_weights(network, config.network_weights, progress)
+        trainable.load_weights(config.network_weights)
+        progress.status(f"started from the weights in {config.network_weights} (weights only: a new optimizer "
+                        "and schedule)")
+    progress.status(trained_parts_line(config, trainable))
 
-    with bundle.frozen_for_training(device, compute_dtype(config.mixed_precision)), network.attached(), \
+    with bundle.frozen_for_training(device, compute_dtype(config.mixed_precision)), trainable.attached(bundle), \
             _gradient_checkpointing(bundle, config.gradient_checkpointing):
-        return _run(config, bundle, plan, network, device, progress, data_rng, noise_rng)
+        return _run(config, bundle, plan, trainable, device, progress, data_rng, noise_rng, saved_state)
 
 
-def _run(config, bundle, plan, network, device, progress, data_rng, noise_rng) -> TrainResult:
+def _run(config, bundle, plan, trainable, device, progress, data_rng, noise_rng, saved_state) -> TrainResult:
     if config.xformers and device.type == "cuda" and hasattr(bundle, "set_xformers"):
         bundle.set_xformers(True)
-    trains_text = "text_encoder" in network.components()
+    trains_text = "text_encoder" in trainable.conditioned()
     if trains_text and config.gradient_checkpointing:
         for encoder in bundle.text_encoders():
             encoder.train()  # transformers checkpoints only in train mode
-    network.train()
+    trainable.train()
 
-    latents = _latent_source(config, bundle, plan, progress)
+    latents = _latent_source(config, bundle, plan, device, progress)
     captions = caption_options(config)
     prompts = _prompt_source(config, bundle, plan, captions, trains_text, device, progress)
     schedule = _noise_schedule(config, bundle, progress)
@@ -92,58 +96,74 @@ def _run(config, bundle, plan, network, device, progress, data_rng, noise_rng) -
         progress.end("stopped before training")
         return TrainResult(None, [], 0, True, plan=plan)
     optimizer, optimizer_text = make_optimizer(
-        config.optimizer_type, network.parameter_groups(config.effective_unet_lr(), config.effective_text_encoder_lr()),
+        config.optimizer_type, trainable.parameter_groups(config.effective_unet_lr(),
+                                                          config.effective_text_encoder_lr()),
         config.learning_rate, config.parsed_optimizer_args(), device.type)
     warmup = warmup_steps(config.lr_warmup_steps, plan.total_steps)
     scheduler = make_scheduler(optimizer, config.lr_scheduler, plan.total_steps, warmup,
                                config.lr_scheduler_num_cycles, config.lr_scheduler_power)
     scaler = grad_scaler(device, config.mixed_precision)
+    run = RunPosition.start(data_rng, noise_rng)
+    checks = fingerprint(bundle.family, bundle.prediction_type, plan.training_set, trainable)
+    if saved_state is not None:
+        run = _resume(config, saved_state, checks, trainable, optimizer, scheduler, scaler, data_rng, noise_rng,
+                      progress)
     metadata = training_metadata(config, plan.training_set, bundle.family, bundle.prediction_type,
                                  bundle.model_name, uuid.uuid4().hex, time.time(), plan.total_steps,
-                                 optimizer_text, network.settings, warmup)
-    writer = CheckpointWriter(config, network, metadata)
-    samples = SampleMaker(config, bundle, network, device, progress)
+                                 optimizer_text, trainable.file_metadata(), warmup)
+    metadata["ss_trained_parts"] = json.dumps(trainable.conditioned())
+    writer = CheckpointWriter(config, trainable, metadata)
+    states = StateWriter(config, trainable, optimizer, scheduler, scaler, checks, progress)
+    samples = SampleMaker(config, bundle, trainable, device, progress)
     params = [p for group in optimizer.param_groups for p in group["params"]]
 
-    losses: list[float] = []
-    window: deque[float] = deque(maxlen=max(1, plan.steps_per_epoch))
-    step, epoch, stopped = 0, 0, False
+    losses: list[float] = list(run.losses)
+    window: deque[float] = deque(losses[-plan.steps_per_epoch:], maxlen=max(1, plan.steps_per_epoch))
+    step, stopped = run.step, False
     progress.start("training", plan.total_steps)
     try:
-        samples.before_training()
-        started = time.monotonic()  # after the first samples: it/s and ETA are about training
-        for epoch in range(1, plan.epochs + 1):
-            batches = plan.training_set.epoch_batches(data_rng)
+        if saved_state is None:
+            samples.before_training()
+        started, first_step = time.monotonic(), step  # after the first samples: it/s and ETA are about training
+        for epoch in range(run.epoch, plan.epochs + 1):
+            batches = run.epoch_batches(plan.training_set, epoch, data_rng, noise_rng)
             for index, batch in enumerate(batches):
+                if index < run.skip:
+                    continue  # trained before the run was resumed
                 # --- loss of one batch (accumulated over gradient_accumulation_steps) ---
                 with autocast(device, config.mixed_precision):
                     loss = _batch_loss(config, bundle, batch, latents, prompts, schedule, device, data_rng,
                                        noise_rng)
                 if not torch.isfinite(loss):
-                    raise TrainingDiverged(_diverged_message(loss, step, epoch, writer.saved))
+                    raise TrainingDiverged(_diverged_message(loss, step, epoch, writer.saved, config))
                 scaler.scale(loss / config.gradient_accumulation_steps).backward()
                 window.append(loss.item())
                 last_of_epoch = index == len(batches) - 1
                 if (index + 1) % config.gradient_accumulation_steps and not last_of_epoch:
                     continue
-                # --- optimizer step: unscale, clip, step, schedule ---
+                # --- optimizer step: unscale, clip, step; the schedule moves only on real steps ---
                 scaler.unscale_(optimizer)
                 if config.max_grad_norm:
                     torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm, foreach=True)
+                scale_before = scaler.get_scale() if scaler.is_enabled() else None
                 scaler.step(optimizer)
                 scaler.update()
                 optimizer.zero_grad(set_to_none=True)
-                scheduler.step()
+                if scale_before is None or scaler.get_scale() >= scale_before:  # fp16 overflow skips the step
+                    scheduler.step()
                 step += 1
                 losses.append(window[-1])
+                run.after_step(step, epoch, index + 1, len(batches), losses, data_rng, noise_rng)
                 # --- report ---
-                _report(progress, step, epoch, plan.total_steps, window, optimizer, started)
+                _report(progress, step - first_step, step, epoch, plan.total_steps, window, optimizer, started)
                 # --- samples, save and stop checks ---
                 samples.after_step(step)
                 if config.save_every_n_steps and step % config.save_every_n_steps == 0 and step < plan.total_steps:
-                    progress.saved(writer.save(step_path(config.output_dir, config.output_name, step), epoch, step))
+                    states.saved_file(writer.save(step_path(config.output_dir, config.output_name, step), epoch, step),
+                                  run, "step")
                 if progress.commands.take_save_request():
-                    progress.saved(writer.save(step_path(config.output_dir, config.output_name, step), epoch, step))
+                    states.saved_file(writer.save(step_path(config.output_dir, config.output_name, step), epoch, step),
+                                  run, "step")
                 if step >= plan.total_steps or progress.stop_requested:
                     stopped = progress.stop_requested and step < plan.total_steps
                     break
@@ -153,26 +173,57 @@ def _run(config, bundle, plan, network, device, progress, data_rng, noise_rng) -
             if stopped or step >= plan.total_steps:
                 break
             if config.save_every_n_epochs and epoch % config.save_every_n_epochs == 0 and epoch < plan.epochs:
-                progress.saved(writer.save(epoch_path(config.output_dir, config.output_name, epoch), epoch, step))
+                states.saved_file(writer.save(epoch_path(config.output_dir, config.output_name, epoch), epoch, step),
+                              run, "epoch")
     except TrainingDiverged:
         progress.end("training stopped: the loss diverged")
         raise
     except BaseException:
-        # A crash or a hard interrupt: keep what was trained, then let the error through.
-        if step > 0 and network.all_finite():
-            path = writer.save(step_path(config.output_dir, config.output_name, step), epoch, step, interrupted=True)
+        # A crash or a hard interrupt: keep what was trained and its state, then let the error through.
+        if step > run.resumed_at and trainable.all_finite():
+            path = writer.save(step_path(config.output_dir, config.output_name, step), run.file_epoch, step,
+                               interrupted=True)
             progress.saved(path)
+            states.for_resume(path, run)
         progress.end("training failed")
         raise
 
     # --- final save ---
     if stopped:
         path = writer.save(step_path(config.output_dir, config.output_name, step), epoch, step, interrupted=True)
+        progress.saved(path)
+        states.for_resume(path, run)
     else:
         path = writer.save(final_path(config.output_dir, config.output_name), epoch, step)
-    progress.saved(path)
+        progress.saved(path)
+        if config.save_state or config.save_state_on_train_end:
+            states.write(state_dir_for(path), run)
     progress.end(f"{'stopped early' if stopped else 'done'}: {path}")
     return TrainResult(path, writer.saved, step, stopped, losses, plan)
+
+
+def _resume(config, saved, checks, trainable, optimizer, scheduler, scaler, data_rng, noise_rng, progress):
+    """Load a saved run state into this run's objects; returns where to go on from."""
+    for note in resume_notes(saved, config, checks):
+        progress.status(note)
+    trainable.load_state_dict(saved.trainable)
+    optimizer.load_state_dict(saved.optimizer)
+    scheduler.load_state_dict(saved.scheduler)
+    scaler.load_state_dict(saved.scaler)
+    # A changed learning rate applies from here on, along the same schedule.
+    scheduler.base_lrs = [group["initial_lr"] for group in _fresh_lrs(optimizer, config)]
+    for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+        group["lr"] = base * factor(scheduler.last_epoch)
+    progress.status(f"resumed from {config.resume}: step {saved.step}, epoch {saved.epoch}, "
+                    f"after {saved.batches_done} batches of it")
+    return RunPosition.resumed(saved)
+
+
+def _fresh_lrs(optimizer, config):
+    lrs = {"unet": config.effective_unet_lr(), "text_encoder": config.effective_text_encoder_lr()}
+    for group in optimizer.param_groups:
+        group["initial_lr"] = lrs.get(group.get("name"), group["initial_lr"])
+    return optimizer.param_groups
 
 
 @contextlib.contextmanager
@@ -241,11 +292,12 @@ def _noise_schedule(config, bundle, progress) -> torch.Tensor:
     return diffusion.rescale_zero_terminal_snr(bundle.alphas_cumprod)
 
 
-def _latent_source(config, bundle, plan, progress):
+def _latent_source(config, bundle, plan, device, progress):
     """A function (batch, flips, rng) -> (latents, SDXL size conditioning): from the cache,
     or encoded each step."""
+    encode = _vae_encoder(bundle, device)
     if config.cache_latents:
-        cache = LatentCache(bundle.encode_pixels, bundle.vae_fingerprint(), config.flip_aug,
+        cache = LatentCache(encode, bundle.vae_fingerprint(), config.flip_aug,
                             config.cache_latents_to_disk, config.latents_cache_dir)
         cache.fill(plan.training_set.examples, progress)
         if cache.reused_from_disk:
@@ -262,15 +314,35 @@ def _latent_source(config, bundle, plan, progress):
         pixels = torch.stack([load_pixels(e.path, e.placement, crop, flip)
                               for e, crop, flip in zip(batch, crops, flips)])
         sizes = [size_condition(e.item.size, e.placement, crop) for e, crop in zip(batch, crops)]
-        with torch.no_grad():
-            return bundle.encode_pixels(pixels).float(), torch.tensor(sizes)
+        return encode(pixels), torch.tensor(sizes)
 
     return encode_each_step
 
 
-def _report(progress, step, epoch, total, window, optimizer, started) -> None:
+class VAEProducedNaN(RuntimeError):
+    pass
+
+
+def _vae_encoder(bundle, device):
+    """pixels -> latents, outside the step's autocast: the VAE runs in its own dtype (fp32 unless
+    the host holds it in half precision), since SD's VAE overflows in fp16. Non-finite latents
+    are the VAE's fault, not the learning rate's, and are reported as such."""
+    def encode(pixels: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad(), torch.autocast(device.type, enabled=False):
+            latents = bundle.encode_pixels(pixels).float()
+        if not torch.isfinite(latents).all():
+            dtype = next(bundle.vae().parameters()).dtype
+            raise VAEProducedNaN(f"the VAE produced NaN or infinite latents (it runs in {dtype}); use an fp32 VAE: "
+                                 "a VAE file made for half precision (--vae), or --no-half-vae in the WebUI")
+        return latents
+
+    return encode
+
+
+def _report(progress, steps_now, step, epoch, total, window, optimizer, started) -> None:
+    """steps_now: the steps of this session (not those before a resumption), for it/s."""
     elapsed = time.monotonic() - started
-    rate = step / elapsed if elapsed > 0 else 0.0
+    rate = steps_now / elapsed if elapsed > 0 else 0.0
     lrs = {group.get("name"): group["lr"] for group in optimizer.param_groups}
     info = {"epoch": epoch, "loss": window[-1], "avg_loss": sum(window) / len(window),
             "lr": lrs.get("unet", lrs.get("text_encoder")), "it_per_s": rate,
@@ -280,17 +352,32 @@ def _report(progress, step, epoch, total, window, optimizer, started) -> None:
     progress.step(step, **info)
 
 
-def _load_initial_weights(network, path, progress) -> None:
-    from ..formats.lora_file import load_lora
-
-    unmatched = network.load_file_state_dict(load_lora(path))
-    if unmatched:
-        raise ValueError(f"network_weights {path}: {len(unmatched)} keys match no layer of this network "
-                         f"(e.g. {unmatched[0]}); was it trained on another model family or with other settings?")
-    progress.status(f"started from the weights in {path}")
-
-
-def _diverged_message(loss, step, epoch, saved) -> str:
+def _diverged_message(loss, step, epoch, saved, config) -> str:
+    """What went wrong and what to try, for this run's own settings."""
     last = f"The last good file is {saved[-1]}." if saved else "No file was written."
+    advice = ["lower the learning rate"]
+    if config.mixed_precision == "fp16":
+        advice.append("use mixed_precision=bf16 (or no) instead of fp16")
+    if not config.max_grad_norm:
+        advice.append("set max_grad_norm=1")
     return (f"The loss became {loss.item()} at step {step + 1} (epoch {epoch}); training stopped. {last} "
-            "Lower the learning rate, use mixed_precision=bf16 instead of fp16, or set max_grad_norm=1.")
+            f"Try: {'; '.join(advice)}.")
+
+
+def trained_parts_line(config: TrainConfig, trainable) -> str:
+    """What this run trains, said before step 1 (users of other trainers often learned late that
+    their text encoder was not trained): 'UNet ✔ (192 layers) · text encoder ✘ (why)'."""
+    counts = trainable.conditioned()
+    why_not = {"unet": "network_train_text_encoder_only" if config.network_train_text_encoder_only
+               else "no layer adapted",
+               "text_encoder": "network_train_unet_only" if config.network_train_unet_only
+               else "text_encoder_lr=0" if config.effective_text_encoder_lr() == 0 else "no layer adapted"}
+    names = {"unet": "UNet", "text_encoder": "text encoder", "token_embeddings": "token embeddings"}
+    parts = []
+    for part in ("unet", "text_encoder", *[p for p in counts if p not in ("unet", "text_encoder")]):
+        if counts.get(part):
+            unit = "vectors" if part == "token_embeddings" else "layers"
+            parts.append(f"{names.get(part, part)} ✔ ({counts[part]} {unit})")
+        elif part in why_not:
+            parts.append(f"{names[part]} ✘ ({why_not[part]})")
+    return f"Trains ({trainable.kind}): " + " · ".join(parts)

@@ -16,7 +16,7 @@ from torch import nn
 
 from ..config import TrainConfig
 from ..formats.kohya_names import TargetLayer
-from ..networks.registry import network_settings
+from ..networks.registry import find_method
 
 GB = 1024 ** 3
 # GB of activations per megapixel of training image, batch 1, 16-bit: (plain, checkpointed).
@@ -44,18 +44,9 @@ class MemoryEstimate:
 
 
 def network_parameters(targets: list[TargetLayer], config: TrainConfig) -> int:
-    """The adapter parameters a LoRA/LoCon of these settings puts on these layers."""
-    settings = network_settings(config)
-    total = 0
-    for target in targets:
-        layer = target.module
-        if isinstance(layer, nn.Conv2d):
-            rank = settings["conv_dim"] if target.is_conv3x3 else settings["network_dim"]
-            kernel = layer.kernel_size[0] * layer.kernel_size[1]
-            total += rank * (layer.in_channels * kernel + layer.out_channels)
-        else:
-            total += settings["network_dim"] * (layer.in_features + layer.out_features)
-    return total
+    """The parameters the configured network method puts on these layers."""
+    method = find_method(config)
+    return method.parameter_count(targets, method.settings(config))
 
 
 def estimate_memory(config: TrainConfig, family: str, weight_bytes: int, targets: list[TargetLayer],
@@ -96,7 +87,8 @@ def estimate_for_checkpoint(config: TrainConfig, family: str) -> MemoryEstimate:
     """The standalone trainer: it loads its own copy, cast to the compute dtype (VAE in fp32)."""
     (unet, text, vae), targets = _full_size_layout(family)
     weight_size = 4 if config.mixed_precision == "no" else 2
-    include_conv = bool(network_settings(config)["conv_dim"])
+    method = find_method(config)
+    include_conv = method.adapts_conv(method.settings(config))
     chosen = [t for t in targets[include_conv] if (t.component == "unet" and config.train_unet())
               or (t.component == "text_encoder" and config.train_text_encoder())]
     device = config.device if config.device != "auto" else "GPU or RAM"

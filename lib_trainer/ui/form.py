@@ -19,7 +19,6 @@ from ..config import ConfigError, TrainConfig, coerce_values
 
 GROUP_TITLES = {"model": "Model", "dataset": "Dataset", "network": "Network", "optimizer": "Optimizer",
                 "training": "Training", "sampling": "Samples"}
-NETWORK_TYPES = ("LoRA", "LoCon")  # LoCon = LoRA also on the 3x3 convolutions (conv_dim > 0)
 HIDDEN_GROUPS = ("meta",)  # config_version: a file-format detail, not a setting
 
 
@@ -131,10 +130,3 @@ class ConfigForm:
         """gr.update()s that show `config`, in `inputs` order; `only` limits which change."""
         return [gr.update(value=to_widget_value(self.specs[name], getattr(config, name)))
                 if only is None or name in only else gr.update() for name in self.components]
-
-
-def network_type_of(conv_dim: Any) -> str:
-    try:
-        return "LoCon" if int(conv_dim or 0) > 0 else "LoRA"
-    except (TypeError, ValueError):
-        return "LoRA"

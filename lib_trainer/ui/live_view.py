@@ -47,6 +47,7 @@ class LiveView:
             self.up = gr.Button("Up", size="sm", elem_id="lt_queue_up")
             self.down = gr.Button("Down", size="sm", elem_id="lt_queue_down")
             self.remove = gr.Button("Remove", size="sm", elem_id="lt_queue_remove")
+            self.resume = gr.Button("Resume", size="sm", elem_id="lt_queue_resume")
         with gr.Row():
             self.run_queue = gr.Button("Run queue", variant="primary", size="sm", elem_id="lt_queue_run")
             self.pause = gr.Button("Pause after this run", size="sm", elem_id="lt_queue_pause")
@@ -92,6 +93,7 @@ class LiveView:
         self.up.click(lambda s: self._move(s, -1), self.selected, self.queue_message)
         self.down.click(lambda s: self._move(s, 1), self.selected, self.queue_message)
         self.remove.click(self._remove, self.selected, [self.queue_message, self.selected])
+        self.resume.click(self._resume, self.selected, self.queue_message)
         self.run_queue.click(self._run_queue, None, self.queue_message)
         self.pause.click(self._pause, None, self.queue_message)
         self.clear.click(self._clear, None, self.queue_message)
@@ -113,6 +115,11 @@ class LiveView:
     def _remove(self, selected):
         item = self.service.queue.remove(self._item(selected).id)
         return message_html(ok=f"Removed #{item.id} {item.name}."), gr.update(value=None)
+
+    @shows_errors(1)
+    def _resume(self, selected):
+        item = self.service.resume(self._item(selected).id)
+        return message_html(ok=f"#{item.id} {item.name} {item.note}.")
 
     @shows_errors(1)
     def _run_queue(self):

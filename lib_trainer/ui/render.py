@@ -61,6 +61,8 @@ def queue_rows(items: list[QueueItem]) -> list[list]:
         folder = item.config.get("train_data_dir", "")
         dataset = os.path.basename(os.path.normpath(folder)) if folder else "-"
         detail = item.error or item.result or item.note
+        if item.resumable():
+            detail += " (Resume continues it)"
         rows.append([item.id, item.name, dataset, item.total_steps if item.total_steps is not None else "?",
                      item.status, detail])
     return rows or [["", "", "", "", "queue is empty", ""]]
@@ -84,7 +86,7 @@ def queue_id(label: str | None) -> int | None:
 
 
 def queue_signature(items: list[QueueItem]) -> tuple:
-    return tuple((i.id, i.status, i.result, i.error, i.note, i.total_steps) for i in items)
+    return tuple((i.id, i.status, i.result, i.error, i.note, i.total_steps, i.resume_state) for i in items)
 
 
 def files_text(view: RunView) -> str:

@@ -16,9 +16,10 @@ from ..dataset.folders import scan_dataset
 from ..dataset.plan import make_plan
 from ..train.memory import memory_summary
 from ..jobs.service import TrainService
+from ..networks.registry import ui_network_type_of, ui_network_types
 from .compat import uploaded_path
 from .config_io import read_config_file
-from .form import NETWORK_TYPES, ConfigForm, network_type_of
+from .form import ConfigForm
 from .guard import shows_errors
 from .presets import CUSTOM, PRESETS
 from .render import error_lines, message_html
@@ -26,7 +27,7 @@ from .render import error_lines, message_html
 BEGINNER_FIELDS = (("pretrained_model_name_or_path",), ("train_data_dir", "trigger_word"),
                    ("output_dir", "output_name"))
 PATH_FIELDS = ("train_data_dir", "reg_data_dir", "output_dir", "logging_dir", "latents_cache_dir", "vae",
-               "network_weights")
+               "network_weights", "resume")
 
 
 def absolute_paths(config: TrainConfig) -> TrainConfig:
@@ -75,7 +76,7 @@ class TrainTab:
                     form.add(name, getattr(d, name))
         self.dataset_info = gr.Markdown(dataset_summary(d.train_data_dir), elem_id="lt_dataset_info")
         with gr.Row():
-            self.network_type = gr.Dropdown(list(NETWORK_TYPES), value=network_type_of(d.conv_dim),
+            self.network_type = gr.Dropdown([*ui_network_types(), CUSTOM], value=_network_type(d),
                                             label="Network type", elem_id="lt_network_type",
                                             info="LoCon also trains the 3x3 convolutions (conv_dim).")
             for name in ("network_dim", "network_alpha", "max_train_epochs"):
@@ -103,14 +104,13 @@ class TrainTab:
     # --- events ------------------------------------------------------------------------
     def wire(self) -> None:
         form, inputs = self.form, self.form.inputs
-        conv_dim, dim = form.components["conv_dim"], form.components["network_dim"]
+        type_fields = [form.components[name] for name in NETWORK_TYPE_FIELDS]
         data_dir = form.components["train_data_dir"]
         data_dir.blur(dataset_summary, data_dir, self.dataset_info)
         data_dir.submit(dataset_summary, data_dir, self.dataset_info)
-        self.network_type.change(self._network_type_changed, [self.network_type, conv_dim, dim],
-                                 [conv_dim, form.components["conv_alpha"]])
-        conv_dim.change(lambda c, t: gr.update() if network_type_of(c) == t else network_type_of(c),
-                        [conv_dim, self.network_type], self.network_type)
+        self.network_type.change(_network_type_changed, [self.network_type, *type_fields], type_fields)
+        for component in type_fields:
+            component.change(_network_type_shown, [self.network_type, *type_fields], self.network_type)
         self.preset.change(self._preset_changed, self.preset, inputs)
         self.check.click(self._check, inputs, [self.message, self.plan])
         self.start.click(lambda *v: self._enqueue(True, *v), inputs, [self.message, self.plan])
@@ -121,15 +121,6 @@ class TrainTab:
         self.load_config.click(self._load_config, [self.config_path, *inputs],
                                [self.message, self.network_type, *inputs])
         self.upload.upload(self._import_config, [self.upload, *inputs], [self.message, self.network_type, *inputs])
-
-    @staticmethod
-    def _network_type_changed(kind, conv_dim, dim):
-        if network_type_of(conv_dim) == kind:
-            return gr.update(), gr.update()
-        if kind == "LoRA":
-            return 0, gr.update()
-        rank = max(1, min(8, int(dim or 8)))
-        return rank, max(1.0, rank / 2)
 
     def _preset_changed(self, name):
         if name == CUSTOM:
@@ -217,5 +208,28 @@ class TrainTab:
             config, notes = read_config_file(path, base or self.defaults)
             problems = [f"to fix before training: {p}" for p in config.problems()]
             return (message_html(ok=f"Loaded {os.path.basename(path)}", notes=notes + problems),
-                    network_type_of(config.conv_dim), *self.form.updates(config))
+                    _network_type(config), *self.form.updates(config))
         return apply()
+
+
+# The config fields the network type list sets (the union of what its entries set).
+NETWORK_TYPE_FIELDS = tuple(dict.fromkeys(name for values in ui_network_types().values() for name in values))
+
+
+def _network_type(config: TrainConfig) -> str:
+    return ui_network_type_of({name: getattr(config, name) for name in NETWORK_TYPE_FIELDS}) or CUSTOM
+
+
+def _network_type_changed(kind, *values):
+    """Choosing a type fills in its settings, unless the form already is of that type (so a
+    LoCon's own conv_dim is kept)."""
+    current = dict(zip(NETWORK_TYPE_FIELDS, values))
+    if kind not in ui_network_types() or ui_network_type_of(current) == kind:
+        return [gr.update() for _ in NETWORK_TYPE_FIELDS]
+    chosen = ui_network_types()[kind]
+    return [chosen[name] if name in chosen else gr.update() for name in NETWORK_TYPE_FIELDS]
+
+
+def _network_type_shown(kind, *values):
+    shown = ui_network_type_of(dict(zip(NETWORK_TYPE_FIELDS, values))) or CUSTOM
+    return gr.update() if shown == kind else shown

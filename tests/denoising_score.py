@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from ..hosts.bundle import ModelBundle
-from . import noise as diffusion
+from lib_trainer.hosts.bundle import ModelBundle
+from lib_trainer.train import noise as diffusion
 
 
 @torch.no_grad()

@@ -1,0 +1,54 @@
+"""The record every network method fills in; the registry (registry.py) lists them.
+
+A method is known by the names sd-scripts users type: `--network_module networks.lora`, or
+`--network_module lycoris.kohya --network_args "algo=loha"`, so the registry is keyed by
+(module, algo). A record turns the config into the method's settings (and says what is wrong
+with them), chooses the layers it adapts, builds the network, counts its parameters for the
+memory estimate, writes its `ss_network_*` metadata, offers its entries in the UI's network
+type list, and recognises its own keys in a file.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+from ..formats.kohya_names import TargetLayer
+
+
+class NetworkMethod:
+    module: str = ""          # --network_module, stored as ss_network_module
+    algo: str | None = None   # LyCORIS' algo= network argument; None for kohya's own modules
+    label: str = ""
+    # Entries of the UI's network type list -> the config values each one sets.
+    ui_types: dict[str, dict[str, Any]] = {}
+
+    @property
+    def key(self) -> tuple[str, str | None]:
+        return self.module, self.algo
+
+    def settings(self, config) -> dict[str, Any]:
+        """The method's settings from the config and its network_args; raises ConfigError
+        naming each bad or unknown value."""
+        raise NotImplementedError
+
+    def adapts_conv(self, settings: dict[str, Any]) -> bool:
+        """Whether the 3x3 convolutions (and the ResNet blocks around them) are adapted."""
+        raise NotImplementedError
+
+    def create(self, targets: list[TargetLayer], settings: dict[str, Any]):
+        """The network (a Trainable) on these layers."""
+        raise NotImplementedError
+
+    def parameter_count(self, targets: list[TargetLayer], settings: dict[str, Any]) -> int:
+        raise NotImplementedError
+
+    def file_metadata(self, settings: dict[str, Any]) -> dict[str, str]:
+        """ss_network_module, ss_network_dim, ss_network_alpha, ss_network_args."""
+        raise NotImplementedError
+
+    def ui_type_of(self, values: dict[str, Any]) -> str | None:
+        """Which of this method's UI entries a config's values are, or None."""
+        raise NotImplementedError
+
+    def recognises(self, keys: Iterable[str]) -> bool:
+        """Whether a file with these tensor keys holds this method's weights."""
+        raise NotImplementedError
