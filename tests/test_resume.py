@@ -146,3 +146,19 @@ def test_a_stopped_run_says_how_to_resume(two_bucket_root, tmp_path):
 def test_resume_from_a_folder_without_state_is_a_clear_error(two_bucket_root, tmp_path):
     with pytest.raises(ConfigError, match="no train_state.pt"):
         train(_config(two_bucket_root, tmp_path, resume=str(tmp_path)))
+
+
+def test_the_printed_command_resumes_the_run_from_the_command_line(two_bucket_root, uninterrupted, tmp_path):
+    import shlex
+
+    from lib_trainer.__main__ import main
+
+    statuses = []
+    progress = _stop_at(5)
+    progress.sinks.append(lambda event: statuses.append(event.text))
+    train(_config(two_bucket_root, tmp_path), progress=progress)
+    command = next(text for text in statuses if text.startswith("to continue this run: "))
+    argv = shlex.split(command.split("python -m lib_trainer ", 1)[1])
+    assert main(argv) == 0
+    expected, got = _weights(uninterrupted.final_path), _weights(os.path.join(tmp_path, "test.safetensors"))
+    assert all(torch.equal(expected[key], got[key]) for key in expected)
