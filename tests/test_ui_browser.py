@@ -191,6 +191,18 @@ def test_stop_mid_run_leaves_a_loadable_step_file(page, server):
     assert os.path.isfile(path) and load_lora(path)
     assert not os.path.exists(os.path.join(os.path.dirname(path), "stopped.safetensors"))
 
+    # Resume: the same run goes on from the state its stop saved, not from step 0.
+    stopped_at = int(re.search(r"step(\d+)\.safetensors$", path).group(1))
+    wait_for(page, lambda: "Resume continues it" in page.inner_text("#lt_queue_table"), "the Resume hint")
+    choose_run(page, "stopped")
+    page.click("#lt_queue_resume")
+    page.wait_for_selector(f"#lt_queue_message .lt-ok:has-text('resumes from stopped-step{stopped_at:08d}-state')")
+    wait_for(page, lambda: "resumed from" in field(page, "lt_log").input_value(), "the resumption in the log")
+    wait_for(page, lambda: progress(page)["phase"] == "training" and int(progress(page)["step"]) > stopped_at,
+             "steps after the resumption")
+    page.click("#lt_stop")
+    wait_for(page, lambda: progress(page)["phase"] == "stopped", "the second stop")
+
 
 def queue_names(page) -> list[str]:
     rows = page.locator("#lt_queue_table tbody tr")
