@@ -225,8 +225,7 @@ class TrainConfig:
             found += self._text_cache_problems()
         if self.cache_latents_to_disk and not self.cache_latents:
             found.append("cache_latents_to_disk needs cache_latents")
-        if not self.output_name or os.sep in self.output_name or "/" in self.output_name:
-            found.append(f"output_name={self.output_name!r} must be a plain file name")
+        found += _file_name_problems("output_name", self.output_name)
         for name in ("network_args", "optimizer_args"):
             try:
                 parse_key_values(getattr(self, name), name)
@@ -285,6 +284,29 @@ class TrainConfig:
 
     def replace(self, **changes) -> "TrainConfig":
         return dataclasses.replace(self, **coerce_values(changes, "arguments"))
+
+
+# Characters and names Windows refuses in a file name (Linux refuses only "/"): a LoRA is
+# often copied between the two.
+_BAD_NAME_CHARACTERS = set('<>:"/\\|?*') | {chr(code) for code in range(32)}
+_RESERVED_NAMES = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)), *(f"LPT{i}" for i in range(1, 10))}
+MAX_NAME_LENGTH = 150  # leaves room for "-step00000100-state/train_state.pt" under 255
+
+
+def _file_name_problems(key: str, name: str) -> list[str]:
+    bad = sorted(set(name) & _BAD_NAME_CHARACTERS)
+    if not name.strip():
+        return [f"{key} is empty: give the file a name"]
+    if bad:
+        shown = " ".join(repr(c) for c in bad)
+        return [f"{key}={name!r} has characters a file name cannot have on Windows or Linux: {shown}"]
+    if name.startswith(".") or name.endswith((".", " ")):
+        return [f"{key}={name!r} must not start with a dot or end with a dot or a space"]
+    if name.split(".")[0].upper() in _RESERVED_NAMES:
+        return [f"{key}={name!r} is a name Windows reserves for a device; choose another"]
+    if len(name) > MAX_NAME_LENGTH:
+        return [f"{key} is {len(name)} characters long; keep it under {MAX_NAME_LENGTH}"]
+    return []
 
 
 def field_specs() -> dict[str, dataclasses.Field]:

@@ -85,6 +85,11 @@ class TrainQueue:
     # --- changing --------------------------------------------------------------------
     def add(self, config: TrainConfig, name: str = "", total_steps: int | None = None) -> QueueItem:
         with self._lock:
+            for other in self.items:
+                if other.status in (WAITING, RUNNING) and _same_output(other.config, config):
+                    raise QueueError(f"#{other.id} {other.name} ({other.status}) already writes "
+                                     f"{config.output_name!r} files in {config.output_dir}: the second run would "
+                                     "overwrite them. Choose another output_name or output folder")
             item = QueueItem(self._next_id, name or config.output_name, config.to_dict(), total_steps=total_steps)
             self._next_id += 1
             self.items.append(item)
@@ -197,3 +202,8 @@ class TrainQueue:
         # starts the first waiting item, and moves happen among waiting items.
         self._next_id = max([data.get("next_id", 1)] + [item.id + 1 for item in self.items])
         self.paused = True  # a restart never starts training by itself
+
+
+def _same_output(values: dict[str, Any], config: TrainConfig) -> bool:
+    return (values.get("output_name") == config.output_name and
+            os.path.abspath(values.get("output_dir", "")) == os.path.abspath(config.output_dir))

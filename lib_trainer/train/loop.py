@@ -28,7 +28,8 @@ from ..progress import Progress
 from . import noise as diffusion
 from .checkpoints import CheckpointWriter, epoch_path, final_path, step_path
 from .optimizers import make_optimizer
-from .precision import autocast, compute_dtype, grad_scaler, resolve_device
+from .output_guard import claimed_output
+from .precision import SAVE_DTYPES, autocast, compute_dtype, grad_scaler, resolve_device
 from .resume import RunPosition, StateWriter, fingerprint, read_state, resume_notes, state_dir_for
 from .sampling import SampleMaker
 from .schedulers import make_scheduler, warmup_steps
@@ -74,7 +75,9 @@ def train(config: TrainConfig, bundle: ModelBundle | None = None, progress: Prog
                         "and schedule)")
     progress.status(trained_parts_line(config, trainable))
 
-    with bundle.frozen_for_training(device, compute_dtype(config.mixed_precision)), trainable.attached(bundle), \
+    with claimed_output(config.output_dir, config.output_name, _expected_output_bytes(config, plan, trainable),
+                        progress), \
+            bundle.frozen_for_training(device, compute_dtype(config.mixed_precision)), trainable.attached(bundle), \
             _gradient_checkpointing(bundle, config.gradient_checkpointing):
         return _run(config, bundle, plan, trainable, device, progress, data_rng, noise_rng, saved_state)
 
@@ -224,6 +227,17 @@ def _fresh_lrs(optimizer, config):
     for group in optimizer.param_groups:
         group["initial_lr"] = lrs.get(group.get("name"), group["initial_lr"])
     return optimizer.param_groups
+
+
+def _expected_output_bytes(config, plan, trainable) -> int:
+    """What the run writes at most: its files, and the run states beside them (one at least,
+    for a stop): the trained weights in the save precision, plus fp32 weights and two
+    optimizer moments in a state."""
+    parameters = sum(p.numel() for p in trainable.parameters())
+    files = 1 + (plan.epochs // config.save_every_n_epochs if config.save_every_n_epochs else 0) \
+        + (plan.total_steps // config.save_every_n_steps if config.save_every_n_steps else 0)
+    states = files if config.save_state else 1
+    return parameters * (files * SAVE_DTYPES[config.save_precision].itemsize + states * 12)
 
 
 @contextlib.contextmanager
