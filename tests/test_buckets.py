@@ -79,11 +79,39 @@ def test_no_upscale_shrinks_large_square_to_the_area_limit(side):
     assert placement.resized == (512, 512)
 
 
-def test_no_upscale_shrinks_large_wide_image_within_area():
-    placement = BucketAssigner(BucketSettings(bucket_no_upscale=True)).place((2000, 1000))
-    # shrunk to area 262144 at ratio 2: 724.1 x 362.0, rounded down to 704 x 320
-    assert placement.bucket == (704, 320)
-    assert placement.bucket[0] * placement.bucket[1] <= 512 * 512
+# kohya's BucketManager.select_bucket with no_upscale, worked by hand at resolution 512
+# (area 262144), steps 64. round(x) = int(x + 0.5) - that % 64 ("round_to_steps").
+# Within the area: no resize, the bucket is each side rounded down to 64.
+# Above it: w = sqrt(262144 * ratio), h = 262144 / w; either the width is rounded (and the
+# height follows from the ratio) or the height is; the closer ratio wins, the height on a tie.
+NO_UPSCALE_KOHYA = [
+    # size, bucket, resized
+    # 724.08 x 362.04: width first 704 x round(352) = 320 -> ratio 2.2; height first
+    # 320 x round(640) = 640 -> ratio 2.0 exactly: height first, 640 x 320
+    ((2000, 1000), (640, 320), (640, 320)),
+    # area 60000 <= 262144: kept at 300 x 200 and cropped to 256 x 192
+    ((300, 200), (256, 192), (300, 200)),
+    ((600, 400), (576, 384), (600, 400)),
+    # 682.67 x 384.0: width first 640 x round(360) = 320 -> 2.0 (error 0.222); height first
+    # round(682.67) = 640 x 384 -> 1.667 (error 0.111): resized int(384 * 16/9 + 0.5) = 683 x 384
+    ((1920, 1080), (640, 384), (683, 384)),
+    # 1254.1 x 209.0: width first 1216 x round(202.7) = 192 -> 6.33; height first 192 x 1152 -> 6.0
+    ((3000, 500), (1152, 192), (1152, 192)),
+    # 209.0 x 1254.1: width first 192 x 1152 -> 1/6 exactly; height first round(202.7) = 192 x 1216
+    ((500, 3000), (192, 1152), (192, 1152)),
+    # 611.96 x 428.37: width first 576 x round(403.2) = 384 -> 1.5 (error 0.071); height first
+    # round(548.6) = 512 x 384 -> 1.333 (error 0.095): width first, resized 576 x int(403.7) = 403
+    ((1000, 700), (576, 384), (576, 403)),
+    # 418.05 x 627.07: both ways 384 x 576 (a tie: height first), resized 384 x 576
+    ((1000, 1500), (384, 576), (384, 576)),
+    ((1024, 1024), (512, 512), (512, 512)),
+]
+
+
+@pytest.mark.parametrize("size, bucket, resized", NO_UPSCALE_KOHYA)
+def test_no_upscale_picks_kohyas_bucket(size, bucket, resized):
+    placement = BucketAssigner(BucketSettings(bucket_no_upscale=True)).place(size)
+    assert (placement.bucket, placement.resized) == (bucket, resized)
 
 
 def test_bucketing_off_uses_the_resolution():
