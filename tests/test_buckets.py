@@ -12,7 +12,7 @@ from lib_trainer.config import TrainConfig
 from lib_trainer.dataset.buckets import BucketAssigner, BucketSettings, bucket_resolutions
 from lib_trainer.dataset.folders import Concept, DatasetScan, ImageItem
 from lib_trainer.dataset.plan import make_plan
-from lib_trainer.dataset.training_set import TrainingSet, steps_per_epoch, total_steps
+from lib_trainer.dataset.training_set import TrainingSet, steps_per_epoch
 
 # Worked by hand for resolution 512 (area 262144), steps 64, sides 256..1024: for each width w
 # the tallest height is floor(262144 / w / 64) * 64, capped at 1024, e.g. 262144 / 704 = 372.4 -> 320.
@@ -205,17 +205,6 @@ def test_trigger_word_put_first_in_example_captions():
     assert ts.examples[0].caption == "sks, 1girl, smile"
 
 
-@pytest.mark.parametrize("batches, accumulation, epochs, max_steps, expected", [
-    (10, 1, 3, 0, 30),
-    (10, 4, 3, 0, 9),     # ceil(10 / 4) = 3 optimizer steps per epoch
-    (10, 4, 3, 5, 5),     # max_train_steps stops earlier
-    (10, 4, 3, 100, 9),   # ... but never extends the run
-    (1, 2, 5, 0, 5),
-])
-def test_total_steps(batches, accumulation, epochs, max_steps, expected):
-    assert total_steps(batches, accumulation, epochs, max_steps) == expected
-
-
 def test_steps_per_epoch():
     assert steps_per_epoch(20, 1) == 20
     assert steps_per_epoch(20, 3) == 7
@@ -265,7 +254,7 @@ def test_plan_kohya_step_formula(kohya_dataset):
 def test_plan_with_accumulation_and_max_steps(kohya_dataset):
     plan = make_plan(plan_config(kohya_dataset, gradient_accumulation_steps=2))
     assert (plan.steps_per_epoch, plan.total_steps) == (10, 30)
-    plan = make_plan(plan_config(kohya_dataset, max_train_steps=25))
+    plan = make_plan(plan_config(kohya_dataset, max_train_epochs=0, max_train_steps=25))
     # 25 steps need ceil(25 / 20) = 2 epochs
     assert (plan.total_steps, plan.epochs) == (25, 2)
 
@@ -299,7 +288,7 @@ def test_plan_counts_reg_images(kohya_dataset, tmp_path):
     for n in range(3):
         draw(tmp_path / "reg" / "1_person" / f"r{n}.png", (96, 128))
     plan = make_plan(plan_config(kohya_dataset, reg_data_dir=str(tmp_path / "reg")))
-    # 40 training examples + 40 reg examples (3 images cycled), batch 2
+    # 40 training examples + 40 reg examples (3 images, 1 repeat, then 13 + 13 + 12 more), batch 2
     assert plan.training_set.num_reg_images == 40
     assert plan.steps_per_epoch == 40
-    assert "regularisation images per epoch: 40" in plan.summary()
+    assert "regularisation examples per epoch: 40 (reg images x repeats 3" in plan.summary()
