@@ -54,7 +54,7 @@ def measure_training(config: TrainConfig, bundle, steps: int, warmup: int) -> Me
     with tempfile.TemporaryDirectory() as folder:
         root = make_demo_dataset(os.path.join(folder, "data"), count=max(4, config.train_batch_size), size=width)
         run = config.replace(train_data_dir=root, output_dir=os.path.join(folder, "out"),
-                             max_train_steps=warmup + steps, max_train_epochs=10_000, save_every_n_epochs=0,
+                             max_train_steps=warmup + steps, max_train_epochs=0, save_every_n_epochs=0,
                              save_every_n_steps=0)
         reset_peak_memory(device)
         train(run, bundle=bundle, progress=Progress([sink]))

@@ -124,8 +124,12 @@ class TrainConfig:
     output_dir: str = option("output", "Folder the LoRA files are written to.", "training")
     output_name: str = option("lora", "File name of the LoRA, without extension.", "training")
     train_batch_size: int = option(1, "Images per step.", "training", minimum=1)
-    max_train_epochs: int = option(10, "Epochs to train.", "training", minimum=1)
-    max_train_steps: int = option(0, "Stop after this many steps (0 = run all epochs).", "training", minimum=0)
+    # kohya's pair: epochs, when set, decide the length (max_train_steps is then ignored);
+    # otherwise max_train_steps does, 1600 when it is not set either.
+    max_train_epochs: int = option(0, "Epochs to train (0 = not set). When set it decides the length and "
+                                   "max_train_steps is ignored, as in kohya.", "training", minimum=0)
+    max_train_steps: int = option(0, "Steps to train when max_train_epochs is not set (0 = kohya's default, "
+                                  "1600).", "training", minimum=0)
     gradient_accumulation_steps: int = option(1, "Batches summed before each optimizer step.", "training", minimum=1)
     mixed_precision: str = option("no", "Compute precision: no (fp32), fp16 or bf16.", "training", choices=PRECISIONS)
     save_precision: str = option("fp16", "Precision of the saved file.", "training", choices=SAVE_PRECISIONS)

@@ -25,11 +25,12 @@ def small_root(tmp_path_factory) -> str:
 
 
 def quick_config(data_root: str, output_dir: str, **changes) -> TrainConfig:
-    """A short run on the tiny model."""
+    """A short run on the tiny model: max_train_steps steps (epochs unset, since set epochs
+    would decide the length, as in kohya)."""
     settings = dict(
         pretrained_model_name_or_path="tiny:sd1", train_data_dir=data_root, output_dir=output_dir,
         output_name="test", trigger_word=TRIGGER, resolution="64", min_bucket_reso=64, max_bucket_reso=128,
-        train_batch_size=2, max_train_epochs=1, max_train_steps=4, network_dim=4, network_alpha=2.0,
+        train_batch_size=2, max_train_epochs=0, max_train_steps=4, network_dim=4, network_alpha=2.0,
         learning_rate=1e-3, lr_scheduler="constant", save_precision="float", seed=7,
     )
     settings.update(changes)

@@ -12,7 +12,7 @@ from lib_trainer.config import TrainConfig
 from lib_trainer.dataset.buckets import BucketAssigner, BucketSettings, bucket_resolutions
 from lib_trainer.dataset.folders import Concept, DatasetScan, ImageItem
 from lib_trainer.dataset.plan import make_plan
-from lib_trainer.dataset.training_set import TrainingSet, steps_per_epoch, total_steps
+from lib_trainer.dataset.training_set import TrainingSet, steps_per_epoch
 
 # Worked by hand for resolution 512 (area 262144), steps 64, sides 256..1024: for each width w
 # the tallest height is floor(262144 / w / 64) * 64, capped at 1024, e.g. 262144 / 704 = 372.4 -> 320.
@@ -79,11 +79,39 @@ def test_no_upscale_shrinks_large_square_to_the_area_limit(side):
     assert placement.resized == (512, 512)
 
 
-def test_no_upscale_shrinks_large_wide_image_within_area():
-    placement = BucketAssigner(BucketSettings(bucket_no_upscale=True)).place((2000, 1000))
-    # shrunk to area 262144 at ratio 2: 724.1 x 362.0, rounded down to 704 x 320
-    assert placement.bucket == (704, 320)
-    assert placement.bucket[0] * placement.bucket[1] <= 512 * 512
+# kohya's BucketManager.select_bucket with no_upscale, worked by hand at resolution 512
+# (area 262144), steps 64. round(x) = int(x + 0.5) - that % 64 ("round_to_steps").
+# Within the area: no resize, the bucket is each side rounded down to 64.
+# Above it: w = sqrt(262144 * ratio), h = 262144 / w; either the width is rounded (and the
+# height follows from the ratio) or the height is; the closer ratio wins, the height on a tie.
+NO_UPSCALE_KOHYA = [
+    # size, bucket, resized
+    # 724.08 x 362.04: width first 704 x round(352) = 320 -> ratio 2.2; height first
+    # 320 x round(640) = 640 -> ratio 2.0 exactly: height first, 640 x 320
+    ((2000, 1000), (640, 320), (640, 320)),
+    # area 60000 <= 262144: kept at 300 x 200 and cropped to 256 x 192
+    ((300, 200), (256, 192), (300, 200)),
+    ((600, 400), (576, 384), (600, 400)),
+    # 682.67 x 384.0: width first 640 x round(360) = 320 -> 2.0 (error 0.222); height first
+    # round(682.67) = 640 x 384 -> 1.667 (error 0.111): resized int(384 * 16/9 + 0.5) = 683 x 384
+    ((1920, 1080), (640, 384), (683, 384)),
+    # 1254.1 x 209.0: width first 1216 x round(202.7) = 192 -> 6.33; height first 192 x 1152 -> 6.0
+    ((3000, 500), (1152, 192), (1152, 192)),
+    # 209.0 x 1254.1: width first 192 x 1152 -> 1/6 exactly; height first round(202.7) = 192 x 1216
+    ((500, 3000), (192, 1152), (192, 1152)),
+    # 611.96 x 428.37: width first 576 x round(403.2) = 384 -> 1.5 (error 0.071); height first
+    # round(548.6) = 512 x 384 -> 1.333 (error 0.095): width first, resized 576 x int(403.7) = 403
+    ((1000, 700), (576, 384), (576, 403)),
+    # 418.05 x 627.07: both ways 384 x 576 (a tie: height first), resized 384 x 576
+    ((1000, 1500), (384, 576), (384, 576)),
+    ((1024, 1024), (512, 512), (512, 512)),
+]
+
+
+@pytest.mark.parametrize("size, bucket, resized", NO_UPSCALE_KOHYA)
+def test_no_upscale_picks_kohyas_bucket(size, bucket, resized):
+    placement = BucketAssigner(BucketSettings(bucket_no_upscale=True)).place(size)
+    assert (placement.bucket, placement.resized) == (bucket, resized)
 
 
 def test_bucketing_off_uses_the_resolution():
@@ -177,17 +205,6 @@ def test_trigger_word_put_first_in_example_captions():
     assert ts.examples[0].caption == "sks, 1girl, smile"
 
 
-@pytest.mark.parametrize("batches, accumulation, epochs, max_steps, expected", [
-    (10, 1, 3, 0, 30),
-    (10, 4, 3, 0, 9),     # ceil(10 / 4) = 3 optimizer steps per epoch
-    (10, 4, 3, 5, 5),     # max_train_steps stops earlier
-    (10, 4, 3, 100, 9),   # ... but never extends the run
-    (1, 2, 5, 0, 5),
-])
-def test_total_steps(batches, accumulation, epochs, max_steps, expected):
-    assert total_steps(batches, accumulation, epochs, max_steps) == expected
-
-
 def test_steps_per_epoch():
     assert steps_per_epoch(20, 1) == 20
     assert steps_per_epoch(20, 3) == 7
@@ -237,7 +254,7 @@ def test_plan_kohya_step_formula(kohya_dataset):
 def test_plan_with_accumulation_and_max_steps(kohya_dataset):
     plan = make_plan(plan_config(kohya_dataset, gradient_accumulation_steps=2))
     assert (plan.steps_per_epoch, plan.total_steps) == (10, 30)
-    plan = make_plan(plan_config(kohya_dataset, max_train_steps=25))
+    plan = make_plan(plan_config(kohya_dataset, max_train_epochs=0, max_train_steps=25))
     # 25 steps need ceil(25 / 20) = 2 epochs
     assert (plan.total_steps, plan.epochs) == (25, 2)
 
@@ -271,7 +288,7 @@ def test_plan_counts_reg_images(kohya_dataset, tmp_path):
     for n in range(3):
         draw(tmp_path / "reg" / "1_person" / f"r{n}.png", (96, 128))
     plan = make_plan(plan_config(kohya_dataset, reg_data_dir=str(tmp_path / "reg")))
-    # 40 training examples + 40 reg examples (3 images cycled), batch 2
+    # 40 training examples + 40 reg examples (3 images, 1 repeat, then 13 + 13 + 12 more), batch 2
     assert plan.training_set.num_reg_images == 40
     assert plan.steps_per_epoch == 40
-    assert "regularisation images per epoch: 40" in plan.summary()
+    assert "regularisation examples per epoch: 40 (reg images x repeats 3" in plan.summary()

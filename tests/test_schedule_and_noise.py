@@ -9,7 +9,7 @@ import torch
 from lib_trainer.train.noise import (
     add_noise, min_snr_weights, prediction_target, sample_noise, sample_timesteps,
 )
-from lib_trainer.train.schedulers import SCHEDULES, lr_factor, make_scheduler, warmup_steps
+from lib_trainer.train.schedulers import SCHEDULES, effective_scheduler, lr_factor, make_scheduler, warmup_steps
 
 # --- schedules (100 steps, no warm-up unless said) ---
 
@@ -45,10 +45,41 @@ def test_warmup_ramps_linearly_then_decays_over_the_rest(name):
         assert lr_factor(name, 60, 110, 10) == pytest.approx(0.5)
 
 
-def test_constant_ignores_warmup():
-    # kohya/diffusers: plain "constant" has no warm-up; constant_with_warmup does
-    assert lr_factor("constant", 0, 100, 10) == 1.0
-    assert lr_factor("constant_with_warmup", 5, 100, 10) == pytest.approx(0.5)
+def scheduled_rates(name: str, lr: float, total: int, warmup: int, steps: int, **options) -> list[float]:
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr)
+    scheduler = make_scheduler(optimizer, name, total, warmup, **options)
+    rates = []
+    for _ in range(steps):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return rates
+
+
+def test_constant_with_a_warmup_trains_as_constant_with_warmup():
+    # sd-scripts refuses constant + warm-up; here the warm-up is done, not silently dropped.
+    assert effective_scheduler("constant", 10) == "constant_with_warmup"
+    assert effective_scheduler("constant", 0) == "constant"
+    assert effective_scheduler("cosine", 10) == "cosine"
+    rates = scheduled_rates("constant", 1.0, total=20, warmup=4, steps=8)
+    assert rates == pytest.approx([0.0, 0.25, 0.5, 0.75, 1.0, 1.0, 1.0, 1.0])
+
+
+def test_polynomial_ends_at_kohyas_lr_end():
+    # transformers' polynomial decay as sd-scripts calls it, lr_end = 1e-7, lr_init = 1e-4,
+    # 100 steps, power 1: lr = (1e-4 - 1e-7) * (1 - step / 100) + 1e-7
+    rates = scheduled_rates("polynomial", 1e-4, total=100, warmup=0, steps=102)
+    assert rates[0] == pytest.approx(1e-4, rel=1e-12)
+    assert rates[50] == pytest.approx(0.5 * (1e-4 - 1e-7) + 1e-7, rel=1e-9)  # 5.005e-5
+    assert rates[100] == pytest.approx(1e-7, rel=1e-6)
+    assert rates[101] == pytest.approx(1e-7, rel=1e-6)  # stays there, never 0
+    # power 2 at step 50: (1e-4 - 1e-7) * 0.25 + 1e-7 = 2.5075e-5
+    assert scheduled_rates("polynomial", 1e-4, 100, 0, 51, power=2.0)[50] == pytest.approx(2.5075e-5, rel=1e-9)
+
+
+def test_polynomial_needs_a_learning_rate_above_its_end():
+    with pytest.raises(ValueError, match="1e-07"):
+        scheduled_rates("polynomial", 1e-8, total=10, warmup=0, steps=1)
 
 
 def test_warmup_steps_fraction_or_count():

@@ -12,7 +12,7 @@ from lib_trainer.jobs import LocalTrainService, TrainQueue
 from lib_trainer.ui.config_io import read_config_file
 from lib_trainer.ui.form import GROUP_TITLES, HIDDEN_GROUPS, ConfigForm
 from lib_trainer.ui.live_view import LiveView
-from lib_trainer.ui.presets import PRESETS, apply_preset
+from lib_trainer.ui.presets import PRESETS, apply_preset, beginner_start
 from lib_trainer.ui.render import message_html, queue_id, queue_label, queue_rows
 from lib_trainer.ui.train_tab import TrainTab, dataset_summary
 
@@ -73,6 +73,17 @@ def test_presets_are_valid_and_touch_no_dataset_or_output(tmp_path):
         assert config.problems() == [], name
         assert (config.train_data_dir, config.output_dir, config.output_name, config.pretrained_model_name_or_path) \
             == ("d", "o", "n", "m")
+
+
+def test_form_starts_with_epochs_when_no_length_is_set():
+    # Without either option a run would be kohya's 1600 steps; the form starts at 10 epochs,
+    # and a config that sets a length keeps it.
+    assert TrainConfig().max_train_epochs == 0
+    assert beginner_start(TrainConfig()).max_train_epochs == 10
+    assert beginner_start(TrainConfig().replace(max_train_steps=300)).max_train_epochs == 0
+    assert beginner_start(TrainConfig().replace(max_train_epochs=4)).max_train_epochs == 4
+    for name, settings in PRESETS.items():
+        assert "max_train_steps" not in settings or settings.get("max_train_epochs"), name
 
 
 def test_kohya_ss_gui_json_imports_with_notes(tmp_path):

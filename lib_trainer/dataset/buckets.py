@@ -2,7 +2,8 @@
 
 A bucket is a (width, height) whose area is at most the training resolution's area, both
 sides multiples of `bucket_reso_steps`. Each image goes to the bucket with the closest
-aspect ratio, is resized to cover it, then cropped to it.
+aspect ratio, is resized to cover it, then cropped to it. With `bucket_no_upscale` the
+bucket comes from the image's own size instead (kohya's rule, see `_place_without_upscale`).
 """
 from __future__ import annotations
 
@@ -65,21 +66,50 @@ class BucketAssigner:
         return Placement(bucket, _cover(size, bucket))
 
     def _place_without_upscale(self, size: tuple[int, int]) -> Placement:
-        """The bucket is the image itself (shrunk to the area limit if larger), rounded down
-        to the step; so small images are never enlarged."""
+        """kohya's `BucketManager.select_bucket` with `no_upscale` (sd-scripts
+        library/train_util.py): an image within the area limit keeps its size and is only
+        cropped to the step; a larger one is shrunk to the area limit at its own ratio, with
+        whichever side rounded to the step gives the closer aspect ratio. So small images are
+        never enlarged, and the bucket is always cut out of the resized image."""
         width, height = size
-        step = self.settings.bucket_reso_steps
         if width * height > self.settings.max_area:
-            # kohya's form: sqrt(area * ratio) is exact for a square (512, not 511.99...),
-            # so a large square image is not pushed down into the next smaller bucket.
-            width = math.sqrt(self.settings.max_area * width / height)
-            height = self.settings.max_area / width
-        bucket = (max(step, int(width // step) * step), max(step, int(height // step) * step))
-        return Placement(bucket, _cover(size, bucket))
+            resized = self._shrink_to_area(width / height)
+        else:
+            resized = size  # no resize at all: cropped to the bucket below
+        step = self.settings.bucket_reso_steps
+        # max(step, ...) only guards sides below one step, which kohya would turn into 0.
+        bucket = (max(step, resized[0] - resized[0] % step), max(step, resized[1] - resized[1] % step))
+        return Placement(bucket, (max(bucket[0], resized[0]), max(bucket[1], resized[1])))
+
+    def _shrink_to_area(self, ratio: float) -> tuple[int, int]:
+        """The size at `ratio` with the area limit, one side a multiple of the step: the exact
+        size is sqrt(area * ratio) x area / width; kohya rounds either the width or the height
+        to the step, derives the other side from the ratio, and keeps the closer ratio (the
+        height on a tie)."""
+        area = self.settings.max_area
+        exact_width = math.sqrt(area * ratio)
+        exact_height = area / exact_width
+        width_first = self._round_to_step(exact_width)
+        ratio_width_first = width_first / self._round_to_step(width_first / ratio)
+        height_first = self._round_to_step(exact_height)
+        ratio_height_first = self._round_to_step(height_first * ratio) / height_first
+        if abs(ratio_width_first - ratio) < abs(ratio_height_first - ratio):
+            return width_first, _round_half_up(width_first / ratio)
+        return _round_half_up(height_first * ratio), height_first
+
+    def _round_to_step(self, value: float) -> int:
+        """kohya's round_to_steps: round to the nearest pixel, then down to the step."""
+        pixels = _round_half_up(value)
+        return pixels - pixels % self.settings.bucket_reso_steps
+
+
+def _round_half_up(value: float) -> int:
+    """int(x + 0.5), as kohya rounds sizes (Python's round() would round 0.5 to even)."""
+    return int(value + 0.5)
 
 
 def _cover(size: tuple[int, int], bucket: tuple[int, int]) -> tuple[int, int]:
     """The smallest size with the image's aspect ratio that covers the bucket."""
     width, height = size
     scale = max(bucket[0] / width, bucket[1] / height)
-    return max(bucket[0], round(width * scale)), max(bucket[1], round(height * scale))
+    return max(bucket[0], _round_half_up(width * scale)), max(bucket[1], _round_half_up(height * scale))

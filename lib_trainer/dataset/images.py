@@ -37,20 +37,45 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
     return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
 
 
-def load_rgb(path: str | os.PathLike) -> Image.Image:
-    """The picture as RGB, rotated per EXIF, with any transparency flattened on white."""
+def load_picture(path: str | os.PathLike, background: str | None = "white") -> Image.Image:
+    """The one image loader of the dataset and the preprocess step, so both see the same
+    pixels: upright per EXIF, and any kind of transparency (alpha channel, a palette or
+    grey/RGB tRNS colour key) flattened on `background`; RGBA when `background` is None."""
     try:
         with Image.open(path) as image:
             image.load()
             image = ImageOps.exif_transpose(image)
-    except Exception as error:
+    except Image.DecompressionBombError as error:
+        raise ImageReadError(f"{path}: too large to open safely ({error}); downscale it first") from error
+    except Exception as error:  # PIL raises many types for broken files
         raise ImageReadError(f"{path}: cannot read image ({error}); remove or re-save it") from error
-    return flatten_on_white(image)
+    if background is None:
+        return image.convert("RGBA") if has_transparency(image) else image.convert("RGB")
+    return flatten(image, background)
+
+
+def load_rgb(path: str | os.PathLike) -> Image.Image:
+    """The picture as RGB, rotated per EXIF, with any transparency flattened on white."""
+    return load_picture(path, "white")
+
+
+def has_transparency(image: Image.Image) -> bool:
+    # "transparency" in info is a tRNS chunk: a palette entry or one grey/RGB colour that is
+    # transparent, which convert("RGBA") turns into alpha.
+    return image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in image.info
+
+
+def flatten(image: Image.Image, background: str = "white") -> Image.Image:
+    """RGB, with transparent areas showing `background` (a colour name or #rrggbb)."""
+    if not has_transparency(image):
+        return image.convert("RGB")
+    rgba = image.convert("RGBA")
+    try:
+        backdrop = Image.new("RGBA", rgba.size, background)
+    except ValueError as error:
+        raise ValueError(f"background colour {background!r} is not a colour name or #rrggbb") from error
+    return Image.alpha_composite(backdrop, rgba).convert("RGB")
 
 
 def flatten_on_white(image: Image.Image) -> Image.Image:
-    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return image.convert("RGB")
+    return flatten(image, "white")

@@ -1,7 +1,8 @@
 """Latents of every training image, encoded once by the VAE.
 
 `cache_latents` keeps them in memory; `cache_latents_to_disk` also writes one `.npz` per
-image (next to it, or in `latents_cache_dir`) and reuses it in later runs. Each entry
+image (next to it, or in `latents_cache_dir`, named after the whole file name so that
+`a.png` and `a.jpg` never share one) and reuses it in later runs. Each entry
 carries a key made of the image's content hash, the VAE's fingerprint and the bucket
 placement, so a changed image, another VAE or another bucket re-encodes instead of
 training on stale latents. Flip augmentation caches both orientations.
@@ -11,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import zipfile
 from typing import Callable, Iterable
 
 import numpy as np
@@ -49,18 +51,19 @@ class LatentCache:
                 f"|flip={self.flip_aug}")
 
     def disk_path(self, path: str) -> str:
+        """`a.png` -> `a.png.lib_trainer.npz`: the extension stays in the name because a
+        folder may hold `a.png` and `a.jpg`, two images that need two caches."""
         if not self.cache_dir:
-            return os.path.splitext(path)[0] + CACHE_SUFFIX
+            return path + CACHE_SUFFIX
         folder_tag = hashlib.sha1(os.path.abspath(os.path.dirname(path)).encode()).hexdigest()[:10]
-        stem = os.path.splitext(os.path.basename(path))[0]
-        return os.path.join(self.cache_dir, f"{stem}.{folder_tag}{CACHE_SUFFIX}")
+        return os.path.join(self.cache_dir, f"{os.path.basename(path)}.{folder_tag}{CACHE_SUFFIX}")
 
     def fill(self, examples: Iterable[Example], progress: Progress) -> None:
         unique = {e.path: e for e in examples}
         progress.start("caching latents", len(unique))
         for done, example in enumerate(unique.values(), 1):
             if example.path not in self.latents:
-                self.latents[example.path] = self._load_or_encode(example)
+                self.latents[example.path] = self._load_or_encode(example, progress)
             progress.step(done)
             if progress.stop_requested:
                 break
@@ -70,10 +73,10 @@ class LatentCache:
         plain, flipped = self.latents[example.path]
         return flipped if flip and flipped is not None else plain
 
-    def _load_or_encode(self, example: Example) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _load_or_encode(self, example: Example, progress: Progress) -> tuple[torch.Tensor, torch.Tensor | None]:
         key = self.key(example) if self.to_disk else ""
         if self.to_disk:
-            cached = self._read(self.disk_path(example.path), key)
+            cached = self._read(self.disk_path(example.path), key, progress)
             if cached is not None:
                 self.reused_from_disk += 1
                 return cached
@@ -88,7 +91,10 @@ class LatentCache:
         return latents
 
     @staticmethod
-    def _read(path: str, key: str) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    def _read(path: str, key: str, progress: Progress) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+        """The cached latents, or None when they must be encoded again: no file, another key
+        (image, VAE or bucket changed), or a file that cannot be read (empty or truncated by a
+        crash or a full disk), which is said once in the log and then overwritten."""
         if not os.path.isfile(path):
             return None
         try:
@@ -97,8 +103,10 @@ class LatentCache:
                     return None
                 flipped = torch.from_numpy(data["latents_flipped"]) if "latents_flipped" in data else None
                 return torch.from_numpy(data["latents"]), flipped
-        except (OSError, ValueError, KeyError):
-            return None  # a broken cache file is simply re-encoded
+        # np.load raises EOFError on an empty file and BadZipFile on a truncated one.
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+            progress.status(f"latent cache {path} is unreadable ({type(error).__name__}: {error}); encoding again")
+            return None
 
     @staticmethod
     def _write(path: str, key: str, latents: tuple[torch.Tensor, torch.Tensor | None]) -> None:

@@ -3,17 +3,19 @@ from __future__ import annotations
 
 import math
 import os
-import random
 from dataclasses import dataclass, field
 from typing import Callable
 
 from ..config import TrainConfig
+from ..train.schedulers import effective_scheduler, warmup_steps
 from .buckets import BucketAssigner, BucketSettings
-from .captions import CaptionOptions, training_caption
+from .captions import CaptionOptions
 from .folders import scan_dataset
 from .training_set import TrainingSet, steps_per_epoch
 
 PREVIEW_COUNT = 3
+# sd-scripts' default --max_train_steps, used when neither length option is set.
+KOHYA_DEFAULT_MAX_TRAIN_STEPS = 1600
 
 
 @dataclass
@@ -23,8 +25,9 @@ class TrainingPlan:
     steps_per_epoch: int
     total_steps: int
     epochs: int
-    previews: list[tuple[str, str]] = field(default_factory=list)  # (image, prompt of its first step)
+    previews: list[tuple[str, str]] = field(default_factory=list)  # (image, caption as trained or as written)
     over_length: list[tuple[str, int]] = field(default_factory=list)  # (image, tokens) beyond max_token_length
+    length: str = ""  # which option ended the count, in words
 
     @property
     def uncaptioned(self) -> int:
@@ -39,7 +42,9 @@ class TrainingPlan:
             lines.append(f"  {kind}{os.path.basename(concept.folder)}: {count} images x {concept.repeats} repeats "
                          f"= {count * concept.repeats}")
         if ts.num_reg_images:
-            lines.append(f"  regularisation images per epoch: {ts.num_reg_images} (as many as training images)")
+            lines.append(f"  regularisation examples per epoch: {ts.num_reg_images} (reg images x repeats "
+                         f"{ts.reg_images_with_repeats}, balanced to the {ts.num_train_images} training examples "
+                         "as kohya does)")
         lines.append(f"  images without a caption file: {self.uncaptioned} (captioned with their folder name)")
         for path, reason in ts.scan.skipped:
             lines.append(f"  skipped {path}: {reason}")
@@ -50,12 +55,20 @@ class TrainingPlan:
         lines.append(
             f"Steps: {ts.num_train_images + ts.num_reg_images} examples / batch {c.train_batch_size} = "
             f"{ts.batches_per_epoch()} batches per epoch; / gradient accumulation {c.gradient_accumulation_steps} "
-            f"= {self.steps_per_epoch} steps per epoch; x {self.epochs} epochs = {self.total_steps} steps"
+            f"= {self.steps_per_epoch} steps per epoch"
         )
+        lines.append(f"Length: {self.length}")
+        warmup = warmup_steps(c.lr_warmup_steps, self.total_steps)
+        if effective_scheduler(c.lr_scheduler, warmup) != c.lr_scheduler:
+            lines.append(f"  lr_scheduler=constant with {warmup} warm-up steps trains as constant_with_warmup "
+                         "(kohya refuses this pair)")
         if self.over_length:
             lines.append(f"  {len(self.over_length)} captions are longer than max_token_length={c.max_token_length} "
                          f"and will be cut, e.g. {self.over_length[0][0]} ({self.over_length[0][1]} tokens)")
-        lines.append("Prompt previews (first step):")
+        if caption_options(c).is_random:
+            lines.append("Prompt previews (caption as written; shuffled/dropped anew at each step):")
+        else:
+            lines.append("Prompt previews (as trained):")
         lines += [f"  {os.path.basename(path)}: {prompt!r}" for path, prompt in self.previews]
         return "\n".join(lines)
 
@@ -80,18 +93,37 @@ def make_plan(config: TrainConfig, count_tokens: Callable[[str], int] | None = N
     training_set = TrainingSet(scan, BucketAssigner(bucket_settings(config)), config.train_batch_size,
                                config.trigger_word, config.caption_separator, config.prior_loss_weight)
     per_epoch = steps_per_epoch(training_set.batches_per_epoch(), config.gradient_accumulation_steps)
-    epochs = config.max_train_epochs
-    total = per_epoch * epochs
-    if config.max_train_steps:
-        total = min(total, config.max_train_steps)
-        epochs = math.ceil(total / per_epoch)
-    preview_rng = random.Random(config.seed)
-    previews = [(e.path, training_caption(e.caption, caption_options(config), preview_rng))
-                for e in training_set.examples[:PREVIEW_COUNT]]
+    total, epochs, length = run_length(config, per_epoch)
+    # Shuffling and dropout draw anew at every step, so no single draw is "the" prompt:
+    # show the caption they start from.
+    previews = [(e.path, e.caption) for e in training_set.examples[:PREVIEW_COUNT]]
     over = []
     if count_tokens is not None:
         for example in training_set.examples:
             tokens = count_tokens(example.caption)
             if tokens > config.max_token_length:
                 over.append((example.path, tokens))
-    return TrainingPlan(config, training_set, per_epoch, total, epochs, previews, over)
+    return TrainingPlan(config, training_set, per_epoch, total, epochs, previews, over, length)
+
+
+def run_length(config: TrainConfig, per_epoch: int) -> tuple[int, int, str]:
+    """(total steps, epochs, which option set them, in words), as sd-scripts' train_network
+    resolves them: max_train_epochs, when set, gives epochs x steps per epoch and replaces
+    max_train_steps; otherwise max_train_steps (1600 when not set) runs ceil(steps / steps
+    per epoch) epochs, the last one cut short."""
+    if config.max_train_epochs:
+        epochs = config.max_train_epochs
+        total = epochs * per_epoch
+        text = f"max_train_epochs={epochs} sets the length: {epochs} epochs x {per_epoch} steps = {total} steps"
+        if config.max_train_steps:
+            text += f" (max_train_steps={config.max_train_steps} is ignored when epochs are set, as in kohya)"
+        return total, epochs, text
+    total = config.max_train_steps or KOHYA_DEFAULT_MAX_TRAIN_STEPS
+    epochs = math.ceil(total / per_epoch)
+    option = (f"max_train_steps={total}" if config.max_train_steps else
+              f"max_train_steps is not set, so kohya's default of {total}")
+    last = total - (epochs - 1) * per_epoch
+    if last == per_epoch:
+        return total, epochs, f"{option} runs {epochs} whole epochs of {per_epoch} steps = {total} steps"
+    return total, epochs, (f"{option} stops the run after {last} of {per_epoch} steps of epoch {epochs} "
+                           f"({total} steps)")

@@ -36,7 +36,8 @@ class TrainingSet:
         ]
         train = [e for e in self.examples if not e.item.concept.is_reg]
         reg = [e for e in self.examples if e.item.concept.is_reg]
-        self.epoch_examples = _repeat(train) + _balance_reg(_repeat(reg), len(_repeat(train)))
+        self.epoch_examples = _repeat(train) + [
+            e for e, times in balanced_reg_repeats(reg, len(_repeat(train))) for _ in range(times)]
 
     @property
     def num_train_images(self) -> int:
@@ -45,7 +46,14 @@ class TrainingSet:
 
     @property
     def num_reg_images(self) -> int:
+        """Regularisation examples in each epoch, after balancing (see balanced_reg_repeats)."""
         return sum(1 for e in self.epoch_examples if e.item.concept.is_reg)
+
+    @property
+    def reg_images_with_repeats(self) -> int:
+        """Images x repeats of the regularisation folders before balancing: what kohya logs
+        as "num reg images" and writes as ss_num_reg_images."""
+        return sum(e.item.concept.repeats for e in self.examples if e.item.concept.is_reg)
 
     def bucket_counts(self) -> dict[tuple[int, int], int]:
         counts: dict[tuple[int, int], int] = defaultdict(int)
@@ -75,18 +83,28 @@ def _repeat(examples: list[Example]) -> list[Example]:
     return [e for e in examples for _ in range(e.item.concept.repeats)]
 
 
-def _balance_reg(reg: list[Example], train_count: int) -> list[Example]:
-    """kohya uses as many regularisation images per epoch as training images: the reg set
-    is cycled when smaller and cut when larger."""
-    if not reg:
-        return []
-    return [reg[i % len(reg)] for i in range(train_count)]
+def balanced_reg_repeats(reg: list[Example], train_count: int) -> list[tuple[Example, int]]:
+    """How often each regularisation image is used per epoch: sd-scripts' DreamBoothDataset
+    rule, so a folder gives kohya's step count. Reg images are taken in order, each with
+    its folder's repeats, until they reach the number of training examples (images x
+    repeats); the image that reaches it is taken whole, so the total may overshoot. If all
+    of them are not enough, each gets one more repeat in turn, from the first, until the
+    count is reached exactly. Images not reached are not used."""
+    counts: list[list] = []
+    total = 0
+    for example in reg:
+        if total >= train_count:
+            break
+        counts.append([example, example.item.concept.repeats])
+        total += example.item.concept.repeats
+    while counts and total < train_count:
+        for entry in counts:
+            entry[1] += 1
+            total += 1
+            if total >= train_count:
+                break
+    return [(example, times) for example, times in counts]
 
 
 def steps_per_epoch(batches_per_epoch: int, gradient_accumulation_steps: int) -> int:
     return math.ceil(batches_per_epoch / gradient_accumulation_steps)
-
-
-def total_steps(batches_per_epoch: int, gradient_accumulation_steps: int, epochs: int, max_steps: int = 0) -> int:
-    steps = steps_per_epoch(batches_per_epoch, gradient_accumulation_steps) * epochs
-    return min(steps, max_steps) if max_steps > 0 else steps

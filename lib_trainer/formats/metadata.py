@@ -4,12 +4,13 @@ the SAI `modelspec.*` keys. All values are strings; structured ones are JSON."""
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections import Counter
 
 from ..config import TrainConfig
 from ..dataset.captions import split_tags
-from ..dataset.training_set import TrainingSet
+from ..dataset.training_set import TrainingSet, steps_per_epoch
 
 BASE_MODEL_VERSIONS = {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0"}
 ARCHITECTURES = {"sd1": "stable-diffusion-v1", "sd2": "stable-diffusion-v2-512", "sd2_v": "stable-diffusion-v2-768-v",
@@ -30,10 +31,12 @@ def training_metadata(config: TrainConfig, training_set: TrainingSet, family: st
         "ss_learning_rate": config.learning_rate,
         "ss_text_encoder_lr": config.effective_text_encoder_lr(),
         "ss_unet_lr": config.effective_unet_lr(),
+        # The counts as kohya writes them: what the run resolved to, not the options given.
         "ss_num_train_images": training_set.num_train_images,
-        "ss_num_reg_images": training_set.num_reg_images,
+        "ss_num_reg_images": training_set.reg_images_with_repeats,
         "ss_num_batches_per_epoch": training_set.batches_per_epoch(),
-        "ss_num_epochs": config.max_train_epochs,
+        "ss_num_epochs": math.ceil(total_steps / steps_per_epoch(training_set.batches_per_epoch(),
+                                                                 config.gradient_accumulation_steps)),
         "ss_gradient_checkpointing": config.gradient_checkpointing,
         "ss_gradient_accumulation_steps": config.gradient_accumulation_steps,
         "ss_max_train_steps": total_steps,

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from PIL import Image, ImageOps
 
-from ..dataset.images import ImageReadError, list_images
+from ..dataset.images import ImageReadError, list_images, load_picture
 from ..fileio import atomic_path
 from ..progress import Progress, silent
 from .captions import DEFAULT_CAPTION_EXTENSION, caption_path
@@ -89,29 +89,6 @@ def target_size(options: PreprocessOptions, size: tuple[int, int]) -> tuple[int,
     if options.size_mode == "auto":
         return auto_size(*size, options.min_area, options.max_area)
     return options.width, options.height
-
-
-def load_picture(path: str, background: str | None) -> Image.Image:
-    """The picture upright (EXIF), as RGB on `background`, or RGBA when background is None."""
-    try:
-        with Image.open(path) as image:
-            image.load()
-            image = ImageOps.exif_transpose(image)
-    except Image.DecompressionBombError as error:
-        raise ImageReadError(f"{path}: too large to open safely ({error}); downscale it first") from error
-    except Exception as error:  # PIL raises many types for broken files
-        raise ImageReadError(f"{path}: cannot read image ({error}); remove or re-save it") from error
-    has_alpha = image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
-    if not has_alpha:
-        return image.convert("RGB")
-    rgba = image.convert("RGBA")
-    if background is None:
-        return rgba
-    try:
-        flat = Image.new("RGBA", rgba.size, background)
-    except ValueError as error:
-        raise ValueError(f"background colour {background!r} is not a colour name or #rrggbb") from error
-    return Image.alpha_composite(flat, rgba).convert("RGB")
 
 
 def process_picture(path: str, options: PreprocessOptions, folder: str, debug_folder: str) -> tuple[list[str], list[str]]:

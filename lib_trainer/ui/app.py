@@ -19,6 +19,7 @@ from ..train.memory import memory_summary
 from .compat import js_event_kwargs, queue
 from .dataset_tab import DatasetTab
 from .live_view import LiveView
+from .presets import beginner_start
 from .tags_tab import TagsTab
 from .train_tab import TrainTab
 
@@ -30,7 +31,7 @@ def build_tab(service: TrainService, defaults: TrainConfig | None = None, notice
               memory: Callable[[TrainConfig], str] = memory_summary, **blocks_kwargs) -> gr.Blocks:
     """`notice`: what the host wants the user to know first (features unavailable there);
     `memory`: the host's memory estimate for a config, shown with the plan."""
-    defaults = defaults or TrainConfig()
+    defaults = beginner_start(defaults or TrainConfig())
     with gr.Blocks(analytics_enabled=False, **blocks_kwargs) as blocks:
         with gr.Column(elem_id=TAB_ID):
             if notice:

@@ -9,6 +9,11 @@ from ..config import TrainConfig
 
 CUSTOM = "(custom)"
 
+# Where the form starts when a config sets neither length option. kohya's own default then
+# is 1600 steps whatever the dataset's size; a beginner reasons in epochs, as every preset
+# that trains a concept does.
+BEGINNER_START = dict(max_train_epochs=10)
+
 PRESETS: dict[str, dict] = {
     "Character / person, SD1.5": dict(
         resolution="512", network_dim=32, network_alpha=16.0, conv_dim=0, max_train_epochs=10, train_batch_size=2,
@@ -40,6 +45,13 @@ PRESETS: dict[str, dict] = {
         text_encoder_lr=None, optimizer_type="AdamW", lr_scheduler="cosine", lr_warmup_steps=0.05,
         mixed_precision="no", save_every_n_epochs=1),
 }
+
+
+def beginner_start(config: TrainConfig) -> TrainConfig:
+    """The form's starting config: `config`, with BEGINNER_START when no length is set."""
+    if config.max_train_epochs or config.max_train_steps:
+        return config
+    return config.replace(**BEGINNER_START)
 
 
 def apply_preset(config: TrainConfig, name: str) -> TrainConfig:
