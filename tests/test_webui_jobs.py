@@ -1,4 +1,4 @@
-"""The WebUI side of training (hosts/a1111.py) with stand-ins for the WebUI's modules: its
+"""The WebUI side of training (lib_trainer/webui/) with stand-ins for the WebUI's modules: its
 `shared` state and settings, the job lock, --lowvram's hooks and the built-in Lora extension's
 in-place merging (written from its documented behaviour). The model is a WebUI-shaped tiny
 model (webui_models.py)."""
@@ -15,6 +15,9 @@ import torch
 from conftest import quick_config
 from webui_models import webui_model
 from test_webui_host import assert_same_state, model_state
+
+
+WEBUI_MODULES = ("lora_networks", "model", "sampling", "service", "taggers")
 
 
 class FakeState:
@@ -85,7 +88,7 @@ class FakeNetwork:
 
 @pytest.fixture
 def webui(monkeypatch, tmp_path):
-    """Stand-in `modules` package; yields the freshly imported a1111 host module."""
+    """Stand-in `modules` package; yields the webui modules imported against it, and the fakes."""
     state = FakeState()
     opts = types.SimpleNamespace(data={"CLIP_stop_at_last_layers": 1}, lora_functional=False,
                                  lib_trainer_output_dir="")
@@ -99,6 +102,8 @@ def webui(monkeypatch, tmp_path):
         "lowvram": lowvram,
         "paths_internal": types.SimpleNamespace(data_path=str(tmp_path), models_path=str(tmp_path / "models"),
                                                 script_path=str(tmp_path)),
+        "paths": types.SimpleNamespace(models_path=str(tmp_path / "models")),
+        "deepbooru": types.SimpleNamespace(model=None),
     }
     package = types.ModuleType("modules")
     for name, value in parts.items():
@@ -109,11 +114,22 @@ def webui(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "networks", lora)
     monkeypatch.setitem(sys.modules, "network", types.SimpleNamespace(
         NetworkOnDisk=lambda name, filename: types.SimpleNamespace(name=name, filename=filename)))
-    monkeypatch.delitem(sys.modules, "lib_trainer.hosts.a1111", raising=False)
-    a1111 = importlib.import_module("lib_trainer.hosts.a1111")
-    a1111.fake = types.SimpleNamespace(state=state, shared=shared, lora=lora, lowvram=lowvram)
-    yield a1111
-    sys.modules.pop("lib_trainer.hosts.a1111", None)
+    _forget_webui_modules()
+    service = importlib.import_module("lib_trainer.webui.service")
+    yield types.SimpleNamespace(
+        service=service, model=sys.modules["lib_trainer.webui.model"],
+        fake=types.SimpleNamespace(state=state, shared=shared, lora=lora, lowvram=lowvram))
+    _forget_webui_modules()
+
+
+def _forget_webui_modules():
+    """The webui modules bind the `modules` they were imported against: import them afresh
+    against each test's stand-ins, and leave none behind for tests that expect no WebUI."""
+    package = sys.modules.get("lib_trainer.webui")
+    for name in WEBUI_MODULES:
+        sys.modules.pop(f"lib_trainer.webui.{name}", None)
+        if package is not None and hasattr(package, name):
+            delattr(package, name)
 
 
 @pytest.fixture(scope="module")
@@ -122,24 +138,23 @@ def sd1_model(tmp_path_factory):
     return model
 
 
-def _merged_lora(a1111, model):
+def _merged_lora(webui, model):
     """The state after a generation with <lora:last:1>: merged into the layers it touches."""
     layers = {name.replace(".", "_"): module for name, module in model.named_modules()
               if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)) and "attn" in name}
     model.network_layer_mapping = layers
-    a1111.fake.lora.loaded_networks[:] = [FakeNetwork("last")]
+    webui.fake.lora.loaded_networks[:] = [FakeNetwork("last")]
     with torch.no_grad():
         for layer in layers.values():
-            a1111.fake.lora.network_apply_weights(layer)
+            webui.fake.lora.network_apply_weights(layer)
     return layers
 
 
 def test_training_starts_from_the_base_weights_and_the_users_lora_comes_back(webui, sd1_model, small_root, tmp_path):
-    a1111 = webui
-    layers = _merged_lora(a1111, sd1_model)
+    layers = _merged_lora(webui, sd1_model)
     merged_state = model_state(sd1_model)
     base = {name: layer.network_weights_backup.clone() for name, layer in layers.items()}
-    bundle = a1111.WebUIBundle(sd1_model)
+    bundle = webui.model.WebUIBundle(sd1_model)
     seen = {}
 
     def look(event):
@@ -149,23 +164,22 @@ def test_training_starts_from_the_base_weights_and_the_users_lora_comes_back(web
     from lib_trainer.progress import Progress
     from lib_trainer.train.loop import train
 
-    with a1111.borrowed_model(bundle, clip_skip=2):
-        assert a1111.fake.lora.loaded_networks == []
-        assert a1111.fake.shared.opts.data["CLIP_stop_at_last_layers"] == 2
+    with webui.model.borrowed_model(bundle, clip_skip=2):
+        assert webui.fake.lora.loaded_networks == []
+        assert webui.fake.shared.opts.data["CLIP_stop_at_last_layers"] == 2
         train(quick_config(small_root, str(tmp_path), max_train_steps=2), bundle=bundle, progress=Progress([look]))
     assert all(torch.equal(seen[name], base[name]) for name in layers)  # trained on the base weights
-    assert [n.name for n in a1111.fake.lora.loaded_networks] == ["last"]
-    assert a1111.fake.shared.opts.data["CLIP_stop_at_last_layers"] == 1
+    assert [n.name for n in webui.fake.lora.loaded_networks] == ["last"]
+    assert webui.fake.shared.opts.data["CLIP_stop_at_last_layers"] == 1
     assert_same_state(merged_state, model_state(sd1_model))  # the merged weights are back, bit for bit
     del sd1_model.network_layer_mapping
-    a1111.fake.lora.loaded_networks.clear()
+    webui.fake.lora.loaded_networks.clear()
     with torch.no_grad():
         for layer in layers.values():
-            a1111.fake.lora.network_apply_weights(layer)
+            webui.fake.lora.network_apply_weights(layer)
 
 
 def test_lowvram_hooks_are_suspended_while_training_and_restored(webui, sd1_model):
-    a1111 = webui
     moves = []
 
     def send_me_to_gpu(module, _):
@@ -176,11 +190,11 @@ def test_lowvram_hooks_are_suspended_while_training_and_restored(webui, sd1_mode
     sd1_model.lowvram = True
     before = model_state(sd1_model)
     try:
-        bundle = a1111.WebUIBundle(sd1_model)
-        with a1111.borrowed_model(bundle, clip_skip=1):
+        bundle = webui.model.WebUIBundle(sd1_model)
+        with webui.model.borrowed_model(bundle, clip_skip=1):
             bundle.encode_prompts(["a dog"])
             assert moves == []
-        assert a1111.fake.lowvram.moved == ["cpu", "cpu"]
+        assert webui.fake.lowvram.moved == ["cpu", "cpu"]
         assert_same_state(before, model_state(sd1_model))
         bundle.encode_prompts(["a dog"])
         assert moves == [sd1_model.cond_stage_model.transformer]
@@ -191,21 +205,20 @@ def test_lowvram_hooks_are_suspended_while_training_and_restored(webui, sd1_mode
 
 
 def test_a_run_is_a_webui_job_and_interrupt_stops_it_with_a_saved_file(webui, sd1_model, small_root, tmp_path):
-    a1111 = webui
-    a1111.fake.shared.sd_model = sd1_model
+    webui.fake.shared.sd_model = sd1_model
     from lib_trainer.jobs.queue import TrainQueue
 
-    service = a1111.WebUITrainService(TrainQueue(str(tmp_path / "state")))
-    state = a1111.fake.state
+    service = webui.service.WebUITrainService(TrainQueue(str(tmp_path / "state")))
+    state = webui.fake.state
 
     class InterruptAtStep:
         def __call__(self, event):
             if event.kind == "step" and event.label == "training" and event.done == 2:
                 state.interrupt()  # the WebUI's Interrupt button
 
-    service._host_sinks = lambda commands: [InterruptAtStep(), a1111.WebUIState(commands)]
+    service._host_sinks = lambda commands: [InterruptAtStep(), webui.service.WebUIState(commands)]
     config = quick_config(small_root, str(tmp_path / "out"), max_train_steps=6,
-                          pretrained_model_name_or_path=a1111.LOADED_MODEL)
+                          pretrained_model_name_or_path=webui.service.LOADED_MODEL)
     service.enqueue(config, start=True)
     assert service.wait(120)
     snapshot = service.snapshot()
@@ -217,19 +230,18 @@ def test_a_run_is_a_webui_job_and_interrupt_stops_it_with_a_saved_file(webui, sd
 
 
 def test_training_waits_for_the_webui_job_lock(webui, sd1_model, small_root, tmp_path):
-    a1111 = webui
-    a1111.fake.shared.sd_model = sd1_model
+    webui.fake.shared.sd_model = sd1_model
     from lib_trainer.jobs.queue import TrainQueue
 
     lock = sys.modules["modules.call_queue"].queue_lock
-    service = a1111.WebUITrainService(TrainQueue(str(tmp_path / "state")))
+    service = webui.service.WebUITrainService(TrainQueue(str(tmp_path / "state")))
     lock.acquire()  # a generation is running
     try:
         service.enqueue(quick_config(small_root, str(tmp_path / "out"), max_train_steps=1,
-                                     pretrained_model_name_or_path=a1111.LOADED_MODEL), start=True)
+                                     pretrained_model_name_or_path=webui.service.LOADED_MODEL), start=True)
         assert not service.wait(2)
         assert any("waiting for the WebUI" in m for m in service.snapshot().run.messages)
-        assert a1111.fake.state.begun == []
+        assert webui.fake.state.begun == []
     finally:
         lock.release()
     assert service.wait(120)
@@ -237,73 +249,76 @@ def test_training_waits_for_the_webui_job_lock(webui, sd1_model, small_root, tmp
 
 
 def test_a_checkpoint_path_in_the_webui_is_refused_with_what_to_do(webui, sd1_model, small_root, tmp_path):
-    a1111 = webui
-    a1111.fake.shared.sd_model = sd1_model
+    webui.fake.shared.sd_model = sd1_model
     from lib_trainer.progress import Progress
 
     config = quick_config(small_root, str(tmp_path), pretrained_model_name_or_path="/models/other.safetensors")
     with pytest.raises(ValueError, match="checkpoint list"):
-        a1111.webui_trainer(config, Progress())
+        webui.service.webui_trainer(config, Progress())
 
 
 def test_the_memory_estimate_counts_the_loaded_weights(webui, sd1_model, small_root, tmp_path):
-    a1111 = webui
-    a1111.fake.shared.sd_model = sd1_model
-    text = a1111.memory_estimate(quick_config(small_root, str(tmp_path)))
+    webui.fake.shared.sd_model = sd1_model
+    text = webui.service.memory_estimate(quick_config(small_root, str(tmp_path)))
     weights = sum(p.numel() * 4 for m in (sd1_model.model, sd1_model.cond_stage_model, sd1_model.first_stage_model)
                   for p in m.parameters())
     assert f"model weights {weights / 1024 ** 3:.1f} GB" in text and "(sd1)" in text
 
 
 def test_each_saved_file_is_read_back_and_unmatched_layers_are_reported(webui, sd1_model, small_root, tmp_path):
-    a1111 = webui
-    a1111.fake.shared.sd_model = sd1_model
+    webui.fake.shared.sd_model = sd1_model
     from lib_trainer.progress import Progress
 
     messages = []
     progress = Progress([lambda event: event.kind == "status" and messages.append(event.text)])
     config = quick_config(small_root, str(tmp_path / "good"), max_train_steps=2, save_every_n_steps=1,
-                          pretrained_model_name_or_path=a1111.LOADED_MODEL)
-    a1111.webui_trainer(config, progress)
+                          pretrained_model_name_or_path=webui.service.LOADED_MODEL)
+    webui.service.webui_trainer(config, progress)
     assert not [m for m in messages if "WARNING" in m]
     assert messages.count("checked with the WebUI's Lora loader: all 216 layers matched") == 2
 
-    a1111.fake.lora.unknown = ("lora_te_",)  # a loader that does not know the text encoder's names
+    webui.fake.lora.unknown = ("lora_te_",)  # a loader that does not know the text encoder's names
     messages.clear()
-    a1111.webui_trainer(config.replace(output_dir=str(tmp_path / "bad")), Progress(
+    webui.service.webui_trainer(config.replace(output_dir=str(tmp_path / "bad")), Progress(
         [lambda event: event.kind == "status" and messages.append(event.text)]))
     warnings = [m for m in messages if m.startswith("WARNING")]
     assert len(warnings) == 2  # the step-1 file and the final one
     assert "did not match 24 of 216 layers" in warnings[0]  # 4 text layers x 6 and "lora_te_text_model" in warnings[0]
 
 
-def test_the_webui_script_registers_the_tab_and_its_setting(webui, sd1_model, monkeypatch, tmp_path):
+def test_the_webui_script_registers_the_tab_its_setting_and_the_webuis_taggers(webui, sd1_model, monkeypatch,
+                                                                                tmp_path):
     import os
     import runpy
 
     import gradio as gr
 
-    a1111 = webui
-    a1111.fake.shared.sd_model = sd1_model
+    from lib_trainer.preprocess import tagging
+
+    monkeypatch.setattr(tagging, "TAGGERS", dict(tagging.TAGGERS))  # the script registers into it
+
+    webui.fake.shared.sd_model = sd1_model
     registered = {}
     callbacks = types.SimpleNamespace(on_ui_tabs=lambda f: registered.setdefault("tabs", f),
                                       on_ui_settings=lambda f: registered.setdefault("settings", f))
     monkeypatch.setitem(sys.modules, "modules.script_callbacks", callbacks)
     monkeypatch.setattr(sys.modules["modules"], "script_callbacks", callbacks, raising=False)
     options = {}
-    a1111.fake.shared.OptionInfo = lambda default, label, section: (default, label, section)
-    a1111.fake.shared.opts.add_option = lambda key, info: options.setdefault(key, info)
-    monkeypatch.setattr(sys.modules["modules"], "shared", a1111.fake.shared, raising=False)
+    webui.fake.shared.OptionInfo = lambda default, label, section: (default, label, section)
+    webui.fake.shared.opts.add_option = lambda key, info: options.setdefault(key, info)
+    monkeypatch.setattr(sys.modules["modules"], "shared", webui.fake.shared, raising=False)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     runpy.run_path(os.path.join(root, "scripts", "lora_train_tab.py"))
+    taggers = sys.modules["lib_trainer.webui.taggers"]
+    assert isinstance(tagging.make_tagger("deepbooru", tagging.TagOptions()), taggers.WebUIDeepbooru)
 
     [(blocks, title, elem_id)] = registered["tabs"]()
     assert isinstance(blocks, gr.Blocks) and title == "LoRA Train" and elem_id == "lib_trainer_tab"
     registered["settings"]()
     assert "lib_trainer_output_dir" in options
-    defaults = a1111.webui_defaults()
+    defaults = webui.service.webui_defaults()
     assert defaults.output_dir == str(tmp_path / "Lora")  # trained files land on the Lora cards
-    assert defaults.pretrained_model_name_or_path == a1111.LOADED_MODEL
+    assert defaults.pretrained_model_name_or_path == webui.service.LOADED_MODEL
 
 
 def test_samples_go_through_the_webuis_txt2img_without_extra_networks(webui, sd1_model, monkeypatch):
@@ -329,7 +344,7 @@ def test_samples_go_through_the_webuis_txt2img_without_extra_networks(webui, sd1
     processing = types.SimpleNamespace(StableDiffusionProcessingTxt2Img=Txt2Img, process_images=process_images)
     monkeypatch.setitem(sys.modules, "modules.processing", processing)
     monkeypatch.setattr(sys.modules["modules"], "processing", processing, raising=False)
-    bundle = webui.WebUIBundle(sd1_model)
+    bundle = webui.model.WebUIBundle(sd1_model)
     prompt = SamplePrompt("ltdemo ball <lora:other:1>", "blurry", width=64, height=96, steps=3, cfg_scale=5)
     image = bundle.sample_image(prompt, "euler_a", torch.Generator().manual_seed(1234))
     [p] = made
