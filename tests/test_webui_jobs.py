@@ -5,6 +5,7 @@ model (webui_models.py)."""
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 import threading
 import types
@@ -288,7 +289,6 @@ def test_each_saved_file_is_read_back_and_unmatched_layers_are_reported(webui, s
 
 def test_the_webui_script_registers_the_tab_its_setting_and_the_webuis_taggers(webui, sd1_model, monkeypatch,
                                                                                 tmp_path):
-    import os
     import runpy
 
     import gradio as gr
@@ -321,35 +321,85 @@ def test_the_webui_script_registers_the_tab_its_setting_and_the_webuis_taggers(w
     assert defaults.pretrained_model_name_or_path == webui.service.LOADED_MODEL
 
 
-def test_samples_go_through_the_webuis_txt2img_without_extra_networks(webui, sd1_model, monkeypatch):
+class FakeTxt2Img:
+    """The WebUI's StableDiffusionProcessingTxt2Img: keeps its arguments."""
+    cached_c = cached_uc = "class-wide cache"
+    made: list = []
+
+    def __init__(self, **kwargs):
+        self.kwargs, self.closed = kwargs, False
+        self.made.append(self)
+
+    def close(self):
+        self.closed = True
+
+
+def fake_process_images(p):
+    """Like the WebUI's: torch's global generator is reseeded from the seed (modules/rng.py);
+    the noise and any script of an extension draw from the global generators."""
+    import random
+
+    import numpy as np
     from PIL import Image
 
-    from lib_trainer.train.sample_prompts import SamplePrompt
+    torch.manual_seed(p.kwargs["seed"])
+    torch.randn(4)
+    random.random()
+    np.random.rand()
+    return types.SimpleNamespace(images=[Image.new("RGB", (p.kwargs["width"], p.kwargs["height"]))])
 
-    made = []
 
-    class Txt2Img:
-        cached_c = cached_uc = "class-wide cache"
-
-        def __init__(self, **kwargs):
-            self.kwargs, self.closed = kwargs, False
-            made.append(self)
-
-        def close(self):
-            self.closed = True
-
-    def process_images(p):
-        return types.SimpleNamespace(images=[Image.new("RGB", (p.kwargs["width"], p.kwargs["height"]))])
-
-    processing = types.SimpleNamespace(StableDiffusionProcessingTxt2Img=Txt2Img, process_images=process_images)
+@pytest.fixture
+def webui_txt2img(webui, monkeypatch):
+    processing = types.SimpleNamespace(StableDiffusionProcessingTxt2Img=FakeTxt2Img,
+                                       process_images=fake_process_images)
     monkeypatch.setitem(sys.modules, "modules.processing", processing)
     monkeypatch.setattr(sys.modules["modules"], "processing", processing, raising=False)
+    monkeypatch.setattr(FakeTxt2Img, "made", [])
+    return FakeTxt2Img.made
+
+
+def test_samples_go_through_the_webuis_txt2img_without_extra_networks(webui, webui_txt2img, sd1_model):
+    from lib_trainer.train.sample_prompts import SamplePrompt
+    from lib_trainer.train.txt2img import sample_backend
+
     bundle = webui.model.WebUIBundle(sd1_model)
     prompt = SamplePrompt("ltdemo ball <lora:other:1>", "blurry", width=64, height=96, steps=3, cfg_scale=5)
-    image = bundle.sample_image(prompt, "euler_a", torch.Generator().manual_seed(1234))
-    [p] = made
+    image = sample_backend(bundle)(prompt, "euler_a", 1234)
+    [p] = webui_txt2img
     assert image.size == (64, 96) and p.closed
     assert p.kwargs["seed"] == 1234 and p.kwargs["sampler_name"] == "Euler a" and p.kwargs["steps"] == 3
     assert p.kwargs["negative_prompt"] == "blurry" and p.kwargs["do_not_save_samples"]
     assert p.disable_extra_networks  # <lora:...> must not merge into the weights being trained
     assert p.cached_c == [None, None] and p.cached_uc == [None, None]  # not the class-wide cache
+
+
+def test_a_sample_round_through_the_webui_leaves_every_global_generator_as_it_was(webui, webui_txt2img, sd1_model,
+                                                                                  tmp_path):
+    import random
+
+    import numpy as np
+
+    from lib_trainer.config import TrainConfig
+    from lib_trainer.networks.registry import create_network
+    from lib_trainer.progress import Progress
+    from lib_trainer.train.sampling import SampleMaker
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("ltdemo --w 64 --h 64 --s 1 --d 5\nltdemo ball --w 64 --h 64 --s 1\n", encoding="utf-8")
+    config = TrainConfig(sample_every_n_steps=1, sample_prompts=str(prompts), output_dir=str(tmp_path),
+                         output_name="t")
+    bundle = webui.model.WebUIBundle(sd1_model)
+    network = create_network(config, bundle.target_layers(False))
+    torch.manual_seed(123)
+    random.seed(123)
+    np.random.seed(123)
+    before = (torch.get_rng_state(), random.getstate(), np.random.get_state())
+    with network.attached():
+        SampleMaker(config, bundle, network, torch.device("cpu"), Progress()).after_step(1)
+    assert [p.kwargs["seed"] for p in webui_txt2img] == [5, 43]  # the WebUI's txt2img ran, and reseeded
+    assert torch.equal(torch.get_rng_state(), before[0])
+    assert random.getstate() == before[1]
+    after = np.random.get_state()
+    assert np.array_equal(after[1], before[2][1]) and after[2:] == before[2][2:]
+    assert sorted(os.listdir(tmp_path / "sample")) == ["t_000001_00_5.png", "t_000001_01_43.png"]

@@ -12,16 +12,9 @@ from dataclasses import dataclass
 from typing import Iterator
 
 import torch
-from PIL import Image
 from torch import nn
 
-from ..dataset.pixels import to_image
 from ..formats.kohya_names import TargetLayer
-from ..train.sample_prompts import SamplePrompt
-from ..train.samplers import SAMPLERS
-
-# Sample prompts are read up to this many tokens, the longest captions training reads.
-SAMPLE_MAX_TOKENS = 225
 
 
 @dataclass
@@ -58,6 +51,9 @@ class ModelBundle:
     # live model (the WebUI's) must not, since casting down and back is not lossless.
     owns_weights: bool = True
     notes: tuple[str, ...] = ()            # what loading noticed and the user should know
+    # A host with its own txt2img hands it here: a callable (prompt, sampler, seed) -> PIL
+    # image (train/txt2img.py describes it). None: the trainer samples in plain torch.
+    sample_backend = None
 
     def denoiser(self) -> nn.Module:
         raise NotImplementedError
@@ -90,32 +86,6 @@ class ModelBundle:
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """Scaled latents (B, 4, H/8, W/8) -> pixels (B, 3, H, W) in [-1, 1], float32."""
         raise NotImplementedError
-
-    @torch.no_grad()
-    def sample_image(self, prompt: SamplePrompt, sampler: str, generator: torch.Generator) -> Image.Image:
-        """txt2img with the model as it is now (networks attached included): classifier-free
-        guidance with the negative prompt, the sampler's math in train/samplers.py, SDXL
-        conditioned on the image's own size, uncropped. The starting noise (and Euler a's
-        noise) comes from `generator`, on its device, so a seed gives the same image on every
-        device. A host with its own txt2img may override this. Callers set eval mode and,
-        for a model in fp16/bf16, autocast."""
-        device = next(self.denoiser().parameters()).device
-        width, height = prompt.width, prompt.height
-        conditioning = self.encode_prompts([prompt.prompt, prompt.negative_prompt], SAMPLE_MAX_TOKENS)
-        sizes = uncropped_sizes(height, width, 2)
-
-        def denoise(x: torch.Tensor, t: float) -> torch.Tensor:
-            timesteps = torch.full((2,), t, dtype=torch.float32, device=device)
-            output = self.predict(torch.cat([x, x]), timesteps, conditioning, sizes).float()
-            positive, negative = output.chunk(2)
-            return negative + prompt.cfg_scale * (positive - negative)
-
-        noise = torch.randn((1, 4, height // 8, width // 8), generator=generator, device=generator.device)
-        latents = SAMPLERS[sampler].run(denoise, noise.to(device), self.alphas_cumprod, self.prediction_type,
-                                        prompt.steps, generator)
-        with torch.autocast(device.type, enabled=False):  # SD's VAE overflows in fp16; it decodes in its own dtype
-            pixels = self.decode_latents(latents)
-        return to_image(pixels[0])
 
     def vae_fingerprint(self) -> str:
         raise NotImplementedError

@@ -1,5 +1,10 @@
 """Sample images through the WebUI's own txt2img: its sampler of the same name, its prompt
-handling and VAE decode, with the training network attached to the loaded model."""
+handling and VAE decode, with the training network attached to the loaded model.
+
+`WebUIBundle.sample_backend` hands this to the trainer (train/txt2img.py). The WebUI's
+txt2img reseeds torch's global generator from the sample's seed; the trainer's sampling
+round (train/sampling.py) gives every generator back afterwards.
+"""
 from __future__ import annotations
 
 from ..train.samplers import SAMPLERS
