@@ -99,31 +99,50 @@ class ModelBundle:
     def modules(self) -> list[nn.Module]:
         return [self.denoiser(), *self.text_encoders(), self.vae()]
 
+    def training_dtypes(self, weight_dtype: torch.dtype) -> list[tuple[nn.Module, torch.dtype | None]]:
+        """Each module with the dtype training holds its weights in (None: as they are). A
+        bundle that owns its weights holds the denoiser and text encoders in the compute
+        dtype and the VAE in fp32 (SD's VAE overflows in fp16); a borrowed model stays as it is."""
+        dtype = weight_dtype if self.owns_weights else None
+        vae = torch.float32 if self.owns_weights else None
+        return [(self.denoiser(), dtype), *((encoder, dtype) for encoder in self.text_encoders()), (self.vae(), vae)]
+
+    def held_weight_bytes(self, weight_dtype: torch.dtype) -> int:
+        """Bytes of the weights as training will hold them (what `frozen_for_training` makes):
+        the memory estimate counts this, so it matches what is on the device."""
+        total = 0
+        for module, dtype in self.training_dtypes(weight_dtype):
+            size = None if dtype is None else torch.empty((), dtype=dtype).element_size()
+            for parameter in module.parameters():
+                held = size if size is not None and parameter.is_floating_point() else parameter.element_size()
+                total += parameter.numel() * held
+        return total
+
     @contextlib.contextmanager
     def frozen_for_training(self, device: torch.device, weight_dtype: torch.dtype) -> Iterator[None]:
-        """Base weights frozen, on the device, in the compute dtype (the VAE stays fp32); the
-        modules' previous state comes back afterwards, whatever happens."""
+        """Base weights frozen, on the device, in the dtypes of `training_dtypes`; the modules'
+        previous state comes back afterwards, whatever happens."""
         saved = [ModuleState(module) for module in self.modules()]
         try:
             for module in self.modules():
                 module.requires_grad_(False)
-            dtype = weight_dtype if self.owns_weights else None
-            _move(self.denoiser(), device, dtype).train()  # train mode enables checkpointing
-            for encoder in self.text_encoders():
-                _move(encoder, device, dtype).eval()
-            _move(self.vae(), device, torch.float32 if self.owns_weights else None).eval()
+            for module, dtype in self.training_dtypes(weight_dtype):
+                _cast_then_move(module, device, dtype)
+                module.eval()
+            self.denoiser().train()  # train mode enables checkpointing
             yield
         finally:
             for state in saved:
                 state.restore()
 
 
-def _move(module: nn.Module, device: torch.device, dtype: torch.dtype | None) -> nn.Module:
-    """Move, and cast only when the dtype really changes (diffusers warns on every cast)."""
-    module.to(device)
+def _cast_then_move(module: nn.Module, device: torch.device, dtype: torch.dtype | None) -> None:
+    """Cast where the weights are (the CPU, after loading), then move: the device never holds
+    an fp32 copy of weights that train in 16 bits. Cast only when the dtype really changes
+    (diffusers warns on every cast)."""
     if dtype is not None and any(p.dtype != dtype for p in module.parameters()):
         module.to(dtype)
-    return module
+    module.to(device)
 
 
 class ModuleState:

@@ -124,12 +124,9 @@ def is_forge() -> bool:
 
 def memory_estimate(config: TrainConfig) -> str:
     """The estimate for the loaded model: its weights as held, the network on its real layers."""
-    from ..networks.registry import network_settings
-    from ..train.memory import estimate_memory, module_bytes
+    from ..train.memory import bundle_memory
 
     bundle = loaded_bundle()
-    targets = bundle.target_layers(include_conv=bool(network_settings(config)["conv_dim"]),
-                                   train_unet=config.train_unet(), train_text_encoder=config.train_text_encoder())
     where = "GPU" if devices.device.type == "cuda" else str(devices.device)
-    estimate = estimate_memory(config, bundle.family, module_bytes(bundle.modules()), targets, where)
+    estimate = bundle_memory(config, bundle, where)
     return f"Base model: {bundle.model_name or 'the loaded checkpoint'} ({bundle.family}).\n{estimate.summary()}"
