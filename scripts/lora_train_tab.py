@@ -18,7 +18,7 @@ def _get_service():
     """One service per WebUI process: the queue and its worker survive a UI reload."""
     global _service
     if _service is None:
-        queue = TrainQueue(webui_service.state_folder())
+        queue = TrainQueue(webui_service.queue_path())
         if webui_service.is_forge():
             from lib_trainer.jobs.service import LocalTrainService
 

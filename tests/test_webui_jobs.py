@@ -209,7 +209,7 @@ def test_a_run_is_a_webui_job_and_interrupt_stops_it_with_a_saved_file(webui, sd
     webui.fake.shared.sd_model = sd1_model
     from lib_trainer.jobs.queue import TrainQueue
 
-    service = webui.service.WebUITrainService(TrainQueue(str(tmp_path / "state")))
+    service = webui.service.WebUITrainService(TrainQueue(webui.service.queue_path()))
     state = webui.fake.state
 
     class InterruptAtStep:
@@ -235,7 +235,7 @@ def test_training_waits_for_the_webui_job_lock(webui, sd1_model, small_root, tmp
     from lib_trainer.jobs.queue import TrainQueue
 
     lock = sys.modules["modules.call_queue"].queue_lock
-    service = webui.service.WebUITrainService(TrainQueue(str(tmp_path / "state")))
+    service = webui.service.WebUITrainService(TrainQueue(webui.service.queue_path()))
     lock.acquire()  # a generation is running
     try:
         service.enqueue(quick_config(small_root, str(tmp_path / "out"), max_train_steps=1,
@@ -285,6 +285,27 @@ def test_each_saved_file_is_read_back_and_unmatched_layers_are_reported(webui, s
     warnings = [m for m in messages if m.startswith("WARNING")]
     assert len(warnings) == 2  # the step-1 file and the final one
     assert "did not match 24 of 216 layers" in warnings[0]  # 4 text layers x 6 and "lora_te_text_model" in warnings[0]
+
+
+def test_the_queue_lives_in_the_state_folder_and_an_old_queue_file_is_moved_into_it(webui, small_root, tmp_path):
+    from lib_trainer.jobs.queue import TrainQueue
+
+    folder = tmp_path / "lib_trainer"  # the WebUI's data folder is tmp_path here
+    old = TrainQueue(str(tmp_path / "made-by-an-earlier-version"))
+    old.add(quick_config(small_root, str(tmp_path / "out")), name="kept")
+    os.replace(old.path, folder)  # the earlier layout: a JSON file named `lib_trainer`
+
+    path = webui.service.queue_path()
+    assert path == str(folder / "queue.json") and folder.is_dir()
+    assert [item.name for item in TrainQueue(path).snapshot()] == ["kept"]
+    assert sorted(os.listdir(tmp_path)) == ["lib_trainer"]  # nothing left beside it
+    assert webui.service.queue_path() == path  # a second start finds the folder as it is
+
+    # A start interrupted after moving the file aside finishes the move on the next one.
+    os.replace(path, str(folder) + ".queue-moving")
+    os.rmdir(folder)
+    assert [item.name for item in TrainQueue(webui.service.queue_path()).snapshot()] == ["kept"]
+    assert sorted(os.listdir(tmp_path)) == ["lib_trainer"]
 
 
 def test_the_webui_script_registers_the_tab_its_setting_and_the_webuis_taggers(webui, sd1_model, monkeypatch,

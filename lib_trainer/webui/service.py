@@ -9,6 +9,7 @@ Lora loader (lora_networks.py).
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from typing import Iterator
 
@@ -23,7 +24,10 @@ from ..progress import END, IMAGE, START, STEP, Commands, Progress, ProgressEven
 from .lora_networks import ReadBack
 from .model import borrowed_model, loaded_bundle
 
+log = logging.getLogger("lib_trainer")
+
 LOADED_MODEL = "(the WebUI's loaded checkpoint)"
+QUEUE_FILE = "queue.json"
 SETTINGS_SECTION = ("lib_trainer", "LoRA Train")
 
 
@@ -34,7 +38,35 @@ def lora_folder() -> str:
 
 
 def state_folder() -> str:
+    """The extension's own folder in the WebUI's data folder: the queue, and what later
+    features keep between runs."""
     return os.path.join(paths_internal.data_path, "lib_trainer")
+
+
+def queue_path() -> str:
+    """`<state folder>/queue.json`, the folder made (and an old queue file moved into it)."""
+    folder = state_folder()
+    migrate_queue_file(folder)
+    os.makedirs(folder, exist_ok=True)
+    return os.path.join(folder, QUEUE_FILE)
+
+
+def migrate_queue_file(folder: str) -> None:
+    """Earlier versions kept the queue as a JSON file at the state folder's own path: move it
+    aside, make the folder, and put it in the folder as queue.json. Each step can be redone,
+    so a start interrupted half-way finishes the move on the next one."""
+    aside = folder + ".queue-moving"
+    if os.path.isfile(folder):
+        os.replace(folder, aside)
+    if not os.path.isfile(aside):
+        return
+    os.makedirs(folder, exist_ok=True)
+    target = os.path.join(folder, QUEUE_FILE)
+    if os.path.exists(target):  # never overwrite a newer queue; say where the old one is
+        log.warning("an old lib_trainer queue file was left at %s: %s already exists", aside, target)
+        return
+    os.replace(aside, target)
+    log.info("moved the lib_trainer queue file into %s", target)
 
 
 # --- reporting ------------------------------------------------------------------------------------
