@@ -9,6 +9,7 @@ from PIL import Image
 from helpers_draw import detail_patch_picture
 from lib_trainer.preprocess.crop import crop_focal
 from lib_trainer.preprocess.focal import FocalSettings
+from lib_trainer.preprocess import tagging
 from lib_trainer.preprocess.tagging import TagOptions, format_tags, make_tagger
 
 
@@ -58,15 +59,19 @@ def fake_webui(monkeypatch, tmp_path):
     modules.shared = types.SimpleNamespace(interrogator=Interrogator())
     modules.paths = types.SimpleNamespace(models_path=str(tmp_path / "models"))
     monkeypatch.setitem(sys.modules, "modules", modules)
-    monkeypatch.delitem(sys.modules, "lib_trainer.hosts.a1111_taggers", raising=False)
-    yield calls
-    # Forget the module imported against the fake WebUI (also the package attribute that
-    # `from ..hosts import a1111_taggers` would find), so later tests see no WebUI.
-    sys.modules.pop("lib_trainer.hosts.a1111_taggers", None)
-    import lib_trainer.hosts as hosts
+    # The WebUI's entry script registers its taggers at start; here into a copy of the registry.
+    monkeypatch.setattr(tagging, "TAGGERS", dict(tagging.TAGGERS))
+    monkeypatch.delitem(sys.modules, "lib_trainer.webui.taggers", raising=False)
+    from lib_trainer.webui.taggers import register_webui_taggers
 
-    if hasattr(hosts, "a1111_taggers"):
-        delattr(hosts, "a1111_taggers")
+    register_webui_taggers()
+    yield calls
+    # Forget the module imported against the fake WebUI, so later tests see no WebUI.
+    sys.modules.pop("lib_trainer.webui.taggers", None)
+    import lib_trainer.webui as webui
+
+    if hasattr(webui, "taggers"):
+        delattr(webui, "taggers")
 
 
 def test_webui_deepbooru_and_blip(fake_webui, tmp_path):

@@ -4,6 +4,7 @@ PNG files, with the prompt read back from them."""
 from __future__ import annotations
 
 import os
+import random
 
 import numpy as np
 import pytest
@@ -22,6 +23,7 @@ from lib_trainer.train import samplers
 from lib_trainer.train.loop import train
 from lib_trainer.train.sample_prompts import SamplePrompt, SamplePromptError, parse_prompt_line, read_sample_prompts
 from lib_trainer.train.sampling import SampleMaker, due_after_epoch, due_after_step, infotext, sample_path
+from lib_trainer.train.txt2img import txt2img
 
 
 def write_prompts(folder, text: str, name: str = "prompts.txt") -> str:
@@ -233,7 +235,7 @@ TINY_PROMPT = SamplePrompt("ltdemo, red ball", "blurry", width=64, height=96, st
 @pytest.mark.parametrize("sampler", ["ddim", "euler_a"])
 def test_same_seed_same_image_other_seed_other_image(sampler):
     bundle = build_tiny_bundle("sd1")
-    images = [bundle.sample_image(TINY_PROMPT, sampler, torch.Generator().manual_seed(seed)) for seed in (1, 1, 2)]
+    images = [txt2img(bundle, TINY_PROMPT, sampler, torch.Generator().manual_seed(seed)) for seed in (1, 1, 2)]
     assert images[0].size == (64, 96) and images[0].mode == "RGB"
     assert np.array_equal(pixels(images[0]), pixels(images[1]))
     assert not np.array_equal(pixels(images[0]), pixels(images[2]))
@@ -245,7 +247,7 @@ def test_the_negative_prompt_counts_only_with_guidance():
 
     def image(negative, scale):
         prompt = SamplePrompt("ltdemo, red ball", negative, width=64, height=64, steps=2, cfg_scale=scale)
-        return pixels(bundle.sample_image(prompt, "ddim", torch.Generator().manual_seed(3)))
+        return pixels(txt2img(bundle, prompt, "ddim", torch.Generator().manual_seed(3)))
 
     assert np.array_equal(image("blurry", 1.0), image("green cube", 1.0))
     assert not np.array_equal(image("blurry", 7.0), image("green cube", 7.0))
@@ -256,7 +258,7 @@ def test_sdxl_is_conditioned_on_the_sample_size():
     seen = []
     predict = bundle.predict
     bundle.predict = lambda x, t, conditioning, sizes=None: seen.append(sizes) or predict(x, t, conditioning, sizes)
-    image = bundle.sample_image(TINY_PROMPT, "euler", torch.Generator().manual_seed(0))
+    image = txt2img(bundle, TINY_PROMPT, "euler", torch.Generator().manual_seed(0))
     assert image.size == (64, 96) and len(seen) == 2
     assert all(sizes.tolist() == [[96, 64, 0, 0, 96, 64]] * 2 for sizes in seen)
 
@@ -348,25 +350,48 @@ def test_a_run_writes_samples_at_first_and_every_n_steps(small_root, tmp_path):
 
     # Before training the LoRA is zero: the base model's image. After training it is not.
     bundle = build_tiny_bundle("sd1")
-    base = bundle.sample_image(read_sample_prompts(prompts)[0], "euler", torch.Generator().manual_seed(1234))
+    base = txt2img(bundle, read_sample_prompts(prompts)[0], "euler", torch.Generator().manual_seed(1234))
     assert np.array_equal(pixels(base), pixels(recorder.images[0][0]))
     assert not np.array_equal(pixels(recorder.images[0][0]), pixels(recorder.images[4][0]))
     # And the trained file gives the last samples again.
     network = create_network(config, bundle.target_layers(False))
     network.load_file_state_dict(load_lora(result.final_path))
     with network.attached():
-        again = bundle.sample_image(read_sample_prompts(prompts)[0], "euler", torch.Generator().manual_seed(1234))
+        again = txt2img(bundle, read_sample_prompts(prompts)[0], "euler", torch.Generator().manual_seed(1234))
     assert np.abs(pixels(again) - pixels(recorder.images[4][0])).max() <= 1
 
 
-def test_sampling_does_not_change_what_is_trained(small_root, tmp_path):
+class ReseedingTxt2Img:
+    """Wraps a bundle whose host's txt2img reseeds the global generators, as the WebUI's
+    reseeds torch's from the sample's seed."""
+
+    def __init__(self, bundle):
+        self.bundle = bundle
+
+    def __getattr__(self, name):
+        return getattr(self.bundle, name)
+
+    def sample_backend(self, prompt, sampler, seed):
+        torch.manual_seed(seed)
+        random.seed(seed)
+        np.random.seed(seed)
+        return txt2img(self.bundle, prompt, sampler, torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("host_txt2img", [False, True], ids=["plain torch", "a host txt2img that reseeds"])
+def test_sampling_does_not_change_what_is_trained(small_root, tmp_path, host_txt2img):
+    """network_dropout and the VAE's latent sampling draw from torch's global generator while
+    training: a sample round that moved it would change the weights."""
     prompts = write_prompts(tmp_path, "ltdemo --w 64 --h 64 --s 1\n")
-    plain = train(quick_config(small_root, str(tmp_path / "a"), network_dropout=0.1))
-    sampled = train(quick_config(small_root, str(tmp_path / "b"), network_dropout=0.1, sample_every_n_steps=1,
-                                 sample_prompts=prompts, sample_sampler="euler_a"))
+    common = dict(network_dropout=0.1, cache_latents=False)
+    plain = train(quick_config(small_root, str(tmp_path / "a"), **common))
+    bundle = build_tiny_bundle()
+    sampled = train(quick_config(small_root, str(tmp_path / "b"), sample_every_n_steps=1, sample_at_first=True,
+                                 sample_prompts=prompts, sample_sampler="euler_a", **common),
+                    bundle=ReseedingTxt2Img(bundle) if host_txt2img else bundle)
     first, second = load_lora(plain.final_path), load_lora(sampled.final_path)
     assert all(torch.equal(first[key], second[key]) for key in first)
-    assert len(os.listdir(tmp_path / "b" / "sample")) == 4
+    assert len(os.listdir(tmp_path / "b" / "sample")) == 5
 
 
 def test_epoch_samples_come_after_every_nth_epoch_including_the_last(tmp_path):
@@ -381,7 +406,7 @@ def test_epoch_samples_come_after_every_nth_epoch_including_the_last(tmp_path):
 
 
 class FailingSamples:
-    """Wraps a bundle whose sample_image raises."""
+    """Wraps a bundle whose host's txt2img raises."""
 
     def __init__(self, bundle):
         self.bundle = bundle
@@ -389,7 +414,7 @@ class FailingSamples:
     def __getattr__(self, name):
         return getattr(self.bundle, name)
 
-    def sample_image(self, prompt, sampler, generator):
+    def sample_backend(self, prompt, sampler, seed):
         raise RuntimeError("simulated out of memory while sampling")
 
 

@@ -1,10 +1,11 @@
-"""The WebUI side of training (hosts/a1111.py) with stand-ins for the WebUI's modules: its
+"""The WebUI side of training (lib_trainer/webui/) with stand-ins for the WebUI's modules: its
 `shared` state and settings, the job lock, --lowvram's hooks and the built-in Lora extension's
 in-place merging (written from its documented behaviour). The model is a WebUI-shaped tiny
 model (webui_models.py)."""
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 import threading
 import types
@@ -15,6 +16,9 @@ import torch
 from conftest import quick_config
 from webui_models import webui_model
 from test_webui_host import assert_same_state, model_state
+
+
+WEBUI_MODULES = ("lora_networks", "model", "sampling", "service", "taggers")
 
 
 class FakeState:
@@ -85,7 +89,7 @@ class FakeNetwork:
 
 @pytest.fixture
 def webui(monkeypatch, tmp_path):
-    """Stand-in `modules` package; yields the freshly imported a1111 host module."""
+    """Stand-in `modules` package; yields the webui modules imported against it, and the fakes."""
     state = FakeState()
     opts = types.SimpleNamespace(data={"CLIP_stop_at_last_layers": 1}, lora_functional=False,
                                  lib_trainer_output_dir="")
@@ -99,6 +103,8 @@ def webui(monkeypatch, tmp_path):
         "lowvram": lowvram,
         "paths_internal": types.SimpleNamespace(data_path=str(tmp_path), models_path=str(tmp_path / "models"),
                                                 script_path=str(tmp_path)),
+        "paths": types.SimpleNamespace(models_path=str(tmp_path / "models")),
+        "deepbooru": types.SimpleNamespace(model=None),
     }
     package = types.ModuleType("modules")
     for name, value in parts.items():
@@ -109,11 +115,22 @@ def webui(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "networks", lora)
     monkeypatch.setitem(sys.modules, "network", types.SimpleNamespace(
         NetworkOnDisk=lambda name, filename: types.SimpleNamespace(name=name, filename=filename)))
-    monkeypatch.delitem(sys.modules, "lib_trainer.hosts.a1111", raising=False)
-    a1111 = importlib.import_module("lib_trainer.hosts.a1111")
-    a1111.fake = types.SimpleNamespace(state=state, shared=shared, lora=lora, lowvram=lowvram)
-    yield a1111
-    sys.modules.pop("lib_trainer.hosts.a1111", None)
+    _forget_webui_modules()
+    service = importlib.import_module("lib_trainer.webui.service")
+    yield types.SimpleNamespace(
+        service=service, model=sys.modules["lib_trainer.webui.model"],
+        fake=types.SimpleNamespace(state=state, shared=shared, lora=lora, lowvram=lowvram))
+    _forget_webui_modules()
+
+
+def _forget_webui_modules():
+    """The webui modules bind the `modules` they were imported against: import them afresh
+    against each test's stand-ins, and leave none behind for tests that expect no WebUI."""
+    package = sys.modules.get("lib_trainer.webui")
+    for name in WEBUI_MODULES:
+        sys.modules.pop(f"lib_trainer.webui.{name}", None)
+        if package is not None and hasattr(package, name):
+            delattr(package, name)
 
 
 @pytest.fixture(scope="module")
@@ -122,24 +139,23 @@ def sd1_model(tmp_path_factory):
     return model
 
 
-def _merged_lora(a1111, model):
+def _merged_lora(webui, model):
     """The state after a generation with <lora:last:1>: merged into the layers it touches."""
     layers = {name.replace(".", "_"): module for name, module in model.named_modules()
               if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)) and "attn" in name}
     model.network_layer_mapping = layers
-    a1111.fake.lora.loaded_networks[:] = [FakeNetwork("last")]
+    webui.fake.lora.loaded_networks[:] = [FakeNetwork("last")]
     with torch.no_grad():
         for layer in layers.values():
-            a1111.fake.lora.network_apply_weights(layer)
+            webui.fake.lora.network_apply_weights(layer)
     return layers
 
 
 def test_training_starts_from_the_base_weights_and_the_users_lora_comes_back(webui, sd1_model, small_root, tmp_path):
-    a1111 = webui
-    layers = _merged_lora(a1111, sd1_model)
+    layers = _merged_lora(webui, sd1_model)
     merged_state = model_state(sd1_model)
     base = {name: layer.network_weights_backup.clone() for name, layer in layers.items()}
-    bundle = a1111.WebUIBundle(sd1_model)
+    bundle = webui.model.WebUIBundle(sd1_model)
     seen = {}
 
     def look(event):
@@ -149,23 +165,22 @@ def test_training_starts_from_the_base_weights_and_the_users_lora_comes_back(web
     from lib_trainer.progress import Progress
     from lib_trainer.train.loop import train
 
-    with a1111.borrowed_model(bundle, clip_skip=2):
-        assert a1111.fake.lora.loaded_networks == []
-        assert a1111.fake.shared.opts.data["CLIP_stop_at_last_layers"] == 2
+    with webui.model.borrowed_model(bundle, clip_skip=2):
+        assert webui.fake.lora.loaded_networks == []
+        assert webui.fake.shared.opts.data["CLIP_stop_at_last_layers"] == 2
         train(quick_config(small_root, str(tmp_path), max_train_steps=2), bundle=bundle, progress=Progress([look]))
     assert all(torch.equal(seen[name], base[name]) for name in layers)  # trained on the base weights
-    assert [n.name for n in a1111.fake.lora.loaded_networks] == ["last"]
-    assert a1111.fake.shared.opts.data["CLIP_stop_at_last_layers"] == 1
+    assert [n.name for n in webui.fake.lora.loaded_networks] == ["last"]
+    assert webui.fake.shared.opts.data["CLIP_stop_at_last_layers"] == 1
     assert_same_state(merged_state, model_state(sd1_model))  # the merged weights are back, bit for bit
     del sd1_model.network_layer_mapping
-    a1111.fake.lora.loaded_networks.clear()
+    webui.fake.lora.loaded_networks.clear()
     with torch.no_grad():
         for layer in layers.values():
-            a1111.fake.lora.network_apply_weights(layer)
+            webui.fake.lora.network_apply_weights(layer)
 
 
 def test_lowvram_hooks_are_suspended_while_training_and_restored(webui, sd1_model):
-    a1111 = webui
     moves = []
 
     def send_me_to_gpu(module, _):
@@ -176,11 +191,11 @@ def test_lowvram_hooks_are_suspended_while_training_and_restored(webui, sd1_mode
     sd1_model.lowvram = True
     before = model_state(sd1_model)
     try:
-        bundle = a1111.WebUIBundle(sd1_model)
-        with a1111.borrowed_model(bundle, clip_skip=1):
+        bundle = webui.model.WebUIBundle(sd1_model)
+        with webui.model.borrowed_model(bundle, clip_skip=1):
             bundle.encode_prompts(["a dog"])
             assert moves == []
-        assert a1111.fake.lowvram.moved == ["cpu", "cpu"]
+        assert webui.fake.lowvram.moved == ["cpu", "cpu"]
         assert_same_state(before, model_state(sd1_model))
         bundle.encode_prompts(["a dog"])
         assert moves == [sd1_model.cond_stage_model.transformer]
@@ -191,21 +206,20 @@ def test_lowvram_hooks_are_suspended_while_training_and_restored(webui, sd1_mode
 
 
 def test_a_run_is_a_webui_job_and_interrupt_stops_it_with_a_saved_file(webui, sd1_model, small_root, tmp_path):
-    a1111 = webui
-    a1111.fake.shared.sd_model = sd1_model
+    webui.fake.shared.sd_model = sd1_model
     from lib_trainer.jobs.queue import TrainQueue
 
-    service = a1111.WebUITrainService(TrainQueue(str(tmp_path / "state")))
-    state = a1111.fake.state
+    service = webui.service.WebUITrainService(TrainQueue(webui.service.queue_path()))
+    state = webui.fake.state
 
     class InterruptAtStep:
         def __call__(self, event):
             if event.kind == "step" and event.label == "training" and event.done == 2:
                 state.interrupt()  # the WebUI's Interrupt button
 
-    service._host_sinks = lambda commands: [InterruptAtStep(), a1111.WebUIState(commands)]
+    service._host_sinks = lambda commands: [InterruptAtStep(), webui.service.WebUIState(commands)]
     config = quick_config(small_root, str(tmp_path / "out"), max_train_steps=6,
-                          pretrained_model_name_or_path=a1111.LOADED_MODEL)
+                          pretrained_model_name_or_path=webui.service.LOADED_MODEL)
     service.enqueue(config, start=True)
     assert service.wait(120)
     snapshot = service.snapshot()
@@ -217,19 +231,18 @@ def test_a_run_is_a_webui_job_and_interrupt_stops_it_with_a_saved_file(webui, sd
 
 
 def test_training_waits_for_the_webui_job_lock(webui, sd1_model, small_root, tmp_path):
-    a1111 = webui
-    a1111.fake.shared.sd_model = sd1_model
+    webui.fake.shared.sd_model = sd1_model
     from lib_trainer.jobs.queue import TrainQueue
 
     lock = sys.modules["modules.call_queue"].queue_lock
-    service = a1111.WebUITrainService(TrainQueue(str(tmp_path / "state")))
+    service = webui.service.WebUITrainService(TrainQueue(webui.service.queue_path()))
     lock.acquire()  # a generation is running
     try:
         service.enqueue(quick_config(small_root, str(tmp_path / "out"), max_train_steps=1,
-                                     pretrained_model_name_or_path=a1111.LOADED_MODEL), start=True)
+                                     pretrained_model_name_or_path=webui.service.LOADED_MODEL), start=True)
         assert not service.wait(2)
         assert any("waiting for the WebUI" in m for m in service.snapshot().run.messages)
-        assert a1111.fake.state.begun == []
+        assert webui.fake.state.begun == []
     finally:
         lock.release()
     assert service.wait(120)
@@ -237,104 +250,177 @@ def test_training_waits_for_the_webui_job_lock(webui, sd1_model, small_root, tmp
 
 
 def test_a_checkpoint_path_in_the_webui_is_refused_with_what_to_do(webui, sd1_model, small_root, tmp_path):
-    a1111 = webui
-    a1111.fake.shared.sd_model = sd1_model
+    webui.fake.shared.sd_model = sd1_model
     from lib_trainer.progress import Progress
 
     config = quick_config(small_root, str(tmp_path), pretrained_model_name_or_path="/models/other.safetensors")
     with pytest.raises(ValueError, match="checkpoint list"):
-        a1111.webui_trainer(config, Progress())
+        webui.service.webui_trainer(config, Progress())
 
 
 def test_the_memory_estimate_counts_the_loaded_weights(webui, sd1_model, small_root, tmp_path):
-    a1111 = webui
-    a1111.fake.shared.sd_model = sd1_model
-    text = a1111.memory_estimate(quick_config(small_root, str(tmp_path)))
+    webui.fake.shared.sd_model = sd1_model
+    text = webui.service.memory_estimate(quick_config(small_root, str(tmp_path)))
     weights = sum(p.numel() * 4 for m in (sd1_model.model, sd1_model.cond_stage_model, sd1_model.first_stage_model)
                   for p in m.parameters())
     assert f"model weights {weights / 1024 ** 3:.1f} GB" in text and "(sd1)" in text
 
 
 def test_each_saved_file_is_read_back_and_unmatched_layers_are_reported(webui, sd1_model, small_root, tmp_path):
-    a1111 = webui
-    a1111.fake.shared.sd_model = sd1_model
+    webui.fake.shared.sd_model = sd1_model
     from lib_trainer.progress import Progress
 
     messages = []
     progress = Progress([lambda event: event.kind == "status" and messages.append(event.text)])
     config = quick_config(small_root, str(tmp_path / "good"), max_train_steps=2, save_every_n_steps=1,
-                          pretrained_model_name_or_path=a1111.LOADED_MODEL)
-    a1111.webui_trainer(config, progress)
+                          pretrained_model_name_or_path=webui.service.LOADED_MODEL)
+    webui.service.webui_trainer(config, progress)
     assert not [m for m in messages if "WARNING" in m]
     assert messages.count("checked with the WebUI's Lora loader: all 216 layers matched") == 2
 
-    a1111.fake.lora.unknown = ("lora_te_",)  # a loader that does not know the text encoder's names
+    webui.fake.lora.unknown = ("lora_te_",)  # a loader that does not know the text encoder's names
     messages.clear()
-    a1111.webui_trainer(config.replace(output_dir=str(tmp_path / "bad")), Progress(
+    webui.service.webui_trainer(config.replace(output_dir=str(tmp_path / "bad")), Progress(
         [lambda event: event.kind == "status" and messages.append(event.text)]))
     warnings = [m for m in messages if m.startswith("WARNING")]
     assert len(warnings) == 2  # the step-1 file and the final one
     assert "did not match 24 of 216 layers" in warnings[0]  # 4 text layers x 6 and "lora_te_text_model" in warnings[0]
 
 
-def test_the_webui_script_registers_the_tab_and_its_setting(webui, sd1_model, monkeypatch, tmp_path):
-    import os
+def test_the_queue_lives_in_the_state_folder_and_an_old_queue_file_is_moved_into_it(webui, small_root, tmp_path):
+    from lib_trainer.jobs.queue import TrainQueue
+
+    folder = tmp_path / "lib_trainer"  # the WebUI's data folder is tmp_path here
+    old = TrainQueue(str(tmp_path / "made-by-an-earlier-version"))
+    old.add(quick_config(small_root, str(tmp_path / "out")), name="kept")
+    os.replace(old.path, folder)  # the earlier layout: a JSON file named `lib_trainer`
+
+    path = webui.service.queue_path()
+    assert path == str(folder / "queue.json") and folder.is_dir()
+    assert [item.name for item in TrainQueue(path).snapshot()] == ["kept"]
+    assert sorted(os.listdir(tmp_path)) == ["lib_trainer"]  # nothing left beside it
+    assert webui.service.queue_path() == path  # a second start finds the folder as it is
+
+    # A start interrupted after moving the file aside finishes the move on the next one.
+    os.replace(path, str(folder) + ".queue-moving")
+    os.rmdir(folder)
+    assert [item.name for item in TrainQueue(webui.service.queue_path()).snapshot()] == ["kept"]
+    assert sorted(os.listdir(tmp_path)) == ["lib_trainer"]
+
+
+def test_the_webui_script_registers_the_tab_its_setting_and_the_webuis_taggers(webui, sd1_model, monkeypatch,
+                                                                                tmp_path):
     import runpy
 
     import gradio as gr
 
-    a1111 = webui
-    a1111.fake.shared.sd_model = sd1_model
+    from lib_trainer.preprocess import tagging
+
+    monkeypatch.setattr(tagging, "TAGGERS", dict(tagging.TAGGERS))  # the script registers into it
+
+    webui.fake.shared.sd_model = sd1_model
     registered = {}
     callbacks = types.SimpleNamespace(on_ui_tabs=lambda f: registered.setdefault("tabs", f),
                                       on_ui_settings=lambda f: registered.setdefault("settings", f))
     monkeypatch.setitem(sys.modules, "modules.script_callbacks", callbacks)
     monkeypatch.setattr(sys.modules["modules"], "script_callbacks", callbacks, raising=False)
     options = {}
-    a1111.fake.shared.OptionInfo = lambda default, label, section: (default, label, section)
-    a1111.fake.shared.opts.add_option = lambda key, info: options.setdefault(key, info)
-    monkeypatch.setattr(sys.modules["modules"], "shared", a1111.fake.shared, raising=False)
+    webui.fake.shared.OptionInfo = lambda default, label, section: (default, label, section)
+    webui.fake.shared.opts.add_option = lambda key, info: options.setdefault(key, info)
+    monkeypatch.setattr(sys.modules["modules"], "shared", webui.fake.shared, raising=False)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     runpy.run_path(os.path.join(root, "scripts", "lora_train_tab.py"))
+    taggers = sys.modules["lib_trainer.webui.taggers"]
+    assert isinstance(tagging.make_tagger("deepbooru", tagging.TagOptions()), taggers.WebUIDeepbooru)
 
     [(blocks, title, elem_id)] = registered["tabs"]()
     assert isinstance(blocks, gr.Blocks) and title == "LoRA Train" and elem_id == "lib_trainer_tab"
     registered["settings"]()
     assert "lib_trainer_output_dir" in options
-    defaults = a1111.webui_defaults()
+    defaults = webui.service.webui_defaults()
     assert defaults.output_dir == str(tmp_path / "Lora")  # trained files land on the Lora cards
-    assert defaults.pretrained_model_name_or_path == a1111.LOADED_MODEL
+    assert defaults.pretrained_model_name_or_path == webui.service.LOADED_MODEL
 
 
-def test_samples_go_through_the_webuis_txt2img_without_extra_networks(webui, sd1_model, monkeypatch):
+class FakeTxt2Img:
+    """The WebUI's StableDiffusionProcessingTxt2Img: keeps its arguments."""
+    cached_c = cached_uc = "class-wide cache"
+    made: list = []
+
+    def __init__(self, **kwargs):
+        self.kwargs, self.closed = kwargs, False
+        self.made.append(self)
+
+    def close(self):
+        self.closed = True
+
+
+def fake_process_images(p):
+    """Like the WebUI's: torch's global generator is reseeded from the seed (modules/rng.py);
+    the noise and any script of an extension draw from the global generators."""
+    import random
+
+    import numpy as np
     from PIL import Image
 
-    from lib_trainer.train.sample_prompts import SamplePrompt
+    torch.manual_seed(p.kwargs["seed"])
+    torch.randn(4)
+    random.random()
+    np.random.rand()
+    return types.SimpleNamespace(images=[Image.new("RGB", (p.kwargs["width"], p.kwargs["height"]))])
 
-    made = []
 
-    class Txt2Img:
-        cached_c = cached_uc = "class-wide cache"
-
-        def __init__(self, **kwargs):
-            self.kwargs, self.closed = kwargs, False
-            made.append(self)
-
-        def close(self):
-            self.closed = True
-
-    def process_images(p):
-        return types.SimpleNamespace(images=[Image.new("RGB", (p.kwargs["width"], p.kwargs["height"]))])
-
-    processing = types.SimpleNamespace(StableDiffusionProcessingTxt2Img=Txt2Img, process_images=process_images)
+@pytest.fixture
+def webui_txt2img(webui, monkeypatch):
+    processing = types.SimpleNamespace(StableDiffusionProcessingTxt2Img=FakeTxt2Img,
+                                       process_images=fake_process_images)
     monkeypatch.setitem(sys.modules, "modules.processing", processing)
     monkeypatch.setattr(sys.modules["modules"], "processing", processing, raising=False)
-    bundle = webui.WebUIBundle(sd1_model)
+    monkeypatch.setattr(FakeTxt2Img, "made", [])
+    return FakeTxt2Img.made
+
+
+def test_samples_go_through_the_webuis_txt2img_without_extra_networks(webui, webui_txt2img, sd1_model):
+    from lib_trainer.train.sample_prompts import SamplePrompt
+    from lib_trainer.train.txt2img import sample_backend
+
+    bundle = webui.model.WebUIBundle(sd1_model)
     prompt = SamplePrompt("ltdemo ball <lora:other:1>", "blurry", width=64, height=96, steps=3, cfg_scale=5)
-    image = bundle.sample_image(prompt, "euler_a", torch.Generator().manual_seed(1234))
-    [p] = made
+    image = sample_backend(bundle)(prompt, "euler_a", 1234)
+    [p] = webui_txt2img
     assert image.size == (64, 96) and p.closed
     assert p.kwargs["seed"] == 1234 and p.kwargs["sampler_name"] == "Euler a" and p.kwargs["steps"] == 3
     assert p.kwargs["negative_prompt"] == "blurry" and p.kwargs["do_not_save_samples"]
     assert p.disable_extra_networks  # <lora:...> must not merge into the weights being trained
     assert p.cached_c == [None, None] and p.cached_uc == [None, None]  # not the class-wide cache
+
+
+def test_a_sample_round_through_the_webui_leaves_every_global_generator_as_it_was(webui, webui_txt2img, sd1_model,
+                                                                                  tmp_path):
+    import random
+
+    import numpy as np
+
+    from lib_trainer.config import TrainConfig
+    from lib_trainer.networks.registry import create_network
+    from lib_trainer.progress import Progress
+    from lib_trainer.train.sampling import SampleMaker
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("ltdemo --w 64 --h 64 --s 1 --d 5\nltdemo ball --w 64 --h 64 --s 1\n", encoding="utf-8")
+    config = TrainConfig(sample_every_n_steps=1, sample_prompts=str(prompts), output_dir=str(tmp_path),
+                         output_name="t")
+    bundle = webui.model.WebUIBundle(sd1_model)
+    network = create_network(config, bundle.target_layers(False))
+    torch.manual_seed(123)
+    random.seed(123)
+    np.random.seed(123)
+    before = (torch.get_rng_state(), random.getstate(), np.random.get_state())
+    with network.attached():
+        SampleMaker(config, bundle, network, torch.device("cpu"), Progress()).after_step(1)
+    assert [p.kwargs["seed"] for p in webui_txt2img] == [5, 43]  # the WebUI's txt2img ran, and reseeded
+    assert torch.equal(torch.get_rng_state(), before[0])
+    assert random.getstate() == before[1]
+    after = np.random.get_state()
+    assert np.array_equal(after[1], before[2][1]) and after[2:] == before[2][2:]
+    assert sorted(os.listdir(tmp_path / "sample")) == ["t_000001_00_5.png", "t_000001_01_43.png"]

@@ -1,6 +1,8 @@
 """Where the model comes from. A host hands the trainer a `ModelBundle` (see bundle.py)."""
 from __future__ import annotations
 
+import functools
+
 
 def load_bundle(model: str, v_parameterization: bool = False, clip_skip: int = 1, vae: str = ""):
     """The bundle for a `pretrained_model_name_or_path` value (and kohya's `--vae`)."""
@@ -41,3 +43,46 @@ def _load_checkpoint_file(path: str, v_parameterization: bool, clip_skip: int, v
                      "consider --zero_terminal_snr")
     bundle.notes = tuple(notes)
     return bundle
+
+
+def meta_bundle(model: str):
+    """A bundle of the architecture `model` would load, built on the meta device (no memory,
+    no weights read; a second or two the first time): what the memory estimate counts before
+    anything is loaded. None when the model is not there yet."""
+    import os
+
+    if model.startswith("tiny:"):
+        name = f"tiny-{model.split(':', 1)[1]}"
+    elif os.path.isfile(model):
+        from .single_file import detect_checkpoint
+
+        name = detect_checkpoint(model).architecture
+    elif os.path.isdir(model):
+        name = _diffusers_folder_architecture(model)
+    else:
+        return None
+    return _meta_bundle(name)
+
+
+def _diffusers_folder_architecture(folder: str) -> str:
+    """The full-size architecture of a diffusers folder: SDXL has a second text encoder, SD2's
+    OpenCLIP text encoder is the one with plain GELU."""
+    import json
+    import os
+
+    if os.path.isdir(os.path.join(folder, "text_encoder_2")):
+        return "sdxl"
+    config = os.path.join(folder, "text_encoder", "config.json")
+    if os.path.isfile(config):
+        with open(config, encoding="utf-8") as handle:
+            if json.load(handle).get("hidden_act") == "gelu":
+                return "sd2"
+    return "sd1"
+
+
+@functools.lru_cache(maxsize=8)
+def _meta_bundle(name: str):
+    from .components import build_components
+    from .diffusers_sd import DiffusersSDBundle
+
+    return DiffusersSDBundle(build_components(name, device="meta", seed=None), model_name=name)

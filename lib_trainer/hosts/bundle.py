@@ -12,16 +12,9 @@ from dataclasses import dataclass
 from typing import Iterator
 
 import torch
-from PIL import Image
 from torch import nn
 
-from ..dataset.pixels import to_image
 from ..formats.kohya_names import TargetLayer
-from ..train.sample_prompts import SamplePrompt
-from ..train.samplers import SAMPLERS
-
-# Sample prompts are read up to this many tokens, the longest captions training reads.
-SAMPLE_MAX_TOKENS = 225
 
 
 @dataclass
@@ -58,6 +51,9 @@ class ModelBundle:
     # live model (the WebUI's) must not, since casting down and back is not lossless.
     owns_weights: bool = True
     notes: tuple[str, ...] = ()            # what loading noticed and the user should know
+    # A host with its own txt2img hands it here: a callable (prompt, sampler, seed) -> PIL
+    # image (train/txt2img.py describes it). None: the trainer samples in plain torch.
+    sample_backend = None
 
     def denoiser(self) -> nn.Module:
         raise NotImplementedError
@@ -91,32 +87,6 @@ class ModelBundle:
         """Scaled latents (B, 4, H/8, W/8) -> pixels (B, 3, H, W) in [-1, 1], float32."""
         raise NotImplementedError
 
-    @torch.no_grad()
-    def sample_image(self, prompt: SamplePrompt, sampler: str, generator: torch.Generator) -> Image.Image:
-        """txt2img with the model as it is now (networks attached included): classifier-free
-        guidance with the negative prompt, the sampler's math in train/samplers.py, SDXL
-        conditioned on the image's own size, uncropped. The starting noise (and Euler a's
-        noise) comes from `generator`, on its device, so a seed gives the same image on every
-        device. A host with its own txt2img may override this. Callers set eval mode and,
-        for a model in fp16/bf16, autocast."""
-        device = next(self.denoiser().parameters()).device
-        width, height = prompt.width, prompt.height
-        conditioning = self.encode_prompts([prompt.prompt, prompt.negative_prompt], SAMPLE_MAX_TOKENS)
-        sizes = uncropped_sizes(height, width, 2)
-
-        def denoise(x: torch.Tensor, t: float) -> torch.Tensor:
-            timesteps = torch.full((2,), t, dtype=torch.float32, device=device)
-            output = self.predict(torch.cat([x, x]), timesteps, conditioning, sizes).float()
-            positive, negative = output.chunk(2)
-            return negative + prompt.cfg_scale * (positive - negative)
-
-        noise = torch.randn((1, 4, height // 8, width // 8), generator=generator, device=generator.device)
-        latents = SAMPLERS[sampler].run(denoise, noise.to(device), self.alphas_cumprod, self.prediction_type,
-                                        prompt.steps, generator)
-        with torch.autocast(device.type, enabled=False):  # SD's VAE overflows in fp16; it decodes in its own dtype
-            pixels = self.decode_latents(latents)
-        return to_image(pixels[0])
-
     def vae_fingerprint(self) -> str:
         raise NotImplementedError
 
@@ -129,31 +99,50 @@ class ModelBundle:
     def modules(self) -> list[nn.Module]:
         return [self.denoiser(), *self.text_encoders(), self.vae()]
 
+    def training_dtypes(self, weight_dtype: torch.dtype) -> list[tuple[nn.Module, torch.dtype | None]]:
+        """Each module with the dtype training holds its weights in (None: as they are). A
+        bundle that owns its weights holds the denoiser and text encoders in the compute
+        dtype and the VAE in fp32 (SD's VAE overflows in fp16); a borrowed model stays as it is."""
+        dtype = weight_dtype if self.owns_weights else None
+        vae = torch.float32 if self.owns_weights else None
+        return [(self.denoiser(), dtype), *((encoder, dtype) for encoder in self.text_encoders()), (self.vae(), vae)]
+
+    def held_weight_bytes(self, weight_dtype: torch.dtype) -> int:
+        """Bytes of the weights as training will hold them (what `frozen_for_training` makes):
+        the memory estimate counts this, so it matches what is on the device."""
+        total = 0
+        for module, dtype in self.training_dtypes(weight_dtype):
+            size = None if dtype is None else torch.empty((), dtype=dtype).element_size()
+            for parameter in module.parameters():
+                held = size if size is not None and parameter.is_floating_point() else parameter.element_size()
+                total += parameter.numel() * held
+        return total
+
     @contextlib.contextmanager
     def frozen_for_training(self, device: torch.device, weight_dtype: torch.dtype) -> Iterator[None]:
-        """Base weights frozen, on the device, in the compute dtype (the VAE stays fp32); the
-        modules' previous state comes back afterwards, whatever happens."""
+        """Base weights frozen, on the device, in the dtypes of `training_dtypes`; the modules'
+        previous state comes back afterwards, whatever happens."""
         saved = [ModuleState(module) for module in self.modules()]
         try:
             for module in self.modules():
                 module.requires_grad_(False)
-            dtype = weight_dtype if self.owns_weights else None
-            _move(self.denoiser(), device, dtype).train()  # train mode enables checkpointing
-            for encoder in self.text_encoders():
-                _move(encoder, device, dtype).eval()
-            _move(self.vae(), device, torch.float32 if self.owns_weights else None).eval()
+            for module, dtype in self.training_dtypes(weight_dtype):
+                _cast_then_move(module, device, dtype)
+                module.eval()
+            self.denoiser().train()  # train mode enables checkpointing
             yield
         finally:
             for state in saved:
                 state.restore()
 
 
-def _move(module: nn.Module, device: torch.device, dtype: torch.dtype | None) -> nn.Module:
-    """Move, and cast only when the dtype really changes (diffusers warns on every cast)."""
-    module.to(device)
+def _cast_then_move(module: nn.Module, device: torch.device, dtype: torch.dtype | None) -> None:
+    """Cast where the weights are (the CPU, after loading), then move: the device never holds
+    an fp32 copy of weights that train in 16 bits. Cast only when the dtype really changes
+    (diffusers warns on every cast)."""
     if dtype is not None and any(p.dtype != dtype for p in module.parameters()):
         module.to(dtype)
-    return module
+    module.to(device)
 
 
 class ModuleState:

@@ -2,8 +2,8 @@
 `shared.sd_model`, used in place, never copied or cast.
 
 Plain PyTorch over the model object's own API, so it is tested with the real ldm classes
-outside the WebUI; `a1111.py` adds what needs the WebUI (its settings, the Lora extension,
---lowvram, the job queue). What it relies on:
+outside the WebUI; `lib_trainer/webui/` adds what needs the WebUI (its settings, the Lora
+extension, --lowvram, the job queue, its txt2img). What it relies on:
 - text: SD1/SD2 `get_learned_conditioning(prompts)`, which in the WebUI is its own prompt
   handling (75-token chunks, emphasis, clip skip, embeddings); SDXL the conditioner's text
   embedders called one by one, their 3-D outputs concatenated as the context and the 2-D

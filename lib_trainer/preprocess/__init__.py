@@ -1,4 +1,4 @@
 """Dataset preparation: focal-point crop and resize, taggers (WD14, deepbooru, BLIP), tag edits.
 
-Everything here is plain Python; the WebUI-only taggers live in `hosts/a1111_taggers.py`.
+Everything here is plain Python; the WebUI-only taggers live in `webui/taggers.py`.
 """

@@ -1,7 +1,7 @@
 """BLIP captions without the WebUI, from a local transformers folder (no download here).
 
 A folder saved from Salesforce/blip-image-captioning-base (or -large) with
-`save_pretrained` holds what is needed; the WebUI itself uses its own BLIP (hosts/a1111_taggers.py).
+`save_pretrained` holds what is needed; the WebUI itself uses its own BLIP (webui/taggers.py).
 """
 from __future__ import annotations
 

@@ -1,11 +1,12 @@
 """Caption a folder with a tagger: the "Dataset" sub-tab's tagging step and `python -m lib_trainer tag`.
 
 Taggers are a registry (`TAGGERS`): a name maps to a factory that returns an object with
-`tag(images) -> [[(tag, score), ...], ...]`. WD14 runs here through onnxruntime; deepbooru
-and BLIP come from the WebUI when it is present (hosts/a1111_taggers.py), BLIP also from
-a local transformers folder without it. What happens after (thresholds aside) is shared:
-exclusions, underscores, escaping, sorting, limits, trigger word and the merge with the
-caption already on disk, which is backed up before its first overwrite.
+`tag(images) -> [[(tag, score), ...], ...]`. WD14 runs here through onnxruntime, BLIP from a
+local transformers folder; the WebUI registers its own deepbooru and BLIP and its models
+folder for WD14 when it starts (lib_trainer/webui/taggers.py). What happens after
+(thresholds aside) is shared: exclusions, underscores, escaping, sorting, limits, trigger
+word and the merge with the caption already on disk, which is backed up before its first
+overwrite.
 """
 from __future__ import annotations
 
@@ -195,38 +196,20 @@ def make_wd14(options: TagOptions, model: str | None = None, model_path: str | N
             raise ValueError(f"unknown WD14 model {name!r}; known: {', '.join(catalogue)} "
                              f"(add others to {models_file or wd14.MODEL_LIST})")
         info = catalogue[name]
-        folder = wd14.ensure_model(info, models_dir or _webui_models_dir() or wd14.default_models_dir(), download)
+        folder = wd14.ensure_model(info, models_dir or wd14.default_models_dir(), download)
     loaded = wd14.WD14Model(folder, use_gpu, notice)
     general = info.general_threshold if options.general_threshold is None else options.general_threshold
     character = info.character_threshold if options.character_threshold is None else options.character_threshold
     return WD14Tagger(loaded, general, character, options.include_rating)
 
 
-def _webui_models_dir() -> str | None:
-    """Inside the WebUI, WD14 models live in its models folder; None outside it."""
-    try:
-        from ..hosts.a1111_taggers import wd14_models_dir
-    except ImportError:
-        return None
-    return wd14_models_dir()
-
-
 def make_deepbooru(options: TagOptions, **settings):
-    try:
-        from ..hosts import a1111_taggers
-    except ImportError as error:
-        raise RuntimeError("deepbooru uses the WebUI's own model and runs only inside the WebUI; "
-                           "outside it, use a WD14 tagger (--tagger wd14), which is also more accurate") from error
-    return a1111_taggers.WebUIDeepbooru()
+    """Without the WebUI: there is no deepbooru model here (the WebUI registers its own)."""
+    raise RuntimeError("deepbooru uses the WebUI's own model and runs only inside the WebUI; "
+                       "outside it, use a WD14 tagger (--tagger wd14), which is also more accurate")
 
 
 def make_blip(options: TagOptions, model_path: str | None = None, use_gpu: bool = True, **settings):
-    try:
-        from ..hosts import a1111_taggers
-    except ImportError:
-        a1111_taggers = None
-    if a1111_taggers is not None and not model_path:
-        return a1111_taggers.WebUIBlip()
     from .blip import LocalBlip
 
     return LocalBlip(model_path, use_gpu)
@@ -237,6 +220,12 @@ TAGGERS: dict[str, Callable[..., Tagger]] = {
     "deepbooru": make_deepbooru,
     "blip": make_blip,
 }
+
+
+def register_tagger(name: str, factory: Callable[..., Tagger]) -> None:
+    """Add a tagger, or replace the one of that name: the WebUI replaces deepbooru and BLIP
+    with its own models when it starts (lib_trainer/webui/taggers.py)."""
+    TAGGERS[name] = factory
 
 
 def make_tagger(name: str, options: TagOptions, **settings) -> Tagger:

@@ -1,22 +1,23 @@
 """An estimate, shown before a run starts, of the memory training will need.
 
-Exact parts: the model's weights as they will be held and the network's own state (its
-weights, gradients and optimizer state) from the real layer shapes. Estimated part: the
+Exact parts: the model's weights as training will hold them (the bundle says in which
+dtype; before loading, the host side builds the architecture on the meta device, so nothing
+is read to estimate) and the network's own state (its weights, gradients and optimizer
+state) from the real layer shapes. Estimated part: the
 activations kept for the backward pass, from per-megapixel figures for each family with
 16-bit autocast (doubled in fp32), with and without gradient checkpointing. Those depend on
 the attention implementation, so the total is rounded and labelled as an estimate.
 """
 from __future__ import annotations
 
-import functools
-import os
 from dataclasses import dataclass
 
-from torch import nn
 
 from ..config import TrainConfig
 from ..formats.kohya_names import TargetLayer
-from ..networks.registry import find_method
+from ..hosts.bundle import ModelBundle
+from ..networks.registry import find_method, network_targets
+from .precision import compute_dtype
 
 GB = 1024 ** 3
 # GB of activations per megapixel of training image, batch 1, 16-bit: (plain, checkpointed).
@@ -64,47 +65,24 @@ def estimate_memory(config: TrainConfig, family: str, weight_bytes: int, targets
     return MemoryEstimate(weight_bytes / GB, trainable * state_bytes / GB, activations, where)
 
 
-def module_bytes(modules: list[nn.Module]) -> int:
-    return sum(p.numel() * p.element_size() for module in modules for p in module.parameters())
-
-
-@functools.lru_cache(maxsize=8)
-def _full_size_layout(family: str):
-    """(parameter counts of UNet, text encoders, VAE; LoRA targets) of a full-size model,
-    built on the meta device: no memory, a second or two."""
-    from ..hosts.components import build_components
-    from ..hosts.diffusers_sd import DiffusersSDBundle
-
-    components = build_components(family, device="meta", seed=None)
-    bundle = DiffusersSDBundle(components)
-    counts = (sum(p.numel() for p in components.unet.parameters()),
-              sum(p.numel() for e in components.text_encoders for p in e.parameters()),
-              sum(p.numel() for p in components.vae.parameters()))
-    return counts, {include_conv: bundle.target_layers(include_conv) for include_conv in (False, True)}
-
-
-def estimate_for_checkpoint(config: TrainConfig, family: str) -> MemoryEstimate:
-    """The standalone trainer: it loads its own copy, cast to the compute dtype (VAE in fp32)."""
-    (unet, text, vae), targets = _full_size_layout(family)
-    weight_size = 4 if config.mixed_precision == "no" else 2
-    method = find_method(config)
-    include_conv = method.adapts_conv(method.settings(config))
-    chosen = [t for t in targets[include_conv] if (t.component == "unet" and config.train_unet())
-              or (t.component == "text_encoder" and config.train_text_encoder())]
-    device = config.device if config.device != "auto" else "GPU or RAM"
-    return estimate_memory(config, family, (unet + text) * weight_size + vae * 4, chosen, where=device)
+def bundle_memory(config: TrainConfig, bundle: ModelBundle, where: str) -> MemoryEstimate:
+    """The estimate for a bundle, loaded or built on the meta device: its weights as training
+    will hold them (the bundle says in which dtype), the network on its real layers."""
+    _, _, targets = network_targets(config, bundle)
+    weights = bundle.held_weight_bytes(compute_dtype(config.mixed_precision))
+    return estimate_memory(config, bundle.family, weights, targets, where)
 
 
 def memory_summary(config: TrainConfig) -> str:
-    """The standalone trainer's estimate for the configured base model."""
+    """The standalone trainer's estimate for the configured base model, counted on a meta-device
+    build of its architecture (the host side makes it; nothing is loaded)."""
+    from ..hosts import meta_bundle
+
     model = config.pretrained_model_name_or_path
     if model.startswith("tiny:"):
         return "Memory estimate: the tiny test model needs well under 1 GB."
-    if os.path.isfile(model):
-        from ..hosts.single_file import detect_checkpoint
-
-        return estimate_for_checkpoint(config, detect_checkpoint(model).family).summary()
-    if os.path.isdir(model):
-        family = "sdxl" if os.path.isdir(os.path.join(model, "text_encoder_2")) else "sd1"
-        return estimate_for_checkpoint(config, family).summary()
-    return "Memory estimate: unavailable until the base model exists."
+    bundle = meta_bundle(model)
+    if bundle is None:
+        return "Memory estimate: unavailable until the base model exists."
+    where = config.device if config.device != "auto" else "GPU or RAM"
+    return bundle_memory(config, bundle, where).summary()

@@ -6,8 +6,11 @@ When: before the first step (sample_at_first), after every N optimizer steps
 
 What: one image per prompt of the prompt file (sample_prompts.py), with the network as
 trained so far. The seed is the prompt's --d, or else the run's seed plus the prompt's
-index, so every round uses the same seeds and a run repeats exactly. Sampling draws from
-its own generator and runs in eval mode, so it does not change what is trained.
+index, so every round uses the same seeds and a run repeats exactly. The images come from
+the host's txt2img if its bundle brings one (the WebUI's), else from plain torch
+(txt2img.py). A round runs in eval mode, and every global generator (torch on the CPU and
+each CUDA device in use, Python's `random`, numpy's) is given back as it was, whatever the
+backend draws or reseeds: with samples on or off, a run trains the same weights.
 
 Where: <output_dir>/sample/<output_name>_<e000002 after epoch 2 | 000100 after step 100>_<index>_<seed>.png
 (sd-scripts' names without its timestamp; the samples before training are e000000),
@@ -21,7 +24,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 
+import numpy as np
 import torch
 from PIL import Image, PngImagePlugin
 
@@ -32,6 +37,7 @@ from ..progress import Progress
 from .precision import autocast
 from .sample_prompts import SamplePrompt, read_sample_prompts
 from .samplers import SAMPLERS
+from .txt2img import sample_backend
 
 
 def due_after_step(config: TrainConfig, step: int) -> bool:
@@ -83,6 +89,24 @@ def eval_mode(modules: list[torch.nn.Module]):
             state.restore()
 
 
+@contextlib.contextmanager
+def global_rng_kept(devices: list[torch.device]):
+    """Every global random state as it was afterwards: torch's CPU generator and those of the
+    CUDA devices given, Python's `random` and numpy's. (The WebUI's txt2img, for one, calls
+    torch.manual_seed with the sample's seed.)"""
+    cuda = sorted({torch.cuda.current_device() if d.index is None else d.index for d in devices if d.type == "cuda"})
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    mps_state = torch.mps.get_rng_state() if any(d.type == "mps" for d in devices) else None
+    try:
+        with torch.random.fork_rng(devices=cuda):
+            yield
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+        if mps_state is not None:
+            torch.mps.set_rng_state(mps_state)
+
+
 class SampleMaker:
     """Makes the prompt file's images when they are due; the loop calls the three hooks."""
 
@@ -90,6 +114,7 @@ class SampleMaker:
                  progress: Progress) -> None:
         self.config, self.bundle, self.network, self.device, self.progress = config, bundle, network, device, progress
         self.prompts = read_sample_prompts(config.sample_prompts) if config.sampling_enabled() else []
+        self.backend = sample_backend(bundle)
         if self.prompts:
             progress.status(f"sample images {_when(config)} into {os.path.join(config.output_dir, 'sample')}; "
                             f"prompts: {len(self.prompts)} from {config.sample_prompts}")
@@ -110,7 +135,8 @@ class SampleMaker:
 
     def _make(self, label: str, when: str) -> None:
         written = []
-        with eval_mode([self.network, *self.bundle.modules()]), autocast(self.device, self.config.mixed_precision):
+        with global_rng_kept(self._devices()), eval_mode([self.network, *self.bundle.modules()]), \
+                autocast(self.device, self.config.mixed_precision):
             for index, prompt in enumerate(self.prompts):
                 if self.progress.stop_requested:
                     break
@@ -123,10 +149,19 @@ class SampleMaker:
             self.progress.status(f"samples {when}: {len(written)} of {len(self.prompts)} written to "
                                  f"{os.path.dirname(written[0])}")
 
+    def _devices(self) -> list[torch.device]:
+        """The training device and wherever the model's modules are."""
+        found = {self.device}
+        for module in self.bundle.modules():
+            parameter = next(module.parameters(), None)
+            if parameter is not None:
+                found.add(parameter.device)
+        return list(found)
+
     def _make_one(self, label: str, when: str, index: int, prompt: SamplePrompt) -> str:
         seed = sample_seed(self.config.seed, index, prompt)
         sampler = prompt.sampler or self.config.sample_sampler
-        image = self.bundle.sample_image(prompt, sampler, torch.Generator().manual_seed(seed))
+        image = self.backend(prompt, sampler, seed)
         path = sample_path(self.config.output_dir, self.config.output_name, label, index, seed)
         save_png(path, image, infotext(prompt, sampler, seed))
         self.progress.image(image, f"{when}, #{index}: {prompt.prompt}")

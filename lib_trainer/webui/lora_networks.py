@@ -1,0 +1,89 @@
+"""The WebUI's built-in Lora extension (extensions-builtin/Lora), seen from training.
+
+- It merges the last generation's networks into the weights in place and takes them out
+  only on the next forward with another set: training would start on top of the user's last
+  LoRA. They are cleared while training and merged back after.
+- Every saved file is read back through its own loader, and a layer it cannot place is
+  reported loudly: the file would silently do less than it was trained to.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+from typing import Iterator
+
+import torch
+
+from modules import shared  # ImportError outside the WebUI
+
+from ..progress import SAVED, Progress, ProgressEvent
+
+log = logging.getLogger("lib_trainer")
+
+
+def lora_extension():
+    """The built-in Lora extension's `networks` module, if it is loaded."""
+    module = sys.modules.get("networks")
+    return module if module is not None and hasattr(module, "loaded_networks") else None
+
+
+@contextlib.contextmanager
+def lora_networks_cleared(sd_model) -> Iterator[None]:
+    """The model's base weights while training; the user's merged networks back after."""
+    networks = lora_extension()
+    layers = list(getattr(sd_model, "network_layer_mapping", {}).values())
+    if networks is None or not layers:
+        yield
+        return
+    held = list(networks.loaded_networks)
+    networks.loaded_networks.clear()
+    with torch.no_grad():
+        for layer in layers:
+            networks.network_restore_weights_from_backup(layer)
+            layer.network_current_names = ()
+    try:
+        yield
+    finally:
+        networks.loaded_networks[:] = held
+        if held and not getattr(shared.opts, "lora_functional", False):
+            with torch.no_grad():
+                for layer in layers:
+                    networks.network_apply_weights(layer)
+
+
+class ReadBack:
+    """A progress sink: after each save, load the file with the WebUI's own Lora loader."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+
+    def __call__(self, event: ProgressEvent) -> None:
+        if event.kind != SAVED or not event.text:
+            return
+        matched, problem = check_with_webui_loader(event.text)
+        if problem:
+            log.warning(problem)
+            self.progress.status("WARNING: " + problem)
+        elif matched:
+            self.progress.status(f"checked with the WebUI's Lora loader: all {matched} layers matched")
+
+
+def check_with_webui_loader(path: str) -> tuple[int, str]:
+    """(layers the WebUI's Lora loader placed, '' or what it missed)."""
+    networks, network = lora_extension(), sys.modules.get("network")
+    if networks is None or network is None:
+        return 0, ""  # the built-in Lora extension is disabled: nothing to check against
+    from safetensors import safe_open
+
+    name = os.path.splitext(os.path.basename(path))[0]
+    loaded = networks.load_network(name, network.NetworkOnDisk(name, path))
+    with safe_open(path, "pt") as handle:
+        layers = {key.partition(".")[0] for key in handle.keys()}
+    matched = {module.network_key.partition(".")[0] for module in loaded.modules.values()}
+    missing = sorted(layers - matched)
+    if not missing:
+        return len(matched), ""
+    return len(matched), (f"{os.path.basename(path)}: the WebUI's Lora loader did not match {len(missing)} of {len(layers)} layers "
+            f"(e.g. {', '.join(missing[:3])}); those parts of the LoRA will have no effect in the WebUI")

@@ -1,0 +1,164 @@
+"""Training inside the AUTOMATIC1111 WebUI on the checkpoint it has loaded: the job service.
+
+Training is a WebUI job: it waits for and blocks generation through `queue_lock`, reports to
+`shared.state` (job, steps, loss and it/s as textinfo, samples as the live preview) and stops
+after the current step, saving what it has, when Interrupt is pressed. The model is borrowed
+through model.py and given back as it was; each saved file is read back through the WebUI's
+Lora loader (lora_networks.py).
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from typing import Iterator
+
+import torch
+
+from modules import call_queue, devices, paths_internal, shared  # ImportError outside the WebUI
+
+from ..config import TrainConfig
+from ..jobs.queue import QueueItem, TrainQueue
+from ..jobs.service import LocalTrainService
+from ..progress import END, IMAGE, START, STEP, Commands, Progress, ProgressEvent
+from .lora_networks import ReadBack
+from .model import borrowed_model, loaded_bundle
+
+log = logging.getLogger("lib_trainer")
+
+LOADED_MODEL = "(the WebUI's loaded checkpoint)"
+QUEUE_FILE = "queue.json"
+SETTINGS_SECTION = ("lib_trainer", "LoRA Train")
+
+
+def lora_folder() -> str:
+    """Where trained files go: the setting, else the WebUI's Lora folder (--lora-dir)."""
+    configured = getattr(shared.opts, "lib_trainer_output_dir", "") or ""
+    return configured or getattr(shared.cmd_opts, "lora_dir", "") or os.path.join(paths_internal.models_path, "Lora")
+
+
+def state_folder() -> str:
+    """The extension's own folder in the WebUI's data folder: the queue, and what later
+    features keep between runs."""
+    return os.path.join(paths_internal.data_path, "lib_trainer")
+
+
+def queue_path() -> str:
+    """`<state folder>/queue.json`, the folder made (and an old queue file moved into it)."""
+    folder = state_folder()
+    migrate_queue_file(folder)
+    os.makedirs(folder, exist_ok=True)
+    return os.path.join(folder, QUEUE_FILE)
+
+
+def migrate_queue_file(folder: str) -> None:
+    """Earlier versions kept the queue as a JSON file at the state folder's own path: move it
+    aside, make the folder, and put it in the folder as queue.json. Each step can be redone,
+    so a start interrupted half-way finishes the move on the next one."""
+    aside = folder + ".queue-moving"
+    if os.path.isfile(folder):
+        os.replace(folder, aside)
+    if not os.path.isfile(aside):
+        return
+    os.makedirs(folder, exist_ok=True)
+    target = os.path.join(folder, QUEUE_FILE)
+    if os.path.exists(target):  # never overwrite a newer queue; say where the old one is
+        log.warning("an old lib_trainer queue file was left at %s: %s already exists", aside, target)
+        return
+    os.replace(aside, target)
+    log.info("moved the lib_trainer queue file into %s", target)
+
+
+# --- reporting ------------------------------------------------------------------------------------
+
+class WebUIState:
+    """A progress sink that drives `shared.state` (the WebUI's progress API and live preview)
+    and turns its Interrupt into a stop request."""
+
+    def __init__(self, commands: Commands) -> None:
+        self.commands = commands
+
+    def __call__(self, event: ProgressEvent) -> None:
+        state = shared.state
+        if event.kind == START:
+            state.job = f"LoRA training: {event.label}"
+            state.job_count = event.total or 0
+            state.job_no = 0
+        elif event.kind == STEP:
+            state.job_count = event.total or state.job_count
+            state.job_no = event.done
+            state.sampling_step = state.sampling_steps = 0
+            info = event.info
+            parts = [f"{event.label} step {event.done}/{event.total or '?'}"]
+            if "loss" in info:
+                parts.append(f"loss {info['loss']:.4f}")
+            if "it_per_s" in info:
+                parts.append(f"{info['it_per_s']:.2f} it/s")
+            state.textinfo = ", ".join(parts)
+        elif event.kind == IMAGE:
+            state.assign_current_image(event.info["image"])
+        elif event.kind == END:
+            state.textinfo = event.text
+        if state.interrupted or getattr(state, "stopping_generation", False):
+            self.commands.request_stop()
+
+
+# --- the job service --------------------------------------------------------------------------------
+
+def webui_trainer(config: TrainConfig, progress: Progress):
+    """Train one queued config on the loaded model, as a WebUI job."""
+    from ..train.loop import train
+
+    if config.pretrained_model_name_or_path not in ("", LOADED_MODEL):
+        raise ValueError(f"pretrained_model_name_or_path={config.pretrained_model_name_or_path!r}: in the WebUI, "
+                         "training uses the checkpoint the WebUI has loaded; pick it in the checkpoint list at the "
+                         f"top and set the base model to {LOADED_MODEL!r} (other paths are for the standalone trainer)")
+    bundle = loaded_bundle()
+    changes = {"device": str(devices.device)}
+    unet_dtype = next(bundle.denoiser().parameters()).dtype
+    if unet_dtype == torch.float16 and config.mixed_precision == "no":
+        # fp16 weights without autocast would train the LoRA with unscaled fp16 gradients.
+        changes["mixed_precision"] = "fp16"
+        progress.status("the loaded model is in fp16: training with mixed_precision=fp16")
+    config = config.replace(**changes)
+    progress.sinks.append(ReadBack(progress))
+    with borrowed_model(bundle, config.clip_skip):
+        return train(config, bundle=bundle, progress=progress)
+
+
+class WebUITrainService(LocalTrainService):
+    """The standalone service's queue and worker, with each run taken as a WebUI job."""
+
+    def __init__(self, queue: TrainQueue) -> None:
+        super().__init__(queue, trainer=webui_trainer)
+
+    def _host_sinks(self, commands: Commands) -> list:
+        return [WebUIState(commands)]
+
+    @contextlib.contextmanager
+    def _host_job(self, item: QueueItem, progress: Progress) -> Iterator[None]:
+        progress.status("waiting for the WebUI's current job to finish")
+        with call_queue.queue_lock:
+            shared.state.begin(job=f"lib_trainer-{item.id}")
+            try:
+                yield
+            finally:
+                shared.state.end()
+
+
+def webui_defaults() -> TrainConfig:
+    return TrainConfig().replace(pretrained_model_name_or_path=LOADED_MODEL, output_dir=lora_folder())
+
+
+def is_forge() -> bool:
+    return os.path.isdir(os.path.join(paths_internal.script_path, "modules_forge"))
+
+
+def memory_estimate(config: TrainConfig) -> str:
+    """The estimate for the loaded model: its weights as held, the network on its real layers."""
+    from ..train.memory import bundle_memory
+
+    bundle = loaded_bundle()
+    where = "GPU" if devices.device.type == "cuda" else str(devices.device)
+    estimate = bundle_memory(config, bundle, where)
+    return f"Base model: {bundle.model_name or 'the loaded checkpoint'} ({bundle.family}).\n{estimate.summary()}"
