@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-
 from ..config import TrainConfig
 from ..formats.kohya_names import TargetLayer
 from ..hosts.bundle import ModelBundle
