@@ -52,11 +52,3 @@ def beginner_start(config: TrainConfig) -> TrainConfig:
     if config.max_train_epochs or config.max_train_steps:
         return config
     return config.replace(**BEGINNER_START)
-
-
-def apply_preset(config: TrainConfig, name: str) -> TrainConfig:
-    if name in (None, "", CUSTOM):
-        return config
-    if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
-    return config.replace(**PRESETS[name])
