@@ -162,3 +162,27 @@ def test_the_printed_command_resumes_the_run_from_the_command_line(two_bucket_ro
     assert main(argv) == 0
     expected, got = _weights(uninterrupted.final_path), _weights(os.path.join(tmp_path, "test.safetensors"))
     assert all(torch.equal(expected[key], got[key]) for key in expected)
+
+
+def test_a_crash_in_the_middle_of_gradient_accumulation_saves_a_resumable_state(two_bucket_root, uninterrupted,
+                                                                                 tmp_path, monkeypatch):
+    """The state is the one of the last optimizer step (2), not of the half-accumulated step 3."""
+    from lib_trainer.train import loop
+
+    real, calls = loop._batch_loss, []
+
+    def crash_at_sixth_batch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 6:  # the second batch of step 3
+            raise RuntimeError("simulated crash")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "_batch_loss", crash_at_sixth_batch)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(_config(two_bucket_root, tmp_path))
+    monkeypatch.setattr(loop, "_batch_loss", real)
+    state_dir = os.path.join(tmp_path, "test-step00000002-state")
+    assert read_state_info(state_dir)["step"] == 2
+    resumed = train(_config(two_bucket_root, tmp_path, resume=state_dir))
+    expected, got = _weights(uninterrupted.final_path), _weights(resumed.final_path)
+    assert all(torch.equal(expected[key], got[key]) for key in expected)
