@@ -14,10 +14,12 @@ import os
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from .errors import UserError
+
 CONFIG_VERSION = 1
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config that cannot be used; the message lists every problem and how to fix it."""
 
 

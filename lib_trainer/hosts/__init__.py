@@ -1,6 +1,8 @@
 """Where the model comes from. A host hands the trainer a `ModelBundle` (see bundle.py)."""
 from __future__ import annotations
 
+from ..errors import InvalidInput
+
 
 def load_bundle(model: str, v_parameterization: bool = False, clip_skip: int = 1, vae: str = ""):
     """The bundle for a `pretrained_model_name_or_path` value (and kohya's `--vae`)."""
@@ -18,8 +20,8 @@ def load_bundle(model: str, v_parameterization: bool = False, clip_skip: int = 1
     elif os.path.isfile(model):
         return _load_checkpoint_file(model, v_parameterization, clip_skip, vae)
     else:
-        raise ValueError(f"pretrained_model_name_or_path={model!r}: no such file or folder (a .safetensors or "
-                         ".ckpt checkpoint, a diffusers folder, or tiny:sd1 / tiny:sd2 / tiny:sdxl)")
+        raise InvalidInput(f"pretrained_model_name_or_path={model!r}: no such file or folder (a .safetensors or "
+                           ".ckpt checkpoint, a diffusers folder, or tiny:sd1 / tiny:sd2 / tiny:sdxl)")
     if vae:
         from .single_file import load_vae_file
 

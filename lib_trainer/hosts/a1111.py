@@ -34,6 +34,7 @@ from ..jobs.service import LocalTrainService
 from ..progress import END, IMAGE, SAVED, START, STEP, Commands, Progress, ProgressEvent
 from .bundle import ModuleState
 from .ldm_bundle import LiveSDBundle
+from ..errors import InvalidInput
 
 log = logging.getLogger("lib_trainer")
 
@@ -76,7 +77,7 @@ class WebUIBundle(LiveSDBundle):
 def loaded_bundle() -> WebUIBundle:
     model = shared.sd_model
     if model is None:
-        raise RuntimeError("no checkpoint is loaded in the WebUI: load one in the checkpoint list first")
+        raise InvalidInput("no checkpoint is loaded in the WebUI: load one in the checkpoint list first")
     info = getattr(model, "sd_checkpoint_info", None)
     return WebUIBundle(model, model_name=getattr(info, "model_name", "") or "")
 
@@ -245,9 +246,9 @@ def webui_trainer(config: TrainConfig, progress: Progress):
     from ..train.loop import train
 
     if config.pretrained_model_name_or_path not in ("", LOADED_MODEL):
-        raise ValueError(f"pretrained_model_name_or_path={config.pretrained_model_name_or_path!r}: in the WebUI, "
-                         "training uses the checkpoint the WebUI has loaded; pick it in the checkpoint list at the "
-                         f"top and set the base model to {LOADED_MODEL!r} (other paths are for the standalone trainer)")
+        raise InvalidInput(f"pretrained_model_name_or_path={config.pretrained_model_name_or_path!r}: in the WebUI, "
+                           "training uses the checkpoint the WebUI has loaded; pick it in the checkpoint list at the "
+                           f"top and set the base model to {LOADED_MODEL!r} (other paths are for the standalone trainer)")
     bundle = loaded_bundle()
     changes = {"device": str(devices.device)}
     unet_dtype = next(bundle.denoiser().parameters()).dtype

@@ -29,6 +29,7 @@ from ..formats.kohya_names import TargetLayer, clip_text_encoder_targets, find_t
 from ..formats.original_layout import OPENCLIP_LAYER_PARTS, unet_module_from_original
 from .bundle import Conditioning, ModelBundle, latent_sizes, module_fingerprint
 from .fused_attention import ProjectionView, projection_views, split_projections
+from ..errors import UserError
 
 LDM_ATTENTION_BLOCKS = ("SpatialTransformer",)
 LDM_CONV_BLOCKS = ("ResBlock", "Downsample", "Upsample")
@@ -40,7 +41,7 @@ OPENCLIP_BLOCK = re.compile(r"(?:^|\.)transformer\.resblocks\.(\d+)$")
 TEXT_PREFIXES = {"sd1": ["lora_te"], "sd2": ["lora_te"], "sdxl": ["lora_te1", "lora_te2"]}
 
 
-class UnsupportedModel(ValueError):
+class UnsupportedModel(UserError, ValueError):
     """The loaded model is not one this trainer can train on; the message says which and why."""
 
 

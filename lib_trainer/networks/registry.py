@@ -5,6 +5,7 @@ from ..config import TrainConfig
 from ..formats.kohya_names import TargetLayer
 from . import lora
 from .base import Network
+from ..errors import InvalidInput
 
 METHODS = {
     lora.METHOD: lora.create,
@@ -25,11 +26,11 @@ def network_settings(config: TrainConfig) -> dict:
         elif key in settings:
             settings[key] = float(value)
         else:
-            raise ValueError(f"network_args: {key} is not an option of {config.network_module}")
+            raise InvalidInput(f"network_args: {key} is not an option of {config.network_module}")
     return settings
 
 
 def create_network(config: TrainConfig, targets: list[TargetLayer]) -> Network:
     if config.network_module not in METHODS:
-        raise ValueError(f"network_module {config.network_module!r} is unknown; available: {', '.join(METHODS)}")
+        raise InvalidInput(f"network_module {config.network_module!r} is unknown; available: {', '.join(METHODS)}")
     return METHODS[config.network_module](targets, network_settings(config))

@@ -15,9 +15,10 @@ from ..formats.lora_file import save_lora
 from ..formats.metadata import checkpoint_metadata
 from ..networks.base import Network
 from .precision import SAVE_DTYPES
+from ..errors import UserError
 
 
-class UnsafeToSave(RuntimeError):
+class UnsafeToSave(UserError, RuntimeError):
     pass
 
 

@@ -31,9 +31,10 @@ from .precision import autocast, compute_dtype, grad_scaler, resolve_device
 from .sampling import SampleMaker
 from .schedulers import make_scheduler, warmup_steps
 from .text_cache import TextEncoderCache
+from ..errors import InvalidInput, UserError
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(UserError, RuntimeError):
     """The loss became NaN or infinite; nothing was saved from that point on."""
 
 
@@ -285,8 +286,8 @@ def _load_initial_weights(network, path, progress) -> None:
 
     unmatched = network.load_file_state_dict(load_lora(path))
     if unmatched:
-        raise ValueError(f"network_weights {path}: {len(unmatched)} keys match no layer of this network "
-                         f"(e.g. {unmatched[0]}); was it trained on another model family or with other settings?")
+        raise InvalidInput(f"network_weights {path}: {len(unmatched)} keys match no layer of this network "
+                           f"(e.g. {unmatched[0]}); was it trained on another model family or with other settings?")
     progress.status(f"started from the weights in {path}")
 
 

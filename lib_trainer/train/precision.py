@@ -9,6 +9,8 @@ import contextlib
 
 import torch
 
+from ..errors import InvalidInput
+
 COMPUTE_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 SAVE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "float": torch.float32}
 
@@ -32,5 +34,5 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={name}: no CUDA GPU is available here; use device=cpu or auto")
+        raise InvalidInput(f"device={name}: no CUDA GPU is available here; use device=cpu or auto")
     return device

@@ -10,6 +10,8 @@ from typing import Callable
 
 import torch
 
+from ..errors import InvalidInput
+
 
 def _constant(progress: float, cycles: int, power: float) -> float:
     return 1.0
@@ -61,6 +63,6 @@ def lr_factor(name: str, step: int, total_steps: int, warmup: int, cycles: int =
 def make_scheduler(optimizer: torch.optim.Optimizer, name: str, total_steps: int, warmup: int,
                    cycles: int = 1, power: float = 1.0) -> torch.optim.lr_scheduler.LambdaLR:
     if name not in SCHEDULES:
-        raise ValueError(f"lr_scheduler {name!r} is unknown; available: {', '.join(SCHEDULES)}")
+        raise InvalidInput(f"lr_scheduler {name!r} is unknown; available: {', '.join(SCHEDULES)}")
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(name, step, total_steps, warmup, cycles, power))

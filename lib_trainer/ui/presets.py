@@ -6,6 +6,7 @@ choices for them stay. Values follow common kohya_ss practice for each kind of L
 from __future__ import annotations
 
 from ..config import TrainConfig
+from ..errors import InvalidInput
 
 CUSTOM = "(custom)"
 
@@ -46,5 +47,5 @@ def apply_preset(config: TrainConfig, name: str) -> TrainConfig:
     if name in (None, "", CUSTOM):
         return config
     if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
+        raise InvalidInput(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
     return config.replace(**PRESETS[name])

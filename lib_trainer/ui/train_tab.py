@@ -22,6 +22,7 @@ from .form import NETWORK_TYPES, ConfigForm, network_type_of
 from .guard import shows_errors
 from .presets import CUSTOM, PRESETS
 from .render import error_lines, message_html
+from ..errors import InvalidInput
 
 BEGINNER_FIELDS = (("pretrained_model_name_or_path",), ("train_data_dir", "trigger_word"),
                    ("output_dir", "output_name"))
@@ -139,7 +140,7 @@ class TrainTab:
     def _read(self, values) -> TrainConfig:
         config, problems = self.form.read(list(values))
         if problems:
-            raise ValueError("\n".join(problems))
+            raise InvalidInput("\n".join(problems))
         return config
 
     def _check(self, *values):
@@ -191,7 +192,7 @@ class TrainTab:
         def save():
             config, problems = self.form.read(list(values))
             if config is None:
-                raise ValueError("\n".join(problems))
+                raise InvalidInput("\n".join(problems))
             target = path.strip() or os.path.join(config.output_dir, config.output_name + ".toml")
             save_config(config, target)
             notes = [f"this config has problems to fix before training: {p}" for p in problems]
