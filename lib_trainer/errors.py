@@ -43,7 +43,7 @@ def user_message(error: BaseException) -> str:
             return (f"out of memory ({text.splitlines()[0]}): lower train_batch_size or resolution, or turn on "
                     "gradient_checkpointing and mixed_precision")
         return text
-    return f"{type(error).__name__}: {text} (an unexpected error, probably a bug in lib_trainer: the traceback is in the log)"
+    return f"{type(error).__name__}: {text} (an unexpected error, probably a bug in lib_trainer; please report it with its traceback)"
 
 
 def log_unexpected(error: BaseException, what: str) -> str:

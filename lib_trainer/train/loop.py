@@ -27,7 +27,7 @@ from ..progress import Progress
 from . import noise as diffusion
 from .checkpoints import CheckpointWriter, epoch_path, final_path, step_path
 from .optimizers import make_optimizer
-from .precision import autocast, compute_dtype, grad_scaler, resolve_device
+from .precision import autocast, check_precision, compute_dtype, grad_scaler, resolve_device
 from .sampling import SampleMaker
 from .schedulers import make_scheduler, warmup_steps
 from .text_cache import TextEncoderCache
@@ -56,6 +56,7 @@ def train(config: TrainConfig, bundle: ModelBundle | None = None, progress: Prog
     data_rng = random.Random(config.seed)
     noise_rng = torch.Generator().manual_seed(config.seed)
     device = resolve_device(config.device)
+    check_precision(device, config.mixed_precision)
     if bundle is None:
         from ..hosts import load_bundle
 

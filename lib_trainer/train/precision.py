@@ -36,3 +36,15 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise InvalidInput(f"device={name}: no CUDA GPU is available here; use device=cpu or auto")
     return device
+
+
+def check_precision(device: torch.device, mixed_precision: str) -> None:
+    """Refuse bf16 on a CUDA GPU that has none (before Ampere, e.g. a T4, V100 or GTX 10xx),
+    before minutes go into loading the model: there it would fail or run emulated at a
+    fraction of the speed, deep inside the first step."""
+    if mixed_precision != "bf16" or device.type != "cuda":
+        return
+    if not torch.cuda.is_bf16_supported(including_emulation=False):
+        name = torch.cuda.get_device_name(device)
+        raise InvalidInput(f"mixed_precision=bf16: this GPU ({name}) does not support bf16; "
+                           "use mixed_precision=fp16 (with loss scaling) or no")

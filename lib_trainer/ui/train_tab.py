@@ -22,7 +22,7 @@ from .form import NETWORK_TYPES, ConfigForm, network_type_of
 from .guard import shows_errors
 from .presets import CUSTOM, PRESETS
 from .render import error_lines, message_html
-from ..errors import InvalidInput
+from ..errors import InvalidInput, is_expected, log_unexpected, user_message
 
 BEGINNER_FIELDS = (("pretrained_model_name_or_path",), ("train_data_dir", "trigger_word"),
                    ("output_dir", "output_name"))
@@ -45,8 +45,11 @@ def dataset_summary(folder: str) -> str:
         return "Choose the folder that holds `<repeats>_<concept>` folders (e.g. `10_sks dog`)."
     try:
         scan = scan_dataset(folder.strip())
-    except (ValueError, OSError) as error:
-        return "<span class='lt-error-text'>" + html.escape(" ".join(error_lines(error))) + "</span>"
+    except Exception as error:  # noqa: BLE001 - runs on leaving the field, outside the handlers' guard
+        if not is_expected(error):
+            log_unexpected(error, "reading the dataset folder")
+        text = " ".join(error_lines(error)) if is_expected(error) else user_message(error)
+        return "<span class='lt-error-text'>" + html.escape(text) + "</span>"
     lines = []
     for concept in scan.concepts:
         count = sum(1 for item in scan.items if item.concept is concept)
@@ -170,8 +173,10 @@ class TrainTab:
     def _plan_text(self, config: TrainConfig, plan) -> str:
         try:
             memory = self.memory(config)
-        except (ValueError, OSError, RuntimeError) as error:  # an estimate must never block a run
-            memory = f"Memory estimate unavailable: {error}"
+        except Exception as error:  # noqa: BLE001 - an estimate must never block a run
+            if not is_expected(error):
+                log_unexpected(error, "the memory estimate")  # a bug: keep its traceback
+            memory = f"Memory estimate unavailable: {user_message(error)}"
         return f"{plan.summary()}\n\n{memory}"
 
     @shows_errors(1)
