@@ -73,7 +73,8 @@ def test_the_cli_config_error_names_the_key_without_a_traceback(capsys, tmp_path
     code = main(["train", "--config", str(tmp_path / "run.toml")])
     err = capsys.readouterr().err
     assert code == 1 and "Traceback" not in err
-    assert "unknown option 'netwrk_dim'" in err and "did you mean network_dim" in err
+    assert f"error: Cannot read the training config:\n  - unknown option 'netwrk_dim' in {tmp_path / 'run.toml'} " \
+           "(did you mean network_dim?)" in err
 
 
 def run_failing_item(tmp_path, error: Exception):

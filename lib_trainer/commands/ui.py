@@ -37,7 +37,7 @@ def make_service(state_dir: str):
 def run(args: argparse.Namespace) -> int:
     from ..config import TrainConfig
     from ..ui import launch_standalone
-    from ..ui.config_io import read_config_file
+    from ..config_import import read_config_file
 
     defaults = TrainConfig().replace(pretrained_model_name_or_path=args.model, output_dir=args.output_dir)
     if args.config:

@@ -12,12 +12,12 @@ from typing import Callable
 import gradio as gr
 
 from ..config import TrainConfig, save_config
+from ..config_import import read_config_file
 from ..dataset.folders import scan_dataset
 from ..dataset.plan import make_plan
 from ..train.memory import memory_summary
 from ..jobs.service import TrainService
 from .compat import uploaded_path
-from .config_io import read_config_file
 from .form import NETWORK_TYPES, ConfigForm, network_type_of
 from .guard import shows_errors
 from .presets import CUSTOM, PRESETS
