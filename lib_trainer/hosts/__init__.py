@@ -42,4 +42,7 @@ def _load_checkpoint_file(path: str, v_parameterization: bool, clip_skip: int, v
         notes.append("the checkpoint has a ztsnr key: it was trained with zero terminal SNR; "
                      "consider --zero_terminal_snr")
     bundle.notes = tuple(notes)
+    from .model_hashes import model_hashes
+
+    bundle.sd_model_hash, bundle.new_sd_model_hash = model_hashes(path)
     return bundle

@@ -115,6 +115,12 @@ class LiveSDBundle(ModelBundle):
         schedule = getattr(sd_model, "alphas_cumprod_original", None)
         self.alphas_cumprod = (schedule if schedule is not None else sd_model.alphas_cumprod).detach().float().cpu()
         self.model_name = model_name
+        # The WebUI's own hashes of the loaded file (its CheckpointInfo: `hash` is the legacy
+        # one, `sha256` the whole file's, None until the WebUI has computed it); never re-read
+        # the file here.
+        info = getattr(sd_model, "sd_checkpoint_info", None)
+        self.sd_model_hash = str(getattr(info, "hash", "") or "")
+        self.new_sd_model_hash = str(getattr(info, "sha256", "") or "")
         self.unet = sd_model.model.diffusion_model
         self._split: dict[nn.MultiheadAttention, dict[str, ProjectionView]] = {}
         self._checkpointing = False

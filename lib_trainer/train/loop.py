@@ -102,7 +102,8 @@ def _run(config, bundle, plan, network, device, progress, data_rng, noise_rng) -
     scaler = grad_scaler(device, config.mixed_precision)
     metadata = training_metadata(config, plan.training_set, bundle.family, bundle.prediction_type,
                                  bundle.model_name, uuid.uuid4().hex, time.time(), plan.total_steps,
-                                 optimizer_text, network.settings, warmup)
+                                 optimizer_text, network.settings, warmup,
+                                 model_hashes=(bundle.sd_model_hash, bundle.new_sd_model_hash))
     writer = CheckpointWriter(config, network, metadata)
     samples = SampleMaker(config, bundle, network, device, progress)
     params = [p for group in optimizer.param_groups for p in group["params"]]
