@@ -24,6 +24,11 @@ class InvalidInput(UserError, ValueError):
     callers that catch ValueError around a check keep working."""
 
 
+class Unavailable(UserError, RuntimeError):
+    """Something asked for that cannot run here (a package or the WebUI is missing); a
+    RuntimeError too, as these were before."""
+
+
 def is_expected(error: BaseException) -> bool:
     """True for errors whose message is enough: our own `UserError`s, and the operating
     system's (no such file, permission denied, disk full: each names the path) and running

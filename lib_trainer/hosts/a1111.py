@@ -34,7 +34,7 @@ from ..jobs.service import LocalTrainService
 from ..progress import END, IMAGE, SAVED, START, STEP, Commands, Progress, ProgressEvent
 from .bundle import ModuleState
 from .ldm_bundle import LiveSDBundle
-from ..errors import InvalidInput
+from ..errors import InvalidInput, Unavailable
 
 log = logging.getLogger("lib_trainer")
 
@@ -77,7 +77,7 @@ class WebUIBundle(LiveSDBundle):
 def loaded_bundle() -> WebUIBundle:
     model = shared.sd_model
     if model is None:
-        raise InvalidInput("no checkpoint is loaded in the WebUI: load one in the checkpoint list first")
+        raise Unavailable("no checkpoint is loaded in the WebUI: load one in the checkpoint list first")
     info = getattr(model, "sd_checkpoint_info", None)
     return WebUIBundle(model, model_name=getattr(info, "model_name", "") or "")
 

@@ -21,7 +21,7 @@ from ..fileio import write_text_atomic
 from ..progress import Progress, silent
 from . import tags as tag_ops
 from .captions import DEFAULT_CAPTION_EXTENSION, CaptionBackup, caption_path, join_tags, read_caption, split_tags
-from ..errors import InvalidInput
+from ..errors import InvalidInput, Unavailable
 
 MERGE_MODES = ("overwrite", "append", "prepend", "skip")
 # Kaomoji whose underscores are the face itself (the tagger extensions keep these too).
@@ -216,8 +216,8 @@ def make_deepbooru(options: TagOptions, **settings):
     try:
         from ..hosts import a1111_taggers
     except ImportError as error:
-        raise InvalidInput("deepbooru uses the WebUI's own model and runs only inside the WebUI; "
-                           "outside it, use a WD14 tagger (--tagger wd14), which is also more accurate") from error
+        raise Unavailable("deepbooru uses the WebUI's own model and runs only inside the WebUI; "
+                          "outside it, use a WD14 tagger (--tagger wd14), which is also more accurate") from error
     return a1111_taggers.WebUIDeepbooru()
 
 
