@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import traceback
 
 # name -> (module, one-line help)
 COMMANDS = {
@@ -23,6 +24,7 @@ COMMANDS = {
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m lib_trainer", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     subparsers = parser.add_subparsers(dest="command", metavar="command")
     for name, (module_name, summary) in COMMANDS.items():
         sub = subparsers.add_parser(name, help=summary, description=summary)
@@ -30,8 +32,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+DEBUG_HELP = "also print the traceback of errors that have a message (unexpected errors always print theirs)"
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = False
+    while argv and argv[0] == "--debug":  # `python -m lib_trainer --debug <command> ...`
+        debug = True
+        argv.pop(0)
     parser = build_parser()
     if not argv or argv[0] not in COMMANDS:
         parser.parse_args(argv or ["--help"])
@@ -39,7 +48,34 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(COMMANDS[argv[0]][0])
     sub = argparse.ArgumentParser(prog=f"python -m lib_trainer {argv[0]}", description=COMMANDS[argv[0]][1])
     module.add_arguments(sub)
-    return int(module.run(sub.parse_args(argv[1:])) or 0)
+    # `preprocess --debug` is its own option (focal-point views); the others take it after the
+    # command too
+    own_debug = any("--debug" in action.option_strings for action in sub._actions)
+    if not own_debug:
+        sub.add_argument("--debug", action="store_true", help=DEBUG_HELP)
+    args = sub.parse_args(argv[1:])
+    debug = debug or (not own_debug and args.debug)
+    try:
+        return int(module.run(args) or 0)
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # noqa: BLE001 - every error ends as a message; bugs also with their traceback
+        return report_error(error, debug)
+
+
+def report_error(error: BaseException, debug: bool = False) -> int:
+    """Print an error for the person at the terminal; returns the exit status (1).
+
+    An expected error (errors.UserError, a file system error) is its message alone, which says
+    what to change; with --debug its traceback comes first. Anything else is a bug, and its
+    traceback is printed for the report."""
+    from .errors import is_expected, user_message
+
+    if debug or not is_expected(error):
+        traceback.print_exception(type(error), error, error.__traceback__, file=sys.stderr)
+    print(f"error: {user_message(error)}", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

@@ -8,12 +8,13 @@ import argparse
 import sys
 from dataclasses import fields
 
-from .config import TrainConfig, load_config_file, without_kohya_only_options
+from .config import TrainConfig
+from .config_import import read_config_file
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", "--config_file", dest="config_file", default=None,
-                        help="TOML or JSON config file (ours, or sd-scripts style); flags override it")
+                        help="TOML or JSON config file (ours, sd-scripts, lora-scripts or kohya_ss GUI); flags override it")
     parser.add_argument("--save-config", "--save_config", dest="save_config", default=None,
                         help="write the resulting config to this file and exit")
     groups: dict[str, argparse._ArgumentGroup] = {}
@@ -39,9 +40,9 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace, base: TrainConfig | None = None) -> TrainConfig:
     config = base or TrainConfig()
     if getattr(args, "config_file", None):
-        values, notes = without_kohya_only_options(load_config_file(args.config_file))
+        # the same importer as the UI's Load config: ours, sd-scripts, lora-scripts, kohya_ss GUI
+        config, notes = read_config_file(args.config_file, config)
         for note in notes:
             print(f"note: {args.config_file}: {note}", file=sys.stderr)
-        config = config.replace(**values)
     given = {spec.name: getattr(args, spec.name) for spec in fields(TrainConfig) if hasattr(args, spec.name)}
     return config.replace(**given)

@@ -14,10 +14,12 @@ import os
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from .errors import UserError
+
 CONFIG_VERSION = 1
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config that cannot be used; the message lists every problem and how to fix it."""
 
 
@@ -408,15 +410,28 @@ def without_kohya_only_options(values: dict[str, Any]) -> tuple[dict[str, Any], 
     return kept, notes
 
 
-def load_config_file(path: str) -> dict[str, Any]:
-    """Flat key/values from a .toml or .json file; TOML sections (sd-scripts style) are flattened."""
+def load_config_data(path: str) -> dict[str, Any]:
+    """The table in a .toml or .json file as written (sections kept); see config_import.py."""
     if not os.path.isfile(path):
         raise ConfigError(f"Config file {path} does not exist")
     if path.lower().endswith(".json"):
         with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
+            try:
+                data = json.load(handle)
+            except json.JSONDecodeError as error:
+                raise ConfigError(f"{path} is not valid JSON: {error.msg} at line {error.lineno}, "
+                                  f"column {error.colno}") from error
     else:
         data = _read_toml(path)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} holds a {type(data).__name__}; a config file holds a table of options "
+                          "(key = value)")
+    return data
+
+
+def load_config_file(path: str) -> dict[str, Any]:
+    """Flat key/values from a .toml or .json file; TOML sections (sd-scripts style) are flattened."""
+    data = load_config_data(path)
     flat: dict[str, Any] = {}
     for key, value in data.items():
         if isinstance(value, dict):

@@ -5,11 +5,17 @@ Two small objects cross the boundary between the work and whoever shows it:
   WebUI's `shared.state`, Gradio, TensorBoard);
 - commands come in: `Commands` holds requests (stop, save now) that the work polls
   between steps. They are thread-safe so a UI thread can set them.
+
+A sink only shows the work, so a sink that fails (TensorBoard on a full disk, the WebUI's
+read-back of a saved file) never ends it: its first failure is logged with its traceback and
+said once in a status line; it keeps receiving events, in case it recovers.
 """
 from __future__ import annotations
 
+import logging
 import threading
 import time
+import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
@@ -30,6 +36,8 @@ class ProgressEvent:
 
 
 Sink = Callable[[ProgressEvent], None]
+
+log = logging.getLogger("lib_trainer")
 
 
 class Commands:
@@ -65,10 +73,25 @@ class Progress:
         self.commands = commands or Commands()
         self._label = ""
         self._total: int | None = None
+        self._failed_sinks: list[Sink] = []  # the sinks whose failure was reported
 
     def emit(self, event: ProgressEvent) -> None:
-        for sink in self.sinks:
-            sink(event)
+        for sink in list(self.sinks):  # a sink may add one (the WebUI's read-back)
+            try:
+                sink(event)
+            except Exception as error:  # noqa: BLE001 - a display must never end the work it shows
+                self._sink_failed(sink, error)
+
+    def _sink_failed(self, sink: Sink, error: Exception) -> None:
+        if any(failed is sink for failed in self._failed_sinks):
+            return
+        self._failed_sinks.append(sink)
+        name = sink_name(sink)
+        log.error("progress sink %s failed; the work goes on without it:\n%s", name,
+                  "".join(traceback.format_exception(type(error), error, error.__traceback__)))
+        # to the other sinks (this one is now marked, so a second failure here is not reported)
+        self.status(f"warning: {name} failed ({type(error).__name__}: {error}); the work goes on "
+                    "(the traceback is in the log)")
 
     def start(self, label: str, total: int | None = None) -> None:
         self._label, self._total = label, total
@@ -95,6 +118,11 @@ class Progress:
     @property
     def stop_requested(self) -> bool:
         return self.commands.stop_requested
+
+
+def sink_name(sink: Sink) -> str:
+    """What the user knows a sink as: its class (TensorBoardSink, ReadBack) or function name."""
+    return getattr(sink, "__qualname__", None) or type(sink).__qualname__  # functions have one, instances not
 
 
 def silent() -> Progress:

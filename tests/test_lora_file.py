@@ -4,7 +4,6 @@ model computes exactly what our network computed."""
 from __future__ import annotations
 
 import hashlib
-import json
 import struct
 
 import pytest
@@ -113,14 +112,19 @@ def test_sdxl_file_layout_is_kohyas():
 
 def test_hashes_are_kohyas(tmp_path):
     path = str(tmp_path / "h.safetensors")
-    tensors = {"a.lora_down.weight": torch.arange(6, dtype=torch.float32).reshape(2, 3)}
+    # over 1 MiB + 64 KiB, so the legacy hash covers real bytes, not an empty read
+    tensors = {"a.lora_down.weight": torch.arange(6, dtype=torch.float32).reshape(2, 3),
+               "a.lora_up.weight": torch.arange(300_000, dtype=torch.float32).reshape(1000, 300)}
     save_lora(path, tensors, {"ss_output_name": "h", "user_note": "x"})
     metadata = read_metadata(path)
     from safetensors.torch import save
 
+    # kohya's precalculate_safetensors_hashes: the file as written with only the ss_* metadata
     reference = save(tensors, {"ss_output_name": "h"})
+    assert len(reference) > 0x110000
     header = struct.unpack("<Q", reference[:8])[0]
     assert metadata["sshs_model_hash"] == hashlib.sha256(reference[8 + header:]).hexdigest()
+    assert metadata["sshs_legacy_hash"] == hashlib.sha256(reference[0x100000:0x110000]).hexdigest()[:8]
     assert metadata["user_note"] == "x"
 
 
@@ -165,5 +169,3 @@ def test_network_weights_round_trip(tmp_path):
     assert fresh.load_file_state_dict(load_lora(path)) == []
     for key, value in network.file_state_dict().items():
         assert torch.equal(value, fresh.file_state_dict()[key])
-    metadata_json = json.dumps(read_metadata(path))
-    assert "sshs_legacy_hash" in metadata_json

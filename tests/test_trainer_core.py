@@ -182,6 +182,6 @@ def test_the_divergence_advice_fits_the_run():
 
 def test_network_weights_that_fit_nothing_are_refused(small_root, tmp_path):
     first = train(quick_config(small_root, str(tmp_path / "a"), max_train_steps=1))
-    with pytest.raises(ValueError, match="rank 4, this network rank 8"):
+    with pytest.raises(ValueError, match="rank 4, this network rank 8"):  # InvalidInput is a ValueError
         train(quick_config(small_root, str(tmp_path / "b"), network_dim=8, network_weights=first.final_path))
     assert LORA.recognises(load_lora(first.final_path))

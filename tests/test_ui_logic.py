@@ -9,7 +9,7 @@ import pytest
 
 from lib_trainer.config import TrainConfig
 from lib_trainer.jobs import LocalTrainService, TrainQueue
-from lib_trainer.ui.config_io import read_config_file
+from lib_trainer.config_import import read_config_file
 from lib_trainer.ui.form import GROUP_TITLES, HIDDEN_GROUPS, ConfigForm
 from lib_trainer.ui.live_view import LiveView
 from lib_trainer.ui.presets import PRESETS, beginner_start

@@ -132,13 +132,19 @@ def assert_same_state(before: dict, after: dict) -> None:
         assert before[part] == after[part], part
 
 
-class FailAtStep:
-    def __init__(self, step: int) -> None:
-        self.step = step
+class FailsAtStep(LiveSDBundle):
+    """The loaded model, failing inside the forward pass of one step (as a CUDA error would);
+    a failing progress sink no longer ends a run (progress.py), so the failure comes from here."""
 
-    def __call__(self, event) -> None:
-        if event.kind == "step" and event.label == "training" and event.done == self.step:
+    def __init__(self, model, step: int) -> None:
+        super().__init__(model)
+        self.step, self.calls = step, 0
+
+    def predict(self, *args, **kwargs):
+        self.calls += 1
+        if self.calls == self.step:
             raise RuntimeError("simulated failure")
+        return super().predict(*args, **kwargs)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -158,8 +164,7 @@ def test_the_borrowed_model_is_given_back_exactly_after_train_fail_and_stop(mode
     assert_same_state(before, model_state(model))
 
     with pytest.raises(RuntimeError, match="simulated failure"):
-        train(quick_config(small_root, str(tmp_path / "failed"), **settings), bundle=LiveSDBundle(model),
-              progress=Progress([FailAtStep(2)]))
+        train(quick_config(small_root, str(tmp_path / "failed"), **settings), bundle=FailsAtStep(model, 3))
     assert_same_state(before, model_state(model))
     assert (tmp_path / "failed" / "test-step00000002.safetensors").is_file()  # what was trained is kept
 

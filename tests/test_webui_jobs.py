@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import sys
 import threading
 import types
@@ -66,16 +67,65 @@ class FakeLora:
 
 
     def load_network(self, name, on_disk):
-        """What the loader matched: every layer except those the test marks unknown."""
+        """Match as the WebUI's Lora loader does (extensions-builtin/Lora/networks.py): each
+        file layer's name is turned into the WebUI's name of a module, which must be in the
+        model's network layer mapping; a layer whose module is not there is not loaded."""
         from safetensors import safe_open
 
+        mapping = webui_layer_mapping(self.shared.sd_model, self.hidden)
         with safe_open(on_disk.filename, "pt") as handle:
             layers = {key.partition(".")[0] for key in handle.keys()}
         matched = {layer: types.SimpleNamespace(network_key=f"{layer}.alpha") for layer in layers
-                   if not any(part in layer for part in self.unknown)}
+                   if webui_layer_name(layer) in mapping}
         return types.SimpleNamespace(name=name, modules=matched)
 
-    unknown: tuple = ()
+    shared = None
+    hidden: tuple = ()  # module names left out of the mapping, as for a model the WebUI wraps otherwise
+
+
+def webui_layer_mapping(sd_model, hidden=()) -> set[str]:
+    """The WebUI's network_layer_mapping of an SD1 model: every module of the text encoder
+    (inside the hijack's `wrapped`) and of `model`, named by its path with "_" for "."."""
+    text = getattr(sd_model.cond_stage_model, "wrapped", sd_model.cond_stage_model)
+    text_names = [name for name, _ in text.named_modules()]
+    if not hasattr(text.transformer, "text_model"):
+        # transformers 5's CLIPTextModel dropped the `text_model` level that the WebUI's
+        # transformers 4 has (its names are transformer.text_model.encoder...): name them so
+        text_names = [name.replace("transformer.", "transformer.text_model.", 1) for name in text_names]
+    names = text_names + [name for name, _ in sd_model.model.named_modules()]
+    return {name.replace(".", "_") for name in names if not any(name.startswith(h) for h in hidden)}
+
+
+RESNET_PARTS = {"conv1": "in_layers_2", "conv2": "out_layers_3", "norm1": "in_layers_0", "norm2": "out_layers_0",
+                "time_emb_proj": "emb_layers_1", "conv_shortcut": "skip_connection"}
+
+
+def webui_layer_name(layer: str) -> str:
+    """The WebUI's module name for a kohya SD1 layer name (diffusers numbering -> ldm's):
+    down block b, item i is input block 1 + 3b + i; up block b, item i is output block 3b + i;
+    attentions sit at index 1 of an ldm block, resnets at 0, with ldm's names for their parts."""
+    found = re.fullmatch(r"lora_unet_(down|up)_blocks_(\d+)_(attentions|resnets)_(\d+)_(.+)", layer)
+    if found:
+        side, block, kind, item, part = found.groups()
+        number = (1 if side == "down" else 0) + 3 * int(block) + int(item)
+        part = RESNET_PARTS.get(part, part) if kind == "resnets" else part
+        where = "input" if side == "down" else "output"
+        return f"diffusion_model_{where}_blocks_{number}_{1 if kind == 'attentions' else 0}_{part}"
+    found = re.fullmatch(r"lora_unet_mid_block_(attentions|resnets)_(\d+)_(.+)", layer)
+    if found:
+        kind, item, part = found.groups()
+        number = 1 if kind == "attentions" else 2 * int(item)
+        return f"diffusion_model_middle_block_{number}_{RESNET_PARTS.get(part, part) if kind == 'resnets' else part}"
+    found = re.fullmatch(r"lora_unet_down_blocks_(\d+)_downsamplers_0_conv", layer)
+    if found:
+        return f"diffusion_model_input_blocks_{3 + 3 * int(found.group(1))}_0_op"
+    found = re.fullmatch(r"lora_unet_up_blocks_(\d+)_upsamplers_0_conv", layer)
+    if found:
+        block = int(found.group(1))
+        return f"diffusion_model_output_blocks_{2 + 3 * block}_{2 if block > 0 else 1}_conv"
+    if layer.startswith("lora_te_text_model_"):
+        return "transformer_" + layer[len("lora_te_"):]
+    return layer
 
 
 class FakeNetwork:
@@ -112,6 +162,7 @@ def webui(monkeypatch, tmp_path):
         monkeypatch.setitem(sys.modules, f"modules.{name}", value)
     monkeypatch.setitem(sys.modules, "modules", package)
     lora = FakeLora()
+    lora.shared = shared
     monkeypatch.setitem(sys.modules, "networks", lora)
     monkeypatch.setitem(sys.modules, "network", types.SimpleNamespace(
         NetworkOnDisk=lambda name, filename: types.SimpleNamespace(name=name, filename=filename)))
@@ -278,13 +329,25 @@ def test_each_saved_file_is_read_back_and_unmatched_layers_are_reported(webui, s
     assert not [m for m in messages if "WARNING" in m]
     assert messages.count("checked with the WebUI's Lora loader: all 216 layers matched") == 2
 
-    webui.fake.lora.unknown = ("lora_te_",)  # a loader that does not know the text encoder's names
+    webui.fake.lora.hidden = ("transformer",)  # a model whose text encoder the WebUI maps otherwise
     messages.clear()
     webui.service.webui_trainer(config.replace(output_dir=str(tmp_path / "bad")), Progress(
         [lambda event: event.kind == "status" and messages.append(event.text)]))
     warnings = [m for m in messages if m.startswith("WARNING")]
     assert len(warnings) == 2  # the step-1 file and the final one
-    assert "did not match 24 of 216 layers" in warnings[0]  # 4 text layers x 6 and "lora_te_text_model" in warnings[0]
+    assert "did not match 24 of 216 layers" in warnings[0]
+
+    # the stand-in rejects what the WebUI rejects: a layer the model does not have
+    from safetensors.torch import save_file
+
+    webui.fake.lora.hidden = ()
+    odd = str(tmp_path / "odd.safetensors")
+    save_file({f"{layer}.{part}": torch.zeros(1, 1) for layer in ("lora_unet_down_blocks_0_attentions_0_proj_in",
+                                                                   "lora_unet_down_blocks_7_attentions_0_proj_in")
+               for part in ("lora_down.weight", "lora_up.weight")}, odd)
+    matched, problem = sys.modules["lib_trainer.webui.lora_networks"].check_with_webui_loader(odd)
+    assert matched == 1
+    assert "did not match 1 of 2 layers (e.g. lora_unet_down_blocks_7_attentions_0_proj_in)" in problem
 
 
 def test_the_queue_lives_in_the_state_folder_and_an_old_queue_file_is_moved_into_it(webui, small_root, tmp_path):

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
 from ..cli_args import add_config_arguments, config_from_args
-from ..config import ConfigError, TrainConfig
+from ..config import TrainConfig
 from ..demo_data import TRIGGER, make_demo_dataset
 
 DEMO_SETTINGS = dict(
@@ -32,12 +31,8 @@ def run(args: argparse.Namespace) -> int:
     from .train import run_training
 
     make_demo_dataset(os.path.join(args.out, "dataset"))
-    try:
-        config = config_from_args(args, base=demo_config(args.out))
-        result = run_training(config)
-    except (ConfigError, ValueError, RuntimeError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    config = config_from_args(args, base=demo_config(args.out))
+    result = run_training(config)
     print(f"\nLoRA written to: {os.path.abspath(result.final_path)}")
     print(f"Use it in the WebUI as <lora:{config.output_name}:1> with the trigger word '{TRIGGER}'.")
     return 0

@@ -58,12 +58,9 @@ def run(args: argparse.Namespace) -> int:
                          not args.keep_underscores, not args.no_escape, args.sort, args.max_tags, args.trigger,
                          args.mode, args.rating, args.caption_ext, args.batch_size)
     options.validate()
-    try:
-        tagger = make_tagger(args.tagger, options, model=args.model, model_path=args.model_path,
-                             models_dir=args.models_dir, download=args.download, use_gpu=not args.cpu,
-                             models_file=args.models_file)
-    except (FileNotFoundError, RuntimeError, ValueError) as error:
-        raise SystemExit(str(error)) from None
+    tagger = make_tagger(args.tagger, options, model=args.model, model_path=args.model_path,
+                         models_dir=args.models_dir, download=args.download, use_gpu=not args.cpu,
+                         models_file=args.models_file)
     sinks = []
     if not args.quiet:
         from ..terminal import TerminalSink

@@ -6,7 +6,7 @@ import signal
 import sys
 
 from ..cli_args import add_config_arguments, config_from_args
-from ..config import ConfigError, save_config
+from ..config import save_config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -14,16 +14,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        config = config_from_args(args)
-        if args.save_config:
-            save_config(config.validate(), args.save_config)
-            print(f"config written to {args.save_config}")
-            return 0
-        result = run_training(config)
-    except (ConfigError, ValueError, RuntimeError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    # errors reach __main__.main, which prints a message (and a bug's traceback)
+    config = config_from_args(args)
+    if args.save_config:
+        save_config(config.validate(), args.save_config)
+        print(f"config written to {args.save_config}")
+        return 0
+    result = run_training(config)
     print(result.final_path)
     return 0 if not result.stopped_early else 130
 

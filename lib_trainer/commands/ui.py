@@ -35,20 +35,16 @@ def make_service(state_dir: str):
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..config import ConfigError, TrainConfig
+    from ..config import TrainConfig
     from ..ui import launch_standalone
-    from ..ui.config_io import read_config_file
+    from ..config_import import read_config_file
 
-    try:
-        defaults = TrainConfig().replace(pretrained_model_name_or_path=args.model, output_dir=args.output_dir)
-        if args.config:
-            defaults, notes = read_config_file(args.config, defaults)
-            for note in notes:
-                print(f"note: {args.config}: {note}", file=sys.stderr)
-        service = make_service(args.state_dir)
-    except (ConfigError, ValueError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    defaults = TrainConfig().replace(pretrained_model_name_or_path=args.model, output_dir=args.output_dir)
+    if args.config:
+        defaults, notes = read_config_file(args.config, defaults)
+        for note in notes:
+            print(f"note: {args.config}: {note}", file=sys.stderr)
+    service = make_service(args.state_dir)
     if args.model and not args.model.startswith("tiny:") and not os.path.exists(args.model):
         print(f"warning: --model {args.model} does not exist; choose the model in the form", file=sys.stderr)
     # gradio 3.41 builds an empty altair chart for every no-op update of the loss plot.

@@ -4,8 +4,10 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from ..errors import UserError
 
-class CaptionError(ValueError):
+
+class CaptionError(UserError, ValueError):
     """A caption file that cannot be read; the message names it and says what to do."""
 
 

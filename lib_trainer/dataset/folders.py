@@ -12,12 +12,13 @@ from dataclasses import dataclass, field
 
 from .captions import CaptionError, read_caption
 from .images import ImageReadError, image_size, is_image_file, list_images
+from ..errors import UserError
 
 FOLDER_PATTERN = re.compile(r"^(\d+)_(.+)$")
 OTHER_CAPTION_EXTENSIONS = (".txt", ".caption")
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError, ValueError):
     """A dataset that cannot be trained on; the message says what to fix."""
 
 

@@ -5,10 +5,12 @@ import os
 
 from PIL import Image, ImageOps
 
+from ..errors import UserError
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
-class ImageReadError(ValueError):
+class ImageReadError(UserError, ValueError):
     """An image file that cannot be used; the message names the file and the reason."""
 
 

@@ -19,10 +19,12 @@ ARCHITECTURES = {"sd1": "stable-diffusion-v1", "sd2": "stable-diffusion-v2-512",
 
 def training_metadata(config: TrainConfig, training_set: TrainingSet, family: str, prediction_type: str,
                       model_name: str, session_id: str, started_at: float, total_steps: int,
-                      optimizer_description: str, network_metadata: dict[str, str],
-                      warmup_steps: int) -> dict[str, str]:
+                      optimizer_description: str, network_metadata: dict[str, str], warmup_steps: int,
+                      model_hashes: tuple[str, str] = ("", "")) -> dict[str, str]:
     """The metadata fixed for the whole run; `checkpoint_metadata` adds the per-save keys.
-    `network_metadata`: the trainable's own ss_network_* keys."""
+    `network_metadata`: the trainable's own ss_network_* keys. `model_hashes`: the base
+    model's legacy and sha256 hashes, left out when unknown (as kohya leaves them out for a
+    model that is not a file)."""
     width, height = config.resolution_wh()
     meta = {
         "ss_session_id": session_id,
@@ -86,6 +88,9 @@ def training_metadata(config: TrainConfig, training_set: TrainingSet, family: st
         "modelspec.resolution": f"{width}x{height}",
         "modelspec.prediction_type": "v" if prediction_type == "v_prediction" else "epsilon",
     }
+    for key, value in zip(("ss_sd_model_hash", "ss_new_sd_model_hash"), model_hashes):
+        if value:
+            meta[key] = value
     return {key: _text(value) for key, value in meta.items()}
 
 

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import functools
 
+from ..errors import InvalidInput
+
 
 def load_bundle(model: str, v_parameterization: bool = False, clip_skip: int = 1, vae: str = ""):
     """The bundle for a `pretrained_model_name_or_path` value (and kohya's `--vae`)."""
@@ -20,8 +22,8 @@ def load_bundle(model: str, v_parameterization: bool = False, clip_skip: int = 1
     elif os.path.isfile(model):
         return _load_checkpoint_file(model, v_parameterization, clip_skip, vae)
     else:
-        raise ValueError(f"pretrained_model_name_or_path={model!r}: no such file or folder (a .safetensors or "
-                         ".ckpt checkpoint, a diffusers folder, or tiny:sd1 / tiny:sd2 / tiny:sdxl)")
+        raise InvalidInput(f"pretrained_model_name_or_path={model!r}: no such file or folder (a .safetensors or "
+                           ".ckpt checkpoint, a diffusers folder, or tiny:sd1 / tiny:sd2 / tiny:sdxl)")
     if vae:
         from .single_file import load_vae_file
 
@@ -42,6 +44,9 @@ def _load_checkpoint_file(path: str, v_parameterization: bool, clip_skip: int, v
         notes.append("the checkpoint has a ztsnr key: it was trained with zero terminal SNR; "
                      "consider --zero_terminal_snr")
     bundle.notes = tuple(notes)
+    from .model_hashes import model_hashes
+
+    bundle.sd_model_hash, bundle.new_sd_model_hash = model_hashes(path)
     return bundle
 
 

@@ -46,6 +46,9 @@ class ModelBundle:
     family: str = "sd1"                    # sd1, sd2, sdxl
     prediction_type: str = "epsilon"       # or "v_prediction"
     model_name: str = ""                   # shown as ss_sd_model_name
+    # kohya's base-model hashes (hosts/model_hashes.py): ss_sd_model_hash, ss_new_sd_model_hash
+    sd_model_hash: str = ""
+    new_sd_model_hash: str = ""
     alphas_cumprod: torch.Tensor           # (1000,) noise schedule
     # A bundle that loaded its own copy may cast it to the compute dtype; one that borrows a
     # live model (the WebUI's) must not, since casting down and back is not lossless.

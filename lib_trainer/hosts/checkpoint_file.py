@@ -16,14 +16,15 @@ from __future__ import annotations
 
 import os
 import pickle
-import zipfile
 
 import torch
+
+from ..errors import UserError
 
 REOPEN_AFTER_BYTES = 256 * 2**20
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint that cannot be used, with what to do about it."""
 
 
@@ -150,6 +151,8 @@ def open_checkpoint(path: str) -> CheckpointReader:
     """A reader for `path`: safetensors by extension, otherwise a PyTorch pickle."""
     if not os.path.isfile(path):
         raise CheckpointError(f"{path} is a folder, not a checkpoint file" if os.path.isdir(path) else f"{path}: no such file")
+    if os.path.getsize(path) == 0:
+        raise CheckpointError(f"{path} is empty (0 bytes): its download or copy did not finish; download it again")
     if path.lower().endswith(".safetensors"):
         return SafetensorsReader(path)
     return TorchCheckpointReader(path)
@@ -170,10 +173,14 @@ def load_ckpt_state_dict(path: str) -> dict[str, torch.Tensor]:
                 loaded = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         raise _unpickling_error(path, error) from error
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as error:
+    except Exception as error:  # noqa: BLE001 - see below
+        # On bytes that are not a checkpoint, torch's weights-only unpickler fails in whatever way
+        # the garbage leads it to (IndexError, KeyError, EOFError, zipfile errors, ...): all of
+        # them mean "not a readable checkpoint", never a bug in the caller.
+        detail = (str(error).strip().splitlines() or [""])[0]
         raise CheckpointError(
-            f"{path} is not a readable PyTorch checkpoint ({str(error).splitlines()[0]}). It may be incomplete: "
-            "download it again, or use the .safetensors version of the model.") from error
+            f"{path} is not a readable PyTorch checkpoint ({type(error).__name__}: {detail}). It may be incomplete "
+            "or not a model file: download it again, or use the .safetensors version of the model.") from error
     return _state_dict_of(path, loaded)
 
 

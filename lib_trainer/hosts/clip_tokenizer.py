@@ -15,6 +15,8 @@ import json
 import os
 import tempfile
 
+from ..errors import Unavailable
+
 # 49152 merges minus the 256 byte symbols and their 256 end-of-word forms, plus the header.
 _MERGE_COUNT = 49152 - 256 - 2
 BOS_TOKEN = "<|startoftext|>"
@@ -41,7 +43,7 @@ def _byte_symbols() -> list[str]:
 def bpe_vocab_path() -> str:
     spec = importlib.util.find_spec("open_clip")
     if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError(
+        raise Unavailable(
             "The CLIP vocabulary comes from the open_clip_torch package, which is not installed. "
             "Install it with: pip install --no-deps open_clip_torch"
         )

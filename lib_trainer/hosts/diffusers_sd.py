@@ -17,6 +17,7 @@ from ..formats.kohya_names import clip_text_encoder_targets, diffusers_unet_targ
 from .bundle import Conditioning, ModelBundle, latent_sizes, module_fingerprint, scaled_linear_alphas_cumprod
 from .components import ModelComponents
 from .prompt_chunks import batch_chunk_ids
+from ..errors import InvalidInput
 
 # kohya's key prefix of each text encoder in the LoRA file.
 TEXT_ENCODER_PREFIXES = {"sd1": ["lora_te"], "sd2": ["lora_te"], "sdxl": ["lora_te1", "lora_te2"]}
@@ -160,7 +161,7 @@ def load_diffusers_folder(folder: str, v_parameterization: bool = False, clip_sk
 
     index_path = os.path.join(folder, "model_index.json")
     if not os.path.isfile(index_path):
-        raise ValueError(f"{folder} is not a diffusers model folder (no model_index.json)")
+        raise InvalidInput(f"{folder} is not a diffusers model folder (no model_index.json)")
     with open(index_path, encoding="utf-8") as handle:
         index = json.load(handle)
     unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet")

@@ -29,6 +29,7 @@ from ..formats.kohya_names import TargetLayer, clip_text_encoder_targets, find_t
 from ..formats.original_layout import OPENCLIP_LAYER_PARTS, unet_module_from_original
 from .bundle import Conditioning, ModelBundle, latent_sizes, module_fingerprint
 from .fused_attention import ProjectionView, projection_views, split_projections
+from ..errors import UserError
 
 LDM_ATTENTION_BLOCKS = ("SpatialTransformer",)
 LDM_CONV_BLOCKS = ("ResBlock", "Downsample", "Upsample")
@@ -40,7 +41,7 @@ OPENCLIP_BLOCK = re.compile(r"(?:^|\.)transformer\.resblocks\.(\d+)$")
 TEXT_PREFIXES = {"sd1": ["lora_te"], "sd2": ["lora_te"], "sdxl": ["lora_te1", "lora_te2"]}
 
 
-class UnsupportedModel(ValueError):
+class UnsupportedModel(UserError, ValueError):
     """The loaded model is not one this trainer can train on; the message says which and why."""
 
 
@@ -114,6 +115,12 @@ class LiveSDBundle(ModelBundle):
         schedule = getattr(sd_model, "alphas_cumprod_original", None)
         self.alphas_cumprod = (schedule if schedule is not None else sd_model.alphas_cumprod).detach().float().cpu()
         self.model_name = model_name
+        # The WebUI's own hashes of the loaded file (its CheckpointInfo: `hash` is the legacy
+        # one, `sha256` the whole file's, None until the WebUI has computed it); never re-read
+        # the file here.
+        info = getattr(sd_model, "sd_checkpoint_info", None)
+        self.sd_model_hash = str(getattr(info, "hash", "") or "")
+        self.new_sd_model_hash = str(getattr(info, "sha256", "") or "")
         self.unet = sd_model.model.diffusion_model
         self._split: dict[nn.MultiheadAttention, dict[str, ProjectionView]] = {}
         self._checkpointing = False

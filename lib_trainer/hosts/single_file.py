@@ -181,12 +181,12 @@ def _rebuild_constant_buffers(module: nn.Module) -> None:
             continue
         owner_name, _, attribute = name.rpartition(".")
         if attribute != "position_ids":
-            raise RuntimeError(f"{type(module).__name__}.{name} is not in the checkpoint and cannot be rebuilt")
+            raise CheckpointError(f"{type(module).__name__}.{name} is not in the checkpoint and cannot be rebuilt")
         owner = module.get_submodule(owner_name)
         owner.register_buffer(attribute, torch.arange(buffer.shape[-1]).expand(buffer.shape), persistent=False)
     left = [name for name, tensor in module.state_dict(keep_vars=True).items() if tensor.is_meta]
     if left:
-        raise RuntimeError(f"{type(module).__name__}: not loaded: {', '.join(left[:5])}")
+        raise CheckpointError(f"{type(module).__name__}: not loaded: {', '.join(left[:5])}")
 
 
 def _with_sd2_test(info: CheckpointInfo, unet: nn.Module) -> CheckpointInfo:

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 from .components import ModelComponents, build_components
 from .diffusers_sd import DiffusersSDBundle
+from ..errors import InvalidInput
 
 TINY_FAMILIES = ("sd1", "sd2", "sdxl")
 
 
 def build_tiny_components(variant: str = "sd1", seed: int = 0) -> ModelComponents:
     if variant not in TINY_FAMILIES:
-        raise ValueError(f"tiny:{variant}: the tiny model families are: {', '.join(TINY_FAMILIES)}")
+        raise InvalidInput(f"tiny:{variant}: the tiny model families are: {', '.join(TINY_FAMILIES)}")
     return build_components(f"tiny-{variant}", seed=seed)
 
 

@@ -22,6 +22,7 @@ from typing import Any
 
 from ..config import TrainConfig
 from ..fileio import write_text_atomic
+from ..errors import UserError
 
 WAITING, RUNNING, DONE, STOPPED, FAILED = "waiting", "running", "done", "stopped", "failed"
 FINISHED = (DONE, STOPPED, FAILED)
@@ -50,7 +51,7 @@ class QueueItem:
         return TrainConfig.from_dict(self.config, source=f"queue item {self.id}")
 
 
-class QueueError(ValueError):
+class QueueError(UserError, ValueError):
     """A queue operation that cannot be done (unknown item, item not waiting)."""
 
 

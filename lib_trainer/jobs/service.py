@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import threading
-import traceback
 from dataclasses import dataclass
 from typing import Callable
 
-from ..config import ConfigError, TrainConfig
+from ..config import TrainConfig
+from ..errors import is_expected, log_unexpected, user_message
 from ..progress import STATE, Commands, Progress
 from .queue import DONE, FAILED, STOPPED, QueueItem, TrainQueue
 from .state import RunState, RunView
@@ -148,12 +148,13 @@ class LocalTrainService(TrainService):
         try:
             with self._host_job(item, progress):
                 result = self.trainer(item.train_config(), progress)
-        except (ConfigError, ValueError, RuntimeError, OSError) as error:
-            # Expected failures (dataset, config, divergence, disk) read as messages.
-            self._failed(item, str(error))
-            return
-        except Exception as error:  # a bug: show the message, keep the trace under it for a report
-            self._failed(item, f"{type(error).__name__}: {error}", traceback.format_exc(limit=8))
+        except Exception as error:  # noqa: BLE001 - a run's failure is shown, never raised into the worker
+            if is_expected(error):
+                # dataset, config, checkpoint, divergence, disk: the message says what to change
+                self._failed(item, user_message(error))
+            else:
+                # a bug: logged with its traceback, and shown with it under the message for a report
+                self._failed(item, user_message(error), log_unexpected(error, f"training {item.name!r}"))
             return
         path = getattr(result, "final_path", None) or ""
         stopped = bool(getattr(result, "stopped_early", False))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..errors import InvalidInput
 from ..formats.kohya_names import TargetLayer
 from ..formats.lora_file import load_lora, save_lora
 from .trainable import Trainable
@@ -115,14 +116,14 @@ class Network(Trainable):
     def load_weights(self, path: str) -> None:
         state = load_lora(path)
         if not state:
-            raise ValueError(f"network_weights {path}: the file holds no tensors")
+            raise InvalidInput(f"network_weights {path}: the file holds no tensors")
         unmatched = self.load_file_state_dict(state)
         if len(unmatched) == len(state):
-            raise ValueError(f"network_weights {path}: none of its keys is a layer of this network "
-                             f"(e.g. {unmatched[0]}); is it a {self.method.label} file of this model family?")
+            raise InvalidInput(f"network_weights {path}: none of its keys is a layer of this network "
+                               f"(e.g. {unmatched[0]}); is it a {self.method.label} file of this model family?")
         if unmatched:
-            raise ValueError(f"network_weights {path}: {len(unmatched)} keys match no layer of this network "
-                             f"(e.g. {unmatched[0]}); was it trained on another model family or with other settings?")
+            raise InvalidInput(f"network_weights {path}: {len(unmatched)} keys match no layer of this network "
+                               f"(e.g. {unmatched[0]}); was it trained on another model family or with other settings?")
 
     def file_state_dict(self, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
         state = {}

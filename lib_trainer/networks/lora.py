@@ -17,6 +17,7 @@ from torch import nn
 from typing import Any, Iterable
 
 from ..config import ConfigError
+from ..errors import InvalidInput
 from ..formats.kohya_names import TargetLayer
 from .base import AdapterModule, Network
 from .functional import lora_delta_weight, lora_down_forward, lora_scale, lora_up_forward
@@ -75,8 +76,8 @@ class LoRAModule(AdapterModule):
     def load_file_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         down, up = tensors["lora_down.weight"], tensors["lora_up.weight"]
         if down.shape != self.down.shape or up.shape != self.up.shape:
-            raise ValueError(f"{self.kohya_name}: file has rank {down.shape[0]}, this network rank {self.rank}; "
-                             "use the same network_dim/conv_dim as the file")
+            raise InvalidInput(f"{self.kohya_name}: file has rank {down.shape[0]}, this network rank {self.rank}; "
+                               "use the same network_dim/conv_dim as the file")
         with torch.no_grad():
             self.down.copy_(down)
             self.up.copy_(up)

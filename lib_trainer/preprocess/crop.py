@@ -13,6 +13,7 @@ from typing import Callable
 from PIL import Image
 
 from .focal import FocalResult, FocalSettings, Point, find_focal_point
+from ..errors import InvalidInput
 
 
 @dataclass
@@ -28,7 +29,7 @@ def auto_size(width: int, height: int, min_area: int, max_area: int, step: int =
     """A size on the `step` grid with area in [min_area, max_area], as close as it can be
     to the picture's aspect ratio and to its own area (clamped into that range)."""
     if min_area > max_area:
-        raise ValueError(f"min area {min_area} is larger than max area {max_area}")
+        raise InvalidInput(f"min area {min_area} is larger than max area {max_area}")
     aspect = width / height
     area = min(max(width * height, min_area), max_area)
     ideal_width = math.sqrt(area * aspect)
@@ -104,7 +105,7 @@ def split_tiles(image: Image.Image, target: tuple[int, int], overlap: float = 0.
     share at least `overlap` of a tile and the first and last tiles touch the edges.
     """
     if not 0 <= overlap < 1:
-        raise ValueError(f"overlap must be in [0, 1), not {overlap}")
+        raise InvalidInput(f"overlap must be in [0, 1), not {overlap}")
     resized = cover_resize(image, target)
     horizontal = resized.width > target[0]
     length, tile = (resized.width, target[0]) if horizontal else (resized.height, target[1])

@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from ..dataset.images import flatten_on_white
+from ..errors import UserError
 
 # The analysis runs on a copy this size at most: faster, and the result is scaled back.
 ANALYSIS_SIDE = 768
@@ -47,7 +48,7 @@ class FocalResult:
 
 
 # --- faces -------------------------------------------------------------------------------
-class DetectorUnavailable(RuntimeError):
+class DetectorUnavailable(UserError, RuntimeError):
     """The detector cannot run here (package or model file missing)."""
 
 

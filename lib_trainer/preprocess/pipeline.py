@@ -20,6 +20,7 @@ from .captions import DEFAULT_CAPTION_EXTENSION, caption_path
 from ..dataset.buckets import BucketAssigner, BucketSettings
 from .crop import CROP_MODES, auto_size, needs_split, split_tiles
 from .focal import FocalSettings, draw_debug
+from ..errors import InvalidInput
 
 SIZE_MODES = ("fixed", "bucket", "auto")
 
@@ -49,11 +50,11 @@ class PreprocessOptions:
 
     def validate(self) -> None:
         if self.crop not in CROP_MODES:
-            raise ValueError(f"unknown crop mode {self.crop!r}; choose from {', '.join(CROP_MODES)}")
+            raise InvalidInput(f"unknown crop mode {self.crop!r}; choose from {', '.join(CROP_MODES)}")
         if self.size_mode not in SIZE_MODES:
-            raise ValueError(f"unknown size mode {self.size_mode!r}; choose from {', '.join(SIZE_MODES)}")
+            raise InvalidInput(f"unknown size mode {self.size_mode!r}; choose from {', '.join(SIZE_MODES)}")
         if self.width < 64 or self.height < 64:
-            raise ValueError(f"target size {self.width}x{self.height} is too small (64 at least)")
+            raise InvalidInput(f"target size {self.width}x{self.height} is too small (64 at least)")
         if not os.path.isdir(self.source):
             raise FileNotFoundError(f"{self.source}: source folder not found")
 
@@ -62,7 +63,7 @@ class PreprocessOptions:
         if self.repeats > 0 and concept:
             return os.path.join(self.destination, f"{self.repeats}_{concept}")
         if self.repeats > 0 or concept:
-            raise ValueError("a kohya folder name needs both repeats (> 0) and a trigger or class")
+            raise InvalidInput("a kohya folder name needs both repeats (> 0) and a trigger or class")
         return self.destination
 
 
@@ -126,7 +127,7 @@ def preprocess_folder(options: PreprocessOptions, progress: Progress | None = No
     options.validate()
     folder = options.output_folder()
     if os.path.realpath(folder) == os.path.realpath(options.source):
-        raise ValueError("the output folder is the source folder; choose another so the originals stay untouched")
+        raise InvalidInput("the output folder is the source folder; choose another so the originals stay untouched")
     result = PreprocessResult(folder)
     paths = list_images(options.source)
     skipped_names = sorted(set(os.listdir(options.source)) - {os.path.basename(p) for p in paths})

@@ -21,6 +21,7 @@ from ..dataset.images import ImageReadError, list_images, load_rgb
 from ..fileio import write_text_atomic
 from . import tags as tag_ops
 from .captions import DEFAULT_CAPTION_EXTENSION, CaptionBackup, caption_path, join_tags, read_caption, split_tags
+from ..errors import InvalidInput
 
 UNDO_DEPTH = 50
 
@@ -107,7 +108,7 @@ class TagEditor:
         `exclude`, and whose caption contains `text` (substring, or a regex)."""
         include, exclude = set(tag_ops.clean_tags(list(include))), set(tag_ops.clean_tags(list(exclude)))
         if mode not in ("and", "or"):
-            raise ValueError(f"filter mode must be 'and' or 'or', not {mode!r}")
+            raise InvalidInput(f"filter mode must be 'and' or 'or', not {mode!r}")
         pattern = re.compile(text) if (text and regex) else None
         result = []
         for index, entry in enumerate(self.entries):

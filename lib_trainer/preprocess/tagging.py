@@ -22,6 +22,7 @@ from ..fileio import write_text_atomic
 from ..progress import Progress, silent
 from . import tags as tag_ops
 from .captions import DEFAULT_CAPTION_EXTENSION, CaptionBackup, caption_path, join_tags, read_caption, split_tags
+from ..errors import InvalidInput, Unavailable
 
 MERGE_MODES = ("overwrite", "append", "prepend", "skip")
 # Kaomoji whose underscores are the face itself (the tagger extensions keep these too).
@@ -46,13 +47,13 @@ class TagOptions:
 
     def validate(self) -> None:
         if self.merge not in MERGE_MODES:
-            raise ValueError(f"unknown merge mode {self.merge!r}; choose from {', '.join(MERGE_MODES)}")
+            raise InvalidInput(f"unknown merge mode {self.merge!r}; choose from {', '.join(MERGE_MODES)}")
         if self.sort_by not in ("confidence", "alphabetical"):
-            raise ValueError(f"sort_by must be 'confidence' or 'alphabetical', not {self.sort_by!r}")
+            raise InvalidInput(f"sort_by must be 'confidence' or 'alphabetical', not {self.sort_by!r}")
         for name in ("general_threshold", "character_threshold"):
             value = getattr(self, name)
             if value is not None and not 0 <= value <= 1:
-                raise ValueError(f"{name} must be between 0 and 1, not {value}")
+                raise InvalidInput(f"{name} must be between 0 and 1, not {value}")
 
 
 class Tagger(Protocol):
@@ -193,8 +194,8 @@ def make_wd14(options: TagOptions, model: str | None = None, model_path: str | N
         folder = model_path
     else:
         if name not in catalogue:
-            raise ValueError(f"unknown WD14 model {name!r}; known: {', '.join(catalogue)} "
-                             f"(add others to {models_file or wd14.MODEL_LIST})")
+            raise InvalidInput(f"unknown WD14 model {name!r}; known: {', '.join(catalogue)} "
+                               f"(add others to {models_file or wd14.MODEL_LIST})")
         info = catalogue[name]
         folder = wd14.ensure_model(info, models_dir or wd14.default_models_dir(), download)
     loaded = wd14.WD14Model(folder, use_gpu, notice)
@@ -205,8 +206,8 @@ def make_wd14(options: TagOptions, model: str | None = None, model_path: str | N
 
 def make_deepbooru(options: TagOptions, **settings):
     """Without the WebUI: there is no deepbooru model here (the WebUI registers its own)."""
-    raise RuntimeError("deepbooru uses the WebUI's own model and runs only inside the WebUI; "
-                       "outside it, use a WD14 tagger (--tagger wd14), which is also more accurate")
+    raise Unavailable("deepbooru uses the WebUI's own model and runs only inside the WebUI; "
+                      "outside it, use a WD14 tagger (--tagger wd14), which is also more accurate")
 
 
 def make_blip(options: TagOptions, model_path: str | None = None, use_gpu: bool = True, **settings):
@@ -230,5 +231,5 @@ def register_tagger(name: str, factory: Callable[..., Tagger]) -> None:
 
 def make_tagger(name: str, options: TagOptions, **settings) -> Tagger:
     if name not in TAGGERS:
-        raise ValueError(f"unknown tagger {name!r}; choose from {', '.join(TAGGERS)}")
+        raise InvalidInput(f"unknown tagger {name!r}; choose from {', '.join(TAGGERS)}")
     return TAGGERS[name](options, **settings)

@@ -10,6 +10,8 @@ import re
 from dataclasses import dataclass
 from typing import Callable
 
+from ..errors import InvalidInput
+
 
 def _unique(tags: list[str]) -> list[str]:
     seen: set[str] = set()
@@ -29,7 +31,7 @@ def add(tags: list[str], new: list[str] | str, position: str = "end") -> list[st
         return new + list(tags)
     if position == "end":
         return list(tags) + new
-    raise ValueError(f"position must be 'front' or 'end', not {position!r}")
+    raise InvalidInput(f"position must be 'front' or 'end', not {position!r}")
 
 
 def remove(tags: list[str], unwanted: list[str] | str) -> list[str]:
@@ -97,5 +99,5 @@ def apply(name: str, tags: list[str], **params) -> list[str]:
     try:
         operation = OPERATIONS[name]
     except KeyError:
-        raise ValueError(f"unknown tag operation {name!r}; choose from {', '.join(OPERATIONS)}") from None
+        raise InvalidInput(f"unknown tag operation {name!r}; choose from {', '.join(OPERATIONS)}") from None
     return operation.function(list(tags), **params)

@@ -19,12 +19,14 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from ..errors import InvalidInput, UserError
+
 MODEL_FILE, TAGS_FILE = "model.onnx", "selected_tags.csv"
 MODEL_LIST = os.path.join(os.path.dirname(__file__), "wd14_models.json")
 RATING, GENERAL, CHARACTER = 9, 0, 4
 
 
-class ModelMissing(FileNotFoundError):
+class ModelMissing(UserError, FileNotFoundError):
     """The model files are not on disk (and were not, or could not be, downloaded)."""
 
 
@@ -84,7 +86,7 @@ class Labels:
         with open(path, newline="", encoding="utf-8") as handle:
             rows = list(csv.DictReader(handle))
         if not rows or not {"name", "category"} <= set(rows[0]):
-            raise ValueError(f"{path}: expected the columns tag_id,name,category,count")
+            raise InvalidInput(f"{path}: expected the columns tag_id,name,category,count")
         return cls([row["name"] for row in rows], np.array([int(row["category"]) for row in rows]))
 
 
@@ -137,8 +139,8 @@ class WD14Model:
         self.size = int(height) if isinstance(height, int) or str(height).isdigit() else 448
         outputs = self.session.get_outputs()[0].shape[-1]
         if isinstance(outputs, int) and outputs != len(self.labels.names):
-            raise ValueError(f"{folder}: the model gives {outputs} tags but {TAGS_FILE} lists "
-                             f"{len(self.labels.names)}; the two files do not belong together")
+            raise InvalidInput(f"{folder}: the model gives {outputs} tags but {TAGS_FILE} lists "
+                               f"{len(self.labels.names)}; the two files do not belong together")
 
     def predict(self, images: list[Image.Image]) -> np.ndarray:
         batch = np.stack([prepare(image, self.size) for image in images])

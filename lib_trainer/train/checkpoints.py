@@ -14,9 +14,10 @@ from ..config import TrainConfig, save_config
 from ..formats.metadata import checkpoint_metadata
 from ..networks.trainable import Trainable
 from .precision import SAVE_DTYPES
+from ..errors import UserError
 
 
-class UnsafeToSave(RuntimeError):
+class UnsafeToSave(UserError, RuntimeError):
     pass
 
 

@@ -21,6 +21,7 @@ from ..dataset.latent_cache import LatentCache
 from ..dataset.pixels import crop_box, load_pixels, size_condition
 from ..dataset.plan import TrainingPlan, caption_options, make_plan
 from ..dataset.captions import training_caption
+from ..errors import UserError
 from ..formats.metadata import training_metadata
 from ..hosts.bundle import ModelBundle
 from ..networks.registry import create_trainable
@@ -29,14 +30,14 @@ from . import noise as diffusion
 from .checkpoints import CheckpointWriter, epoch_path, final_path, step_path
 from .optimizers import make_optimizer
 from .output_guard import claimed_output
-from .precision import SAVE_DTYPES, autocast, compute_dtype, grad_scaler, resolve_device
+from .precision import SAVE_DTYPES, autocast, check_precision, compute_dtype, grad_scaler, resolve_device
 from .resume import RunPosition, StateWriter, fingerprint, read_state, resume_notes, state_dir_for
 from .sampling import SampleMaker
 from .schedulers import make_scheduler, warmup_steps
 from .text_cache import TextEncoderCache
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(UserError, RuntimeError):
     """The loss became NaN or infinite; nothing was saved from that point on."""
 
 
@@ -59,6 +60,7 @@ def train(config: TrainConfig, bundle: ModelBundle | None = None, progress: Prog
     data_rng = random.Random(config.seed)
     noise_rng = torch.Generator().manual_seed(config.seed)
     device = resolve_device(config.device)
+    check_precision(device, config.mixed_precision)
     if bundle is None:
         from ..hosts import load_bundle
 
@@ -113,7 +115,8 @@ def _run(config, bundle, plan, trainable, device, progress, data_rng, noise_rng,
                       progress)
     metadata = training_metadata(config, plan.training_set, bundle.family, bundle.prediction_type,
                                  bundle.model_name, uuid.uuid4().hex, time.time(), plan.total_steps,
-                                 optimizer_text, trainable.file_metadata(), warmup)
+                                 optimizer_text, trainable.file_metadata(), warmup,
+                                 model_hashes=(bundle.sd_model_hash, bundle.new_sd_model_hash))
     metadata["ss_trained_parts"] = json.dumps(trainable.conditioned())
     writer = CheckpointWriter(config, trainable, metadata)
     states = StateWriter(config, trainable, optimizer, scheduler, scaler, checks, progress)
@@ -333,7 +336,7 @@ def _latent_source(config, bundle, plan, device, progress):
     return encode_each_step
 
 
-class VAEProducedNaN(RuntimeError):
+class VAEProducedNaN(UserError, RuntimeError):
     pass
 
 

@@ -9,8 +9,10 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from ..errors import InvalidInput, UserError
 
-class OptimizerUnavailable(RuntimeError):
+
+class OptimizerUnavailable(UserError, RuntimeError):
     pass
 
 
@@ -48,7 +50,7 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
 def make_optimizer(name: str, parameter_groups: list[dict], learning_rate: float, extra_args: dict,
                    device_type: str):
     if name not in OPTIMIZERS:
-        raise ValueError(f"optimizer_type {name!r} is unknown; available: {', '.join(OPTIMIZERS)}")
+        raise InvalidInput(f"optimizer_type {name!r} is unknown; available: {', '.join(OPTIMIZERS)}")
     spec = OPTIMIZERS[name]
     if spec.needs_cuda and device_type != "cuda":
         raise OptimizerUnavailable(f"{name} runs only on a CUDA GPU; on {device_type} use AdamW")
@@ -57,7 +59,7 @@ def make_optimizer(name: str, parameter_groups: list[dict], learning_rate: float
     try:
         optimizer = constructor(parameter_groups, lr=learning_rate, **arguments)
     except TypeError as error:
-        raise ValueError(f"optimizer_args {extra_args} do not fit {name}: {error}") from error
+        raise InvalidInput(f"optimizer_args {extra_args} do not fit {name}: {error}") from error
     description = f"{spec.module}.{spec.attribute}" + (f"({_arguments_text(arguments)})" if arguments else "")
     return optimizer, description
 

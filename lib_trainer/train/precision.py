@@ -9,6 +9,8 @@ import contextlib
 
 import torch
 
+from ..errors import InvalidInput
+
 COMPUTE_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 SAVE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "float": torch.float32}
 
@@ -32,5 +34,17 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={name}: no CUDA GPU is available here; use device=cpu or auto")
+        raise InvalidInput(f"device={name}: no CUDA GPU is available here; use device=cpu or auto")
     return device
+
+
+def check_precision(device: torch.device, mixed_precision: str) -> None:
+    """Refuse bf16 on a CUDA GPU that has none (before Ampere, e.g. a T4, V100 or GTX 10xx),
+    before minutes go into loading the model: there it would fail or run emulated at a
+    fraction of the speed, deep inside the first step."""
+    if mixed_precision != "bf16" or device.type != "cuda":
+        return
+    if not torch.cuda.is_bf16_supported(including_emulation=False):
+        name = torch.cuda.get_device_name(device)
+        raise InvalidInput(f"mixed_precision=bf16: this GPU ({name}) does not support bf16; "
+                           "use mixed_precision=fp16 (with loss scaling) or no")

@@ -24,6 +24,7 @@ import re
 from dataclasses import dataclass
 
 from .samplers import SAMPLERS
+from ..errors import UserError
 
 SIZE_MULTIPLE = 8
 MIN_SIZE = 64
@@ -35,7 +36,7 @@ _OPTION_START = re.compile(r"(?:^|\s+)--(?=[A-Za-z])")
 _WHOLE_NUMBER = re.compile(r"\d+")
 
 
-class SamplePromptError(ValueError):
+class SamplePromptError(UserError, ValueError):
     """A prompt file that cannot be used; the message names every bad line."""
 
 

@@ -15,6 +15,8 @@ from typing import Callable
 
 import torch
 
+from ..errors import InvalidInput
+
 
 # transformers' get_polynomial_decay_schedule_with_warmup default, which sd-scripts keeps.
 POLYNOMIAL_LR_END = 1e-7
@@ -80,7 +82,7 @@ def lr_factor(name: str, step: int, total_steps: int, warmup: int, cycles: int =
 def make_scheduler(optimizer: torch.optim.Optimizer, name: str, total_steps: int, warmup: int,
                    cycles: int = 1, power: float = 1.0) -> torch.optim.lr_scheduler.LambdaLR:
     if name not in SCHEDULES:
-        raise ValueError(f"lr_scheduler {name!r} is unknown; available: {', '.join(SCHEDULES)}")
+        raise InvalidInput(f"lr_scheduler {name!r} is unknown; available: {', '.join(SCHEDULES)}")
     name = effective_scheduler(name, warmup)
     end = 0.0
     if name == "polynomial":
@@ -88,8 +90,8 @@ def make_scheduler(optimizer: torch.optim.Optimizer, name: str, total_steps: int
         # `learning_rate`); every parameter group is scaled by the same factor.
         initial = optimizer.defaults["lr"]
         if not initial > POLYNOMIAL_LR_END:
-            raise ValueError(f"lr_scheduler polynomial ends at {POLYNOMIAL_LR_END} as in kohya, so learning_rate "
-                             f"must be above it (it is {initial})")
+            raise InvalidInput(f"lr_scheduler polynomial ends at {POLYNOMIAL_LR_END} as in kohya, so learning_rate "
+                               f"must be above it (it is {initial})")
         end = POLYNOMIAL_LR_END / initial
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(name, step, total_steps, warmup, cycles, power, end))

@@ -5,6 +5,7 @@ import os
 import time
 
 from ..progress import END, STEP, ProgressEvent
+from ..errors import Unavailable
 
 SCALARS = {"loss": "loss/current", "avg_loss": "loss/average", "lr": "lr/unet", "lr_te": "lr/text_encoder"}
 
@@ -14,7 +15,7 @@ class TensorBoardSink:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError as error:
-            raise RuntimeError("logging_dir needs the tensorboard package: pip install tensorboard") from error
+            raise Unavailable("logging_dir needs the tensorboard package: pip install tensorboard") from error
         self.log_dir = os.path.join(logging_dir, prefix + time.strftime("%Y%m%d%H%M%S"))
         self.writer = SummaryWriter(self.log_dir)
 

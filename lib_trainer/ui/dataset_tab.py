@@ -19,6 +19,7 @@ from ..preprocess.tagging import MERGE_MODES, TAGGERS, TagOptions, make_tagger, 
 from ..preprocess.tags import clean_tags
 from .guard import shows_errors
 from .render import message_html
+from ..errors import InvalidInput
 
 
 def wd14_model_names() -> tuple[list[str], str]:
@@ -102,7 +103,7 @@ class DatasetTab:
     def _preprocess(source, destination, size_mode, width, height, crop, face, entropy, edges, split, flip, debug,
                     repeats, trigger, class_token):
         if not str(source).strip() or not str(destination).strip():
-            raise ValueError("Enter the pictures folder and the output folder.")
+            raise InvalidInput("Enter the pictures folder and the output folder.")
         options = PreprocessOptions(
             source=source.strip(), destination=destination.strip(), width=int(width), height=int(height),
             size_mode=size_mode, crop=crop, focal=FocalSettings(face, entropy, edges), split=split, flip=flip,
@@ -117,7 +118,7 @@ class DatasetTab:
     @shows_errors(2)
     def _tag(folder, tagger, model, model_path, download, general, character, merge, trigger, exclude, max_tags):
         if not str(folder).strip() or not os.path.isdir(folder.strip()):
-            raise ValueError(f"{folder!r} is not a folder: enter the folder of pictures to caption.")
+            raise InvalidInput(f"{folder!r} is not a folder: enter the folder of pictures to caption.")
         options = TagOptions(general_threshold=general, character_threshold=character, exclude=clean_tags(exclude),
                              max_tags=int(max_tags or 0), trigger=trigger.strip(), merge=merge)
         notices: list[str] = []

@@ -3,21 +3,18 @@ in the page's message box, and the other outputs stay as they were."""
 from __future__ import annotations
 
 import functools
-import logging
-import traceback
 
 import gradio as gr
 
+from ..errors import is_expected, log_unexpected, user_message
 from .render import error_lines, message_html
-
-log = logging.getLogger("lib_trainer.ui")
-
-# Exceptions that carry a message for the user; anything else is a bug and also logged.
-EXPECTED = (ValueError, OSError, RuntimeError, KeyError)
 
 
 def shows_errors(outputs: int, message_index: int = 0):
-    """Decorate a handler with `outputs` outputs whose `message_index`-th is the message box."""
+    """Decorate a handler with `outputs` outputs whose `message_index`-th is the message box.
+
+    An expected error (errors.is_expected) is shown as its message; anything else is a bug:
+    logged with its traceback, and shown as a message that names its type."""
 
     def decorate(function):
         @functools.wraps(function)
@@ -25,10 +22,11 @@ def shows_errors(outputs: int, message_index: int = 0):
             try:
                 return function(*args)
             except Exception as error:  # noqa: BLE001 - shown to the user, never swallowed silently
-                lines = error_lines(error)
-                if not isinstance(error, EXPECTED):
-                    log.error("%s failed:\n%s", function.__name__, traceback.format_exc())
-                    lines = [f"{type(error).__name__}: {line}" for line in lines[:1]] + lines[1:]
+                if is_expected(error):
+                    lines = error_lines(error)
+                else:
+                    log_unexpected(error, function.__name__)
+                    lines = [user_message(error)]
                 result = [gr.update() for _ in range(outputs)]
                 result[message_index] = message_html(errors=lines)
                 return result[0] if outputs == 1 else tuple(result)

@@ -13,6 +13,7 @@ from ..preprocess.tag_editor import TagEditor
 from ..preprocess.tags import OPERATIONS, clean_tags
 from .guard import shows_errors
 from .render import message_html
+from ..errors import InvalidInput
 
 PREVIEW_LIMIT = 60
 FREQUENCY_LIMIT = 100
@@ -88,16 +89,16 @@ class TagsTab:
     @shows_errors(6)
     def _load(self, folder, *filters):
         if not str(folder).strip():
-            raise ValueError("Enter a folder of pictures with .txt captions.")
+            raise InvalidInput("Enter a folder of pictures with .txt captions.")
         editor = TagEditor(folder.strip())
         if not len(editor):
-            raise ValueError(f"{folder}: no pictures found")
+            raise InvalidInput(f"{folder}: no pictures found")
         return self._view(editor, filters, message_html(ok=f"Loaded {len(editor)} captions from {folder}"))
 
     @staticmethod
     def _require(editor) -> TagEditor:
         if editor is None:
-            raise ValueError("Load a folder first.")
+            raise InvalidInput("Load a folder first.")
         return editor
 
     @shows_errors(6)

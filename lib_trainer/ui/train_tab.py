@@ -12,17 +12,18 @@ from typing import Callable
 import gradio as gr
 
 from ..config import TrainConfig, save_config
+from ..config_import import read_config_file
 from ..dataset.folders import scan_dataset
 from ..dataset.plan import make_plan
 from ..train.memory import memory_summary
 from ..jobs.service import TrainService
 from ..networks.registry import ui_network_type_of, ui_network_types
 from .compat import uploaded_path
-from .config_io import read_config_file
 from .form import ConfigForm
 from .guard import shows_errors
 from .presets import CUSTOM, PRESETS
 from .render import error_lines, message_html
+from ..errors import InvalidInput, is_expected, log_unexpected, user_message
 
 BEGINNER_FIELDS = (("pretrained_model_name_or_path",), ("train_data_dir", "trigger_word"),
                    ("output_dir", "output_name"))
@@ -45,8 +46,11 @@ def dataset_summary(folder: str) -> str:
         return "Choose the folder that holds `<repeats>_<concept>` folders (e.g. `10_sks dog`)."
     try:
         scan = scan_dataset(folder.strip())
-    except (ValueError, OSError) as error:
-        return "<span class='lt-error-text'>" + html.escape(" ".join(error_lines(error))) + "</span>"
+    except Exception as error:  # noqa: BLE001 - runs on leaving the field, outside the handlers' guard
+        if not is_expected(error):
+            log_unexpected(error, "reading the dataset folder")
+        text = " ".join(error_lines(error)) if is_expected(error) else user_message(error)
+        return "<span class='lt-error-text'>" + html.escape(text) + "</span>"
     lines = []
     for concept in scan.concepts:
         count = sum(1 for item in scan.items if item.concept is concept)
@@ -130,7 +134,7 @@ class TrainTab:
     def _read(self, values) -> TrainConfig:
         config, problems = self.form.read(list(values))
         if problems:
-            raise ValueError("\n".join(problems))
+            raise InvalidInput("\n".join(problems))
         return config
 
     def _check(self, *values):
@@ -160,8 +164,10 @@ class TrainTab:
     def _plan_text(self, config: TrainConfig, plan) -> str:
         try:
             memory = self.memory(config)
-        except (ValueError, OSError, RuntimeError) as error:  # an estimate must never block a run
-            memory = f"Memory estimate unavailable: {error}"
+        except Exception as error:  # noqa: BLE001 - an estimate must never block a run
+            if not is_expected(error):
+                log_unexpected(error, "the memory estimate")  # a bug: keep its traceback
+            memory = f"Memory estimate unavailable: {user_message(error)}"
         return f"{plan.summary()}\n\n{memory}"
 
     @shows_errors(1)
@@ -182,7 +188,7 @@ class TrainTab:
         def save():
             config, problems = self.form.read(list(values))
             if config is None:
-                raise ValueError("\n".join(problems))
+                raise InvalidInput("\n".join(problems))
             target = path.strip() or os.path.join(config.output_dir, config.output_name + ".toml")
             save_config(config, target)
             notes = [f"this config has problems to fix before training: {p}" for p in problems]

@@ -16,6 +16,7 @@ from typing import Iterator
 
 from modules import devices, lowvram, shared  # ImportError outside the WebUI
 
+from ..errors import Unavailable
 from ..hosts.bundle import ModuleState
 from ..hosts.ldm_bundle import LiveSDBundle
 from .lora_networks import lora_networks_cleared
@@ -34,7 +35,7 @@ class WebUIBundle(LiveSDBundle):
 def loaded_bundle() -> WebUIBundle:
     model = shared.sd_model
     if model is None:
-        raise RuntimeError("no checkpoint is loaded in the WebUI: load one in the checkpoint list first")
+        raise Unavailable("no checkpoint is loaded in the WebUI: load one in the checkpoint list first")
     info = getattr(model, "sd_checkpoint_info", None)
     return WebUIBundle(model, model_name=getattr(info, "model_name", "") or "")
 

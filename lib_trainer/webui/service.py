@@ -18,6 +18,7 @@ import torch
 from modules import call_queue, devices, paths_internal, shared  # ImportError outside the WebUI
 
 from ..config import TrainConfig
+from ..errors import InvalidInput
 from ..jobs.queue import QueueItem, TrainQueue
 from ..jobs.service import LocalTrainService
 from ..progress import END, IMAGE, START, STEP, Commands, Progress, ProgressEvent
@@ -110,9 +111,9 @@ def webui_trainer(config: TrainConfig, progress: Progress):
     from ..train.loop import train
 
     if config.pretrained_model_name_or_path not in ("", LOADED_MODEL):
-        raise ValueError(f"pretrained_model_name_or_path={config.pretrained_model_name_or_path!r}: in the WebUI, "
-                         "training uses the checkpoint the WebUI has loaded; pick it in the checkpoint list at the "
-                         f"top and set the base model to {LOADED_MODEL!r} (other paths are for the standalone trainer)")
+        raise InvalidInput(f"pretrained_model_name_or_path={config.pretrained_model_name_or_path!r}: in the WebUI, "
+                           "training uses the checkpoint the WebUI has loaded; pick it in the checkpoint list at the "
+                           f"top and set the base model to {LOADED_MODEL!r} (other paths are for the standalone trainer)")
     bundle = loaded_bundle()
     changes = {"device": str(devices.device)}
     unet_dtype = next(bundle.denoiser().parameters()).dtype
