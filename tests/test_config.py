@@ -55,7 +55,7 @@ def test_bad_values_are_all_listed():
     ({"max_token_length": 100}, "max_token_length=100 is not one of: 75, 150, 225"),
     ({"min_bucket_reso": 1024, "max_bucket_reso": 512}, "min_bucket_reso must not be larger"),
     ({"random_crop": True}, "--no-cache_latents"),
-    ({"output_name": "a/b"}, "plain file name"),
+    ({"output_name": "a/b"}, "cannot have on Windows or Linux"),
     ({"network_args": ["conv_dim"]}, "'conv_dim' must be written key=value"),
     ({"network_train_unet_only": True, "network_train_text_encoder_only": True}, "exclude each other"),
 ])

@@ -160,7 +160,7 @@ def test_train_from_the_beginner_form(page, server):
     fill_beginner_form(page, server, "browser", epochs=1)
     page.click("#lt_check")
     page.wait_for_selector("#lt_train_message .lt-ok:has-text('10 steps')")
-    assert "x 1 epochs = 10 steps" in field(page, "lt_plan").input_value()
+    assert "max_train_epochs=1 sets the length: 1 epochs x 10 steps = 10 steps" in field(page, "lt_plan").input_value()
 
     page.click("#lt_start")
     # Live progress: the step counter and the loss chart move while it trains.
