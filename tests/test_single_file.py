@@ -19,8 +19,6 @@ from lib_trainer.formats.original_layout import (
     unet_module_from_original,
     unet_module_to_original,
     vae_key_pairs,
-    vae_module_from_original,
-    vae_module_to_original,
     with_prefix,
 )
 from lib_trainer.hosts.components import architecture, build_components
@@ -119,8 +117,7 @@ def test_known_unet_names(name, path, original):
 ])
 def test_known_vae_names(path, original):
     config = architecture("sd1")["vae"]
-    assert vae_module_to_original(path, config) == original
-    assert vae_module_from_original(original, config) == path
+    assert vae_key_pairs([path], config)[0].file_key == original
 
 
 def test_a_path_without_counterpart_is_an_error():
@@ -138,14 +135,13 @@ def full_size():
 def test_full_size_mapping_is_one_to_one(full_size, name):
     config = architecture(name)
     components = full_size[name]
-    for root, to_original, from_original, section in (
-            (components.unet, unet_module_to_original, unet_module_from_original, "unet"),
-            (components.vae, vae_module_to_original, vae_module_from_original, "vae")):
-        paths = list(root.state_dict()) + [path for path, module in root.named_modules()
-                                           if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d))]
-        originals = [to_original(path, config[section]) for path in paths]
-        assert len(set(originals)) == len(set(paths))
-        assert [from_original(original, config[section]) for original in originals] == paths
+    paths = list(components.unet.state_dict()) + [path for path, module in components.unet.named_modules()
+                                                  if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d))]
+    originals = [unet_module_to_original(path, config["unet"]) for path in paths]
+    assert len(set(originals)) == len(set(paths))
+    assert [unet_module_from_original(original, config["unet"]) for original in originals] == paths
+    vae_keys = list(components.vae.state_dict())
+    assert len({pair.file_key for pair in vae_key_pairs(vae_keys, config["vae"])}) == len(vae_keys)
 
     states = [module.state_dict() for module in modules_of(components)]
     pairs = checkpoint_key_pairs(config["family"], config["unet"], config["vae"], [list(s) for s in states])

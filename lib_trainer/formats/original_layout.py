@@ -195,15 +195,6 @@ def unet_module_from_original(path: str, unet_config: dict) -> str:
     return _translate(path, _tables("unet", _config_key(unet_config))[1])
 
 
-def vae_module_to_original(path: str, vae_config: dict) -> str:
-    """The ldm path of a diffusers AutoencoderKL module or key, relative to `first_stage_model`."""
-    return _translate(path, _tables("vae", _config_key(vae_config))[0])
-
-
-def vae_module_from_original(path: str, vae_config: dict) -> str:
-    return _translate(path, _tables("vae", _config_key(vae_config))[1])
-
-
 # ---------------------------------------------------------------------------------------------
 # State-dict key pairs for each component.
 
