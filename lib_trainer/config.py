@@ -296,7 +296,7 @@ class TrainConfig:
 # often copied between the two.
 _BAD_NAME_CHARACTERS = set('<>:"/\\|?*') | {chr(code) for code in range(32)}
 _RESERVED_NAMES = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)), *(f"LPT{i}" for i in range(1, 10))}
-MAX_NAME_LENGTH = 150  # leaves room for "-step00000100-state/train_state.pt" under 255
+MAX_NAME_LENGTH = 150  # leaves room for "-step00000100-state/train_state.bin" under 255
 
 
 def _file_name_problems(key: str, name: str) -> list[str]:

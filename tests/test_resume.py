@@ -101,6 +101,19 @@ def test_save_state_writes_and_prunes_states(two_bucket_root, tmp_path):
     # step states 2, 4, 6 were written; only the newest two are kept; the end of training has its own
     assert states == ["test-state", "test-step00000004-state", "test-step00000006-state"]
     assert read_state(os.path.join(tmp_path, "test-state")).step == result.steps == 8
+    # the WebUI's Lora extension lists every .pt/.ckpt/.safetensors under the Lora folder as a network
+    for state in states:
+        assert not [f for f in os.listdir(tmp_path / state) if f.endswith((".pt", ".ckpt", ".safetensors"))]
+
+
+def test_resume_works_where_torch_load_is_replaced_as_in_the_webui(two_bucket_root, uninterrupted, tmp_path,
+                                                                 monkeypatch):
+    """The WebUI swaps torch.load for its safe unpickler, which refuses current torch files."""
+    train(_config(two_bucket_root, tmp_path), progress=_stop_at(3))
+    monkeypatch.setattr(torch, "load", lambda *args, **kwargs: None)
+    resumed = train(_config(two_bucket_root, tmp_path, resume=os.path.join(tmp_path, "test-step00000003-state")))
+    expected, got = _weights(uninterrupted.final_path), _weights(resumed.final_path)
+    assert all(torch.equal(expected[key], got[key]) for key in expected)
 
 
 def test_resume_refuses_another_dataset_or_network(two_bucket_root, tmp_path, tmp_path_factory):
@@ -144,7 +157,7 @@ def test_a_stopped_run_says_how_to_resume(two_bucket_root, tmp_path):
 
 
 def test_resume_from_a_folder_without_state_is_a_clear_error(two_bucket_root, tmp_path):
-    with pytest.raises(ConfigError, match="no train_state.pt"):
+    with pytest.raises(ConfigError, match="no train_state.bin"):
         train(_config(two_bucket_root, tmp_path, resume=str(tmp_path)))
 
 

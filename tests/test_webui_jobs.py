@@ -48,6 +48,10 @@ class FakeLora:
 
     def __init__(self):
         self.loaded_networks = []
+        self.listed = 0  # times the list of available networks was refreshed
+
+    def list_available_networks(self):
+        self.listed += 1
 
     def network_restore_weights_from_backup(self, layer):
         backup = getattr(layer, "network_weights_backup", None)
@@ -129,10 +133,13 @@ def webui_layer_name(layer: str) -> str:
 
 
 class FakeNetwork:
-    def __init__(self, name):
+    def __init__(self, name, covers=None):
         self.name = name
+        self.covers = covers  # ids of the layers the network has weights for (None: all)
 
     def delta(self, layer):
+        if self.covers is not None and id(layer) not in self.covers:
+            return torch.zeros_like(layer.weight)  # as the WebUI: a layer the network lacks is left alone
         generator = torch.Generator().manual_seed(len(self.name))
         return torch.randn(layer.weight.shape, generator=generator) * 0.1
 
@@ -191,11 +198,12 @@ def sd1_model(tmp_path_factory):
 
 
 def _merged_lora(webui, model):
-    """The state after a generation with <lora:last:1>: merged into the layers it touches."""
+    """The state after a generation with <lora:last:1>: merged into the layers it touches. The
+    model's layer mapping holds every module, containers too, as the WebUI's does."""
+    model.network_layer_mapping = {name.replace(".", "_"): module for name, module in model.named_modules()}
     layers = {name.replace(".", "_"): module for name, module in model.named_modules()
               if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)) and "attn" in name}
-    model.network_layer_mapping = layers
-    webui.fake.lora.loaded_networks[:] = [FakeNetwork("last")]
+    webui.fake.lora.loaded_networks[:] = [FakeNetwork("last", covers={id(layer) for layer in layers.values()})]
     with torch.no_grad():
         for layer in layers.values():
             webui.fake.lora.network_apply_weights(layer)
@@ -328,6 +336,7 @@ def test_each_saved_file_is_read_back_and_unmatched_layers_are_reported(webui, s
     webui.service.webui_trainer(config, progress)
     assert not [m for m in messages if "WARNING" in m]
     assert messages.count("checked with the WebUI's Lora loader: all 216 layers matched") == 2
+    assert webui.fake.lora.listed == 2  # <lora:name> finds each new file without a manual refresh
 
     webui.fake.lora.hidden = ("transformer",)  # a model whose text encoder the WebUI maps otherwise
     messages.clear()

@@ -2,7 +2,8 @@
 
 `.safetensors` files are read through `safetensors.safe_open`. PyTorch `.ckpt`/`.pt` files are
 pickles, which can run any code when loaded the ordinary way; they are read only with
-`torch.load(weights_only=True)`, which builds tensors and plain containers and refuses
+torch's weights-only loader (`torch.serialization.load`, which the WebUI does not replace
+as it does `torch.load`), which builds tensors and plain containers and refuses
 everything else. Many SD1 `.ckpt` files also pickle a PyTorch Lightning callback and numpy
 scalars beside the weights (training bookkeeping); those names are mapped to an inert stand-in
 that keeps nothing and runs nothing, as the WebUI's own safe unpickler allows them.
@@ -165,12 +166,12 @@ def load_ckpt_state_dict(path: str) -> dict[str, torch.Tensor]:
     try:
         with torch.serialization.safe_globals(stand_ins):
             try:
-                loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+                loaded = torch.serialization.load(path, map_location="cpu", weights_only=True, mmap=True)
             except RuntimeError as error:
                 if "mmap" not in str(error):
                     raise
                 # files from before PyTorch 1.6 are not zip archives and cannot be mapped
-                loaded = torch.load(path, map_location="cpu", weights_only=True)
+                loaded = torch.serialization.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         raise _unpickling_error(path, error) from error
     except Exception as error:  # noqa: BLE001 - see below

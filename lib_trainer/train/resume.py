@@ -6,7 +6,7 @@ writes one too. `--resume DIR` continues from it: same step, same place inside t
 same random draws, same optimizer moments and schedule, so a resumed run ends with the
 weights an uninterrupted run would have had.
 
-A state folder holds `train_state.pt` (tensors and plain values only, read back with
+A state folder holds `train_state.bin` (tensors and plain values only, read back with
 torch's weights-only loader: no code in it can run), `state.json` (what a person or the UI
 reads: step, epoch, the output name) and the run's `config.toml`.
 """
@@ -24,7 +24,9 @@ import torch
 
 from ..config import ConfigError, TrainConfig, save_config
 
-STATE_FILE = "train_state.pt"
+# Not .pt: the WebUI's Lora extension lists every .pt/.ckpt/.safetensors under its folder as a
+# network, and the states sit beside the LoRA files there.
+STATE_FILE = "train_state.bin"
 INFO_FILE = "state.json"
 STATE_VERSION = 1
 # Options that may change between the saved run and its resumption, because they do not
@@ -112,7 +114,10 @@ def read_state(folder: str) -> TrainState:
         raise ConfigError(f"resume={folder!r}: no {STATE_FILE} there; give a '<name>-state' folder that a run "
                           "saved (--save_state, or a stopped run)")
     try:
-        values = torch.load(path, map_location="cpu", weights_only=True)
+        # torch.serialization.load, not torch.load: the WebUI replaces torch.load with its own
+        # safe unpickler, which refuses files of current torch versions (returning None). The
+        # weights-only loader is as safe.
+        values = torch.serialization.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # any unreadable file reads the same to the user
         raise ConfigError(f"resume={folder!r}: {STATE_FILE} cannot be read ({type(error).__name__}: {error}); "
                           "it may be truncated: resume from an earlier state folder") from error

@@ -16,8 +16,6 @@ from typing import Iterator
 
 import torch
 
-from modules import shared  # ImportError outside the WebUI
-
 from ..progress import SAVED, Progress, ProgressEvent
 
 log = logging.getLogger("lib_trainer")
@@ -31,30 +29,38 @@ def lora_extension():
 
 @contextlib.contextmanager
 def lora_networks_cleared(sd_model) -> Iterator[None]:
-    """The model's base weights while training; the user's merged networks back after."""
+    """The model's base weights while training; the user's merged networks back after, in
+    exactly the layers they were merged into (the layer mapping also holds every container
+    module, which the Lora extension cannot merge into)."""
     networks = lora_extension()
-    layers = list(getattr(sd_model, "network_layer_mapping", {}).values())
-    if networks is None or not layers:
+    merged = [layer for layer in getattr(sd_model, "network_layer_mapping", {}).values()
+              if getattr(layer, "network_current_names", ())]
+    if networks is None:
         yield
         return
+    # Cleared even when nothing is merged: in lora_functional mode the networks are added in
+    # each forward instead, which would add them to what is being trained.
     held = list(networks.loaded_networks)
     networks.loaded_networks.clear()
     with torch.no_grad():
-        for layer in layers:
+        for layer in merged:
             networks.network_restore_weights_from_backup(layer)
             layer.network_current_names = ()
     try:
         yield
     finally:
         networks.loaded_networks[:] = held
-        if held and not getattr(shared.opts, "lora_functional", False):
+        if held:
             with torch.no_grad():
-                for layer in layers:
+                for layer in merged:
                     networks.network_apply_weights(layer)
 
 
 class ReadBack:
-    """A progress sink: after each save, load the file with the WebUI's own Lora loader."""
+    """A progress sink: after each save, load the file with the WebUI's own Lora loader, and
+    refresh the WebUI's list of networks, so `<lora:name>` finds the new file at once (the
+    list also maps each file's ss_output_name to it: a stale list sends the name to an earlier
+    step file)."""
 
     def __init__(self, progress: Progress) -> None:
         self.progress = progress
@@ -68,6 +74,9 @@ class ReadBack:
             self.progress.status("WARNING: " + problem)
         elif matched:
             self.progress.status(f"checked with the WebUI's Lora loader: all {matched} layers matched")
+        refresh = getattr(lora_extension(), "list_available_networks", None)
+        if refresh is not None:
+            refresh()
 
 
 def check_with_webui_loader(path: str) -> tuple[int, str]:
