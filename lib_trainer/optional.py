@@ -17,6 +17,9 @@ OPTIONAL_PACKAGES = {
     "cv2": ("opencv-python-headless<5", "face detection in the focal-point crop"),
 }
 
+# Useful only with CUDA: install.py leaves them out elsewhere.
+CUDA_ONLY = {"bitsandbytes"}
+
 
 def is_available(module_name: str) -> bool:
     try:

@@ -88,8 +88,10 @@ def test_webui_deepbooru_and_blip(fake_webui, tmp_path):
         make_tagger("wd14", options)  # the WebUI's models folder is where WD14 is looked for
 
 
-def test_install_py_installs_only_missing_packages_with_the_webui_packages_pinned(monkeypatch):
-    """The WebUI runs install.py with its `launch` module; nothing it pins may move."""
+@pytest.mark.parametrize("cuda", [False, True])
+def test_install_py_installs_only_missing_packages_with_the_webui_packages_pinned(monkeypatch, cuda):
+    """The WebUI runs install.py with its `launch` module; nothing installed may move (protobuf
+    moved from the WebUI's 3.20 when tensorboard came in with only a chosen list pinned)."""
     import importlib.metadata
     import os
     import runpy
@@ -105,6 +107,9 @@ def test_install_py_installs_only_missing_packages_with_the_webui_packages_pinne
         if "lion" in command:
             raise RuntimeError("no network")  # a failed optional install must not stop the WebUI
 
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
     installed = {"prodigyopt", "cv2", "tensorboard"}
     launch = types.SimpleNamespace(is_installed=lambda name: name in installed, run_pip=run_pip)
     monkeypatch.setitem(sys.modules, "launch", launch)
@@ -112,8 +117,11 @@ def test_install_py_installs_only_missing_packages_with_the_webui_packages_pinne
     runpy.run_path(os.path.join(root, "install.py"), run_name="__main__")
 
     requested = [command.split('"')[1] for command, _ in calls]
-    assert requested == [OPTIONAL_PACKAGES[m][0] for m in OPTIONAL_PACKAGES if m not in installed]
+    skipped = set() if cuda else {"bitsandbytes"}  # without CUDA it is useless and slows every start
+    assert requested == [OPTIONAL_PACKAGES[m][0] for m in OPTIONAL_PACKAGES if m not in installed | skipped]
     pins = calls[0][1].split()
+    every_installed = {d.metadata["Name"].lower().replace("_", "-") for d in importlib.metadata.distributions()}
+    assert {pin.split("==")[0].lower().replace("_", "-") for pin in pins} == every_installed
     assert f"torch=={importlib.metadata.version('torch')}" in pins
     assert f"numpy=={importlib.metadata.version('numpy')}" in pins
     assert f"gradio=={importlib.metadata.version('gradio')}" in pins
