@@ -305,6 +305,12 @@ def test_training_waits_for_the_webui_job_lock(webui, sd1_model, small_root, tmp
     finally:
         lock.release()
     assert service.wait(120)
+    # with nothing running there is nothing to wait for, and nothing is said
+    service.enqueue(quick_config(small_root, str(tmp_path / "out2"), max_train_steps=1,
+                                 pretrained_model_name_or_path=webui.service.LOADED_MODEL), start=True)
+    assert service.wait(120)
+    assert not any("waiting for the WebUI" in m for m in service.snapshot().run.messages)
+    assert service.wait(120)
     assert service.snapshot().items[0].status == "done"
 
 

@@ -138,13 +138,18 @@ class WebUITrainService(LocalTrainService):
 
     @contextlib.contextmanager
     def _host_job(self, item: QueueItem, progress: Progress) -> Iterator[None]:
-        progress.status("waiting for the WebUI's current job to finish")
-        with call_queue.queue_lock:
+        lock = call_queue.queue_lock
+        if not lock.acquire(blocking=False):  # say so only when there is something to wait for
+            progress.status("waiting for the WebUI's current job to finish")
+            lock.acquire()
+        try:
             shared.state.begin(job=f"lib_trainer-{item.id}")
             try:
                 yield
             finally:
                 shared.state.end()
+        finally:
+            lock.release()
 
 
 def webui_defaults() -> TrainConfig:
