@@ -245,3 +245,20 @@ def test_an_empty_caption_file_is_reported(tmp_path):
     (folder / "a.txt").write_text("")
     scan = scan_dataset(str(tmp_path))
     assert any("a.txt is empty" in warning for warning in scan.warnings)
+
+
+def test_hidden_and_appledouble_files_are_left_out_silently_and_counted(tmp_path):
+    """As kohya's glob: `.name.png` is hidden on purpose, macOS's `._name.png` is no image."""
+    from lib_trainer.config import TrainConfig
+    from lib_trainer.dataset.plan import make_plan
+
+    folder = tmp_path / "2_x"
+    draw(folder / "good.png")
+    draw(folder / ".hidden.png")
+    write(folder / "._good.png", b"\x00\x05\x16\x07 AppleDouble resource fork")
+    scan = scan_dataset(str(tmp_path))
+    assert [os.path.basename(item.path) for item in scan.items] == ["good.png"]
+    assert scan.skipped == [] and scan.hidden == 2
+    summary = make_plan(TrainConfig().replace(train_data_dir=str(tmp_path), resolution="64",
+                                              min_bucket_reso=64)).summary()
+    assert "hidden files left out: 2" in summary and "cannot read" not in summary

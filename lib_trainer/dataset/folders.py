@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field
 
 from .captions import CaptionError, read_caption
-from .images import ImageReadError, image_size, is_image_file, list_images
+from .images import ImageReadError, hidden_images, image_size, is_image_file, list_images
 from ..errors import UserError
 
 FOLDER_PATTERN = re.compile(r"^(\d+)_(.+)$")
@@ -45,6 +45,7 @@ class DatasetScan:
     concepts: list[Concept] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
     warnings: list[str] = field(default_factory=list)
+    hidden: int = 0  # hidden files (.name.png, ._name.png) left out, as kohya leaves them out
 
     def train_items(self) -> list[ImageItem]:
         return [item for item in self.items if not item.concept.is_reg]
@@ -117,6 +118,7 @@ def _find_concepts(root: str, is_reg: bool, scan: DatasetScan) -> list[Concept]:
 def _scan_concept(concept: Concept, caption_extension: str, min_side: int, scan: DatasetScan,
                   caption_problems: list[str]) -> None:
     images = list_images(concept.folder)
+    scan.hidden += hidden_images(concept.folder)
     if not images:
         scan.warnings.append(f"{concept.folder} has no images (png, jpg, jpeg, webp, bmp)")
         return

@@ -19,13 +19,20 @@ def is_image_file(path: str | os.PathLike) -> bool:
 
 
 def list_images(folder: str | os.PathLike) -> list[str]:
-    """Image files directly inside `folder`, sorted by name (not recursive)."""
+    """Image files directly inside `folder`, sorted by name (not recursive). Hidden files are
+    left out, as kohya's glob leaves them out: `.name.png` is meant to be hidden, and macOS's
+    AppleDouble `._name.png` files are not images at all."""
     folder = os.fspath(folder)
     return sorted(
         os.path.join(folder, name)
         for name in os.listdir(folder)
-        if is_image_file(name) and os.path.isfile(os.path.join(folder, name))
+        if is_image_file(name) and not name.startswith(".") and os.path.isfile(os.path.join(folder, name))
     )
+
+
+def hidden_images(folder: str | os.PathLike) -> int:
+    """How many hidden files with an image extension `list_images` leaves out."""
+    return sum(1 for name in os.listdir(folder) if name.startswith(".") and is_image_file(name))
 
 
 def image_size(path: str | os.PathLike) -> tuple[int, int]:

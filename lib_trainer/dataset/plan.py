@@ -48,6 +48,9 @@ class TrainingPlan:
         lines.append(f"  images without a caption file: {self.uncaptioned} (captioned with their folder name)")
         for path, reason in ts.scan.skipped:
             lines.append(f"  skipped {path}: {reason}")
+        if ts.scan.hidden:
+            lines.append(f"  hidden files left out: {ts.scan.hidden} (names starting with '.', as kohya leaves them "
+                         "out; macOS's ._ files are not images)")
         for warning in ts.scan.warnings:
             lines.append(f"  warning: {warning}")
         buckets = ", ".join(f"{w}x{h}: {n}" for (w, h), n in ts.bucket_counts().items())
