@@ -431,7 +431,11 @@ def load_config_data(path: str) -> dict[str, Any]:
 
 def load_config_file(path: str) -> dict[str, Any]:
     """Flat key/values from a .toml or .json file; TOML sections (sd-scripts style) are flattened."""
-    data = load_config_data(path)
+    return flatten_sections(load_config_data(path))
+
+
+def flatten_sections(data: dict[str, Any]) -> dict[str, Any]:
+    """TOML sections (sd-scripts' [model_arguments] ...) merged into one flat dict."""
     flat: dict[str, Any] = {}
     for key, value in data.items():
         if isinstance(value, dict):

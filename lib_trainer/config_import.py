@@ -19,7 +19,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from .config import ConfigError, TrainConfig, coerce_values, field_specs, load_config_data, without_kohya_only_options
+from .config import (ConfigError, TrainConfig, coerce_values, field_specs, flatten_sections, load_config_data,
+                     without_kohya_only_options)
 from .fileio import write_text_atomic
 
 OURS, SD_SCRIPTS, LORA_SCRIPTS, KOHYA_SS_GUI = "lib_trainer", "sd-scripts", "lora-scripts", "kohya_ss GUI"
@@ -83,13 +84,7 @@ def read_config_file(path: str, base: TrainConfig) -> tuple[TrainConfig, list[st
     """`base` with the file's values; returns (config, notes about what was not used)."""
     data = load_config_data(path)
     kind = config_format(path, data)
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            flat.update(value)
-        else:
-            flat[key] = value
-    values, notes = without_kohya_only_options(flat)
+    values, notes = without_kohya_only_options(flatten_sections(data))
     if kind == OURS:
         config = base.replace(**coerce_values(values, path))
     else:

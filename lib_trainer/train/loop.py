@@ -217,19 +217,15 @@ def _resume(config, saved, checks, trainable, optimizer, scheduler, scaler, data
     scheduler.load_state_dict(saved.scheduler)
     scaler.load_state_dict(saved.scaler)
     # A changed learning rate applies from here on, along the same schedule.
-    scheduler.base_lrs = [group["initial_lr"] for group in _fresh_lrs(optimizer, config)]
+    lrs = {"unet": config.effective_unet_lr(), "text_encoder": config.effective_text_encoder_lr()}
+    for group in optimizer.param_groups:
+        group["initial_lr"] = lrs.get(group.get("name"), group["initial_lr"])
+    scheduler.base_lrs = [group["initial_lr"] for group in optimizer.param_groups]
     for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
         group["lr"] = base * factor(scheduler.last_epoch)
     progress.status(f"resumed from {config.resume}: step {saved.step}, epoch {saved.epoch}, "
                     f"after {saved.batches_done} batches of it")
     return RunPosition.resumed(saved)
-
-
-def _fresh_lrs(optimizer, config):
-    lrs = {"unet": config.effective_unet_lr(), "text_encoder": config.effective_text_encoder_lr()}
-    for group in optimizer.param_groups:
-        group["initial_lr"] = lrs.get(group.get("name"), group["initial_lr"])
-    return optimizer.param_groups
 
 
 def _expected_output_bytes(config, plan, trainable) -> int:
