@@ -12,6 +12,8 @@ from ..config import TrainConfig
 from ..dataset.captions import split_tags
 from ..dataset.training_set import TrainingSet, steps_per_epoch
 
+# Ours, not kohya's: the mean loss over the last epoch's steps when the file was saved.
+AVERAGE_LOSS_KEY = "lib_trainer_average_loss"
 BASE_MODEL_VERSIONS = {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0"}
 ARCHITECTURES = {"sd1": "stable-diffusion-v1", "sd2": "stable-diffusion-v2-512", "sd2_v": "stable-diffusion-v2-768-v",
                  "sdxl": "stable-diffusion-xl-v1-base"}

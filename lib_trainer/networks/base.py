@@ -93,6 +93,11 @@ class Network(Trainable):
         for adapter in self.adapters.values():
             adapter.detach()
 
+    def set_multipliers(self, text_encoder: float, unet: float) -> None:
+        """How strongly the network applies to each part (the WebUI's `<lora:name:te:unet>`)."""
+        for adapter in self.adapters.values():
+            adapter.multiplier = text_encoder if adapter.component == "text_encoder" else unet
+
     def parameter_groups(self, unet_lr: float, text_encoder_lr: float) -> list[dict]:
         groups = []
         for component, lr in (("unet", unet_lr), ("text_encoder", text_encoder_lr)):

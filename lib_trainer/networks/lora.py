@@ -169,6 +169,21 @@ class LoRAMethod(NetworkMethod):
     def recognises(self, keys: Iterable[str]) -> bool:
         return any(key.endswith(".lora_down.weight") for key in keys)
 
+    def from_file(self, targets: list[TargetLayer], state: dict) -> tuple[Network, list[str]]:
+        by_name = {target.name: target for target in targets}
+        adapters, used = [], set()
+        for key, down in state.items():
+            name, _, suffix = key.partition(".")
+            if suffix != "lora_down.weight" or name not in by_name or f"{name}.lora_up.weight" not in state:
+                continue
+            alpha = state.get(f"{name}.alpha")
+            adapter = LoRAModule(by_name[name], down.shape[0], float(alpha) if alpha is not None else down.shape[0])
+            adapter.load_file_tensors({suffix: state[f"{name}.{suffix}"] for suffix in
+                                       ("lora_down.weight", "lora_up.weight", "alpha") if f"{name}.{suffix}" in state})
+            adapters.append(adapter)
+            used.update(f"{name}.{suffix}" for suffix in ("lora_down.weight", "lora_up.weight", "alpha"))
+        return Network(adapters, self, {}), sorted(set(state) - used)
+
     @staticmethod
     def _ranks(targets: list[TargetLayer], settings: dict[str, Any]):
         """(target, rank, alpha) of every adapted layer: 3x3 convs only with conv_dim."""

@@ -52,3 +52,9 @@ class NetworkMethod:
     def recognises(self, keys: Iterable[str]) -> bool:
         """Whether a file with these tensor keys holds this method's weights."""
         raise NotImplementedError
+
+    def from_file(self, targets: list[TargetLayer], state: dict) -> tuple[Any, list[str]]:
+        """(the network a file describes, on the layers of `targets` its keys name, with its
+        weights loaded; the file's keys that matched no layer). Each layer takes the rank and
+        alpha the file has for it: what the comparison applies."""
+        raise NotImplementedError

@@ -7,6 +7,8 @@ from __future__ import annotations
 from typing import Any
 
 from ..config import ConfigError, TrainConfig
+from ..errors import InvalidInput
+from ..formats.lora_file import load_lora
 from ..formats.kohya_names import TargetLayer
 from . import lora
 from .method import NetworkMethod
@@ -56,6 +58,21 @@ def create_network(config: TrainConfig, targets: list[TargetLayer]) -> Trainable
     """The configured network on layers chosen by the caller (tests, tools)."""
     method = find_method(config)
     return method.create(targets, method.settings(config))
+
+
+def network_from_file(path: str, bundle) -> Trainable:
+    """The network a saved file holds, on `bundle`'s layers, ready to attach (for comparing
+    files). Raises InvalidInput when no method knows the file's keys, or when some of its keys
+    name no layer of this model (a file of another model family)."""
+    state = load_lora(path)
+    method = next((method for method in METHODS.values() if method.recognises(state)), None)
+    if method is None:
+        raise InvalidInput(f"{path}: not a network file this trainer knows (keys like {next(iter(state), 'none')})")
+    network, unmatched = method.from_file(bundle.target_layers(include_conv=True), state)
+    if unmatched:
+        raise InvalidInput(f"{path}: {len(unmatched)} of its {len(state)} tensors match no layer of this "
+                           f"{bundle.family} model (e.g. {unmatched[0]}); was it trained on another model family?")
+    return network
 
 
 def ui_network_types() -> dict[str, dict[str, Any]]:

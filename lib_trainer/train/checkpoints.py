@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Sequence
 
 from ..config import TrainConfig, save_config
-from ..formats.metadata import checkpoint_metadata
+from ..formats.metadata import AVERAGE_LOSS_KEY, checkpoint_metadata
 from ..networks.trainable import Trainable
 from .precision import SAVE_DTYPES
 from ..errors import UserError
@@ -34,16 +35,22 @@ def final_path(output_dir: str, name: str) -> str:
 
 
 class CheckpointWriter:
-    def __init__(self, config: TrainConfig, trainable: Trainable, base_metadata: dict[str, str]) -> None:
+    def __init__(self, config: TrainConfig, trainable: Trainable, base_metadata: dict[str, str],
+                 recent_losses: Sequence[float] = ()) -> None:
         self.config = config
         self.trainable = trainable
         self.base_metadata = base_metadata
+        # The loop's window of recent losses: each file records their mean, which the
+        # comparison lists beside the file.
+        self.recent_losses = recent_losses
         self.saved: list[str] = []
 
     def save(self, path: str, epoch: int, step: int, interrupted: bool = False) -> str:
         if not self.trainable.all_finite():
             raise UnsafeToSave(f"not writing {path}: the trained weights are not finite")
         metadata = checkpoint_metadata(self.base_metadata, epoch, step, time.time(), interrupted)
+        if self.recent_losses:
+            metadata[AVERAGE_LOSS_KEY] = f"{sum(self.recent_losses) / len(self.recent_losses):.6g}"
         self.trainable.write_file(path, metadata, SAVE_DTYPES[self.config.save_precision])
         # The config goes next to the files it produced, so a run can be repeated. A stopped
         # run's goes beside its own name-stepN file: it must not replace a finished run's.

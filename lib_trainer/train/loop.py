@@ -118,13 +118,13 @@ def _run(config, bundle, plan, trainable, device, progress, data_rng, noise_rng,
                                  optimizer_text, trainable.file_metadata(), warmup,
                                  model_hashes=(bundle.sd_model_hash, bundle.new_sd_model_hash))
     metadata["ss_trained_parts"] = json.dumps(trainable.conditioned())
-    writer = CheckpointWriter(config, trainable, metadata)
+    losses: list[float] = list(run.losses)
+    window: deque[float] = deque(losses[-plan.steps_per_epoch:], maxlen=max(1, plan.steps_per_epoch))
+    writer = CheckpointWriter(config, trainable, metadata, recent_losses=window)
     states = StateWriter(config, trainable, optimizer, scheduler, scaler, checks, progress)
     samples = SampleMaker(config, bundle, trainable, device, progress)
     params = [p for group in optimizer.param_groups for p in group["params"]]
 
-    losses: list[float] = list(run.losses)
-    window: deque[float] = deque(losses[-plan.steps_per_epoch:], maxlen=max(1, plan.steps_per_epoch))
     step, stopped = run.step, False
     progress.start("training", plan.total_steps)
     try:

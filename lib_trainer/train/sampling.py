@@ -68,9 +68,12 @@ def infotext(prompt: SamplePrompt, sampler: str, seed: int) -> str:
     return "\n".join(lines)
 
 
-def save_png(path: str, image: Image.Image, parameters: str) -> None:
+def save_png(path: str, image: Image.Image, parameters: str, **texts: str) -> None:
+    """Atomically, with the infotext as `parameters` and any other text chunks given."""
     info = PngImagePlugin.PngInfo()
     info.add_text("parameters", parameters)
+    for key, value in texts.items():
+        info.add_text(key, value)
     with atomic_path(path) as temporary:
         image.save(temporary, format="PNG", pnginfo=info)
 

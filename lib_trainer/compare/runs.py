@@ -1,0 +1,170 @@
+"""The files a training run saved, read back from their metadata: what the grids compare.
+
+A run writes `name-000002.safetensors` after epoch 2, `name-step00000100.safetensors` after a
+step save or a stop, and `name.safetensors` at the end (train/checkpoints.py), each with
+`ss_output_name`, `ss_epoch`, `ss_steps` and our `lib_trainer_average_loss` in its metadata.
+Files are grouped by run (their `ss_output_name`, or their own name when they have none, as
+for a file another tool wrote) and ordered by step, then epoch, so a run's files read in the
+order they were trained. Metadata is read from the header only and cached by file size and
+modification time: a Lora folder of hundreds of files lists in milliseconds.
+"""
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections import Counter
+from dataclasses import dataclass
+
+from ..formats.lora_file import read_metadata
+from ..formats.metadata import AVERAGE_LOSS_KEY
+
+NETWORK_EXTENSIONS = (".safetensors",)
+
+
+@dataclass(frozen=True)
+class SavedFile:
+    path: str
+    run: str                     # the run's output name
+    epoch: int | None
+    step: int | None
+    average_loss: float | None   # over the last epoch's steps when the file was saved
+    metadata: dict
+
+    @property
+    def name(self) -> str:
+        """The name the WebUI's Lora network knows the file by (`<lora:name:1>`)."""
+        return os.path.splitext(os.path.basename(self.path))[0]
+
+    @property
+    def label(self) -> str:
+        """`run epoch 2`, `run step 100`, or the file's name when its metadata says neither;
+        the final file says so."""
+        if self.step is None and self.epoch is None:
+            return self.name
+        final = " (final)" if self.name == self.run else ""
+        if self.name.startswith(f"{self.run}-step") or self.epoch is None:
+            return f"{self.run} step {self.step}{final}"
+        return f"{self.run} epoch {self.epoch}{final}"
+
+    @property
+    def summary(self) -> str:
+        """The label with the step and the loss, for lists."""
+        parts = [self.label]
+        if self.step is not None and "step" not in self.label:
+            parts.append(f"step {self.step}")
+        if self.average_loss is not None:
+            parts.append(f"avg loss {self.average_loss:.4f}")
+        return ", ".join(parts)
+
+
+_cache: dict[str, tuple[tuple[int, int], SavedFile]] = {}
+_cache_lock = threading.Lock()
+
+
+def read_saved_file(path: str) -> SavedFile:
+    """The file's run, epoch, step and loss from its metadata; raises OSError/ValueError for a
+    file that is not a readable safetensors file."""
+    stat = os.stat(path)
+    stamp = (stat.st_size, stat.st_mtime_ns)
+    with _cache_lock:
+        cached = _cache.get(path)
+    if cached and cached[0] == stamp:
+        return cached[1]
+    metadata = read_metadata(path)
+    stem = os.path.splitext(os.path.basename(path))[0]
+    saved = SavedFile(path=path, run=metadata.get("ss_output_name") or stem, epoch=_number(metadata, "ss_epoch", int),
+                      step=_number(metadata, "ss_steps", int),
+                      average_loss=_number(metadata, AVERAGE_LOSS_KEY, float), metadata=metadata)
+    with _cache_lock:
+        _cache[path] = (stamp, saved)
+    return saved
+
+
+def saved_files(folder: str) -> list[SavedFile]:
+    """Every readable network file under `folder` (its subfolders too, as the WebUI walks its
+    Lora folder), grouped by run in name order, each run's files in training order. Files that
+    cannot be read are left out: a broken download must not hide the rest."""
+    found = []
+    for root, folders, files in os.walk(folder):
+        folders[:] = sorted(f for f in folders if not f.startswith(".") and not f.endswith("-state"))
+        for file in sorted(files):
+            if file.lower().endswith(NETWORK_EXTENSIONS) and not file.startswith("."):
+                try:
+                    found.append(read_saved_file(os.path.join(root, file)))
+                except (OSError, ValueError, UnicodeDecodeError):
+                    continue
+    return sorted(found, key=_training_order)
+
+
+def run_names(folder: str) -> list[str]:
+    """The runs with files in `folder`, in name order."""
+    return sorted({saved.run for saved in saved_files(folder)}, key=str.casefold)
+
+
+def run_files(folder: str, run: str) -> list[SavedFile]:
+    return [saved for saved in saved_files(folder) if saved.run == run]
+
+
+def find_saved(folder: str, name_or_path: str) -> SavedFile:
+    """A file given by path, by name (`sls-000002`) or by label (`sls epoch 2`); raises
+    LookupError naming what is there."""
+    if os.path.isfile(name_or_path):
+        return read_saved_file(name_or_path)
+    files = saved_files(folder)
+    for saved in files:
+        if name_or_path in (saved.name, saved.label, os.path.basename(saved.path)):
+            return saved
+    known = ", ".join(saved.name for saved in files[:12]) or "none"
+    raise LookupError(f"no network file {name_or_path!r} in {folder} (there: {known})")
+
+
+def training_prompt(saved: SavedFile, extra: str = "smile") -> str:
+    """A prompt for comparing a run's files: the trigger word and the class of its first
+    concept folder (`10_sls 1girl` -> `sls, 1girl`), then a feature the dataset did not have."""
+    words = []
+    try:
+        folders = json.loads(saved.metadata.get("ss_dataset_dirs") or "{}")
+    except ValueError:
+        folders = {}
+    if folders:
+        first = sorted(folders)[0]
+        words = first.split("_", 1)[1].split() if "_" in first else first.split()
+    words = [word for word in words if word] or [saved.run]
+    return ", ".join([*words, extra] if extra else words)
+
+
+def training_size(saved: SavedFile, default: tuple[int, int] = (512, 512)) -> tuple[int, int]:
+    """(width, height) of the bucket most of the run's images trained in: the training's
+    aspect ratio at its resolution."""
+    try:
+        buckets = json.loads(saved.metadata.get("ss_bucket_info") or "{}").get("buckets", {})
+    except (ValueError, AttributeError):
+        buckets = {}
+    counts: Counter = Counter()
+    for bucket in buckets.values():
+        try:
+            counts[tuple(int(side) for side in bucket["resolution"])] += int(bucket["count"])
+        except (KeyError, TypeError, ValueError):
+            continue
+    if counts:
+        return counts.most_common(1)[0][0]
+    resolution = saved.metadata.get("ss_resolution", "")
+    try:
+        width, height = (int(side) for side in resolution.strip("()").split(","))
+        return width, height
+    except ValueError:
+        return default
+
+
+def _number(metadata: dict, key: str, kind):
+    try:
+        return kind(metadata[key])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _training_order(saved: SavedFile):
+    unknown = 1 << 62
+    return (saved.run.casefold(), saved.step if saved.step is not None else unknown,
+            saved.epoch if saved.epoch is not None else unknown, saved.name == saved.run, saved.name)

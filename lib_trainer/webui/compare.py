@@ -1,0 +1,32 @@
+"""Grid cells drawn by the WebUI's own txt2img, the network applied by its built-in Lora.
+
+Each cell's prompt gets `<lora:name:te:unet>`, so the grid shows exactly what the user gets
+when typing that tag later, and each image's infotext (with its `Lora hashes`) carries it.
+The WebUI's sampler of the same name draws it; the base model's column has no tag.
+"""
+from __future__ import annotations
+
+from ..compare.grid import Cell, GridRequest, lora_tag
+from ..train.samplers import SAMPLERS
+
+
+def webui_cell_prompt(cell: Cell) -> str:
+    if cell.file is None:
+        return cell.prompt
+    return f"{cell.prompt} {lora_tag(cell.file.name, cell.weight, cell.weight)}"
+
+
+def webui_draw_cell(cell: Cell, request: GridRequest):
+    # Imported on use: the WebUI's processing module is heavy and imports most of the WebUI.
+    from modules import processing, shared
+
+    p = processing.StableDiffusionProcessingTxt2Img(
+        sd_model=shared.sd_model, prompt=webui_cell_prompt(cell), negative_prompt=request.negative_prompt,
+        seed=request.seed, sampler_name=SAMPLERS[request.sampler].webui_name, steps=request.steps,
+        cfg_scale=request.cfg_scale, width=request.width, height=request.height,
+        do_not_save_samples=True, do_not_save_grid=True)
+    try:
+        processed = processing.process_images(p)
+    finally:
+        p.close()
+    return processed.images[0], processed.infotexts[0]
