@@ -16,6 +16,7 @@ import threading
 from collections import Counter
 from dataclasses import dataclass
 
+from ..config import ConfigError, load_config_file
 from ..formats.lora_file import read_metadata
 from ..formats.metadata import AVERAGE_LOSS_KEY
 
@@ -155,6 +156,16 @@ def training_size(saved: SavedFile, default: tuple[int, int] = (512, 512)) -> tu
         return width, height
     except ValueError:
         return default
+
+
+def training_model(saved: SavedFile) -> str:
+    """The base model the run trained on, from the config saved beside its files
+    (`name.toml`); "" when there is none (a file from another tool)."""
+    path = os.path.join(os.path.dirname(saved.path), f"{saved.run}.toml")
+    try:
+        return str(load_config_file(path).get("pretrained_model_name_or_path") or "")
+    except (ConfigError, OSError):
+        return ""
 
 
 def _number(metadata: dict, key: str, kind):
