@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field
 
 from .captions import CaptionError, read_caption
-from .images import ImageReadError, hidden_images, image_size, is_image_file, list_images
+from .images import ImageReadError, decoded_sizes, hidden_images, is_image_file, list_images, unusable_files
 from ..errors import UserError
 
 FOLDER_PATTERN = re.compile(r"^(\d+)_(.+)$")
@@ -119,16 +119,16 @@ def _scan_concept(concept: Concept, caption_extension: str, min_side: int, scan:
                   caption_problems: list[str]) -> None:
     images = list_images(concept.folder)
     scan.hidden += hidden_images(concept.folder)
+    scan.skipped.extend(unusable_files(concept.folder))
     if not images:
-        scan.warnings.append(f"{concept.folder} has no images (png, jpg, jpeg, webp, bmp)")
+        scan.warnings.append(f"{concept.folder} has no images (png, jpg, jpeg, webp, bmp, tif, gif)")
         return
     found_captions = 0
-    for path in images:
-        try:
-            width, height = image_size(path)
-        except ImageReadError as error:
-            scan.skipped.append((path, str(error).split(": ", 1)[-1]))
+    for path, size in zip(images, decoded_sizes(images)):
+        if isinstance(size, ImageReadError):
+            scan.skipped.append((path, str(size).split(": ", 1)[-1]))
             continue
+        width, height = size
         if min(width, height) < min_side:
             scan.skipped.append((path, f"too small ({width}x{height}); needs at least {min_side} px per side"))
             continue

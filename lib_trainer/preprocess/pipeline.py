@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from PIL import Image, ImageOps
 
-from ..dataset.images import ImageReadError, list_images, load_picture
+from ..dataset.images import ImageReadError, list_images, load_picture, unusable_files
 from ..fileio import atomic_path
 from ..progress import Progress, silent
 from .captions import DEFAULT_CAPTION_EXTENSION, caption_path
@@ -92,11 +92,30 @@ def target_size(options: PreprocessOptions, size: tuple[int, int]) -> tuple[int,
     return options.width, options.height
 
 
-def process_picture(path: str, options: PreprocessOptions, folder: str, debug_folder: str) -> tuple[list[str], list[str]]:
-    """Write the outputs made from one picture; returns (paths written, warnings)."""
+def unique_stems(paths: list[str]) -> dict[str, str]:
+    """Each picture's output name: its own, or with `_1`, `_2`... when another picture of the
+    batch has the same name in another format (`x.png`, `x.jpg`), so none overwrites another.
+    Names are compared ignoring case, as Windows and macOS do."""
+    taken: set[str] = set()
+    stems = {}
+    for path in paths:
+        stem = base = os.path.splitext(os.path.basename(path))[0]
+        counter = 0
+        while stem.casefold() in taken:
+            counter += 1
+            stem = f"{base}_{counter}"
+        taken.add(stem.casefold())
+        stems[path] = stem
+    return stems
+
+
+def process_picture(path: str, options: PreprocessOptions, folder: str, debug_folder: str,
+                    stem: str | None = None) -> tuple[list[str], list[str]]:
+    """Write the outputs made from one picture, named after `stem` (default: the picture's
+    own name); returns (paths written, warnings)."""
     image = load_picture(path, options.background)
     target = target_size(options, image.size)
-    stem = os.path.splitext(os.path.basename(path))[0]
+    stem = stem or os.path.splitext(os.path.basename(path))[0]
     warnings: list[str] = []
     if options.split and needs_split(image.size, target, options.split_threshold):
         pieces = [(f"{stem}_tile{i + 1}", tile) for i, tile in enumerate(split_tiles(image, target, options.overlap))]
@@ -130,11 +149,15 @@ def preprocess_folder(options: PreprocessOptions, progress: Progress | None = No
         raise InvalidInput("the output folder is the source folder; choose another so the originals stay untouched")
     result = PreprocessResult(folder)
     paths = list_images(options.source)
-    skipped_names = sorted(set(os.listdir(options.source)) - {os.path.basename(p) for p in paths})
+    unusable = unusable_files(options.source)
+    result.skipped.extend(unusable)
+    skipped_names = sorted(set(os.listdir(options.source)) - {os.path.basename(p) for p in paths}
+                           - {os.path.basename(p) for p, _ in unusable})
     for name in skipped_names:
         full = os.path.join(options.source, name)
-        if os.path.isfile(full) and not name.endswith(options.caption_extension):
+        if os.path.isfile(full) and not name.endswith(options.caption_extension) and not name.startswith("."):
             result.skipped.append((full, "not an image file"))
+    stems = unique_stems(paths)
     os.makedirs(folder, exist_ok=True)
     debug_folder = os.path.join(folder, ".focal_debug")
     reported: set[str] = set()
@@ -144,7 +167,7 @@ def preprocess_folder(options: PreprocessOptions, progress: Progress | None = No
             result.stopped = True
             break
         try:
-            written, warnings = process_picture(path, options, folder, debug_folder)
+            written, warnings = process_picture(path, options, folder, debug_folder, stems[path])
         except (ImageReadError, OSError) as error:
             result.skipped.append((path, str(error)))
             progress.status(f"skipped {path}: {error}")
