@@ -7,9 +7,11 @@ range. Unknown keys and bad values are reported, never silently ignored.
 """
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import difflib
 import json
+import math
 import os
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -48,6 +50,8 @@ class TrainConfig:
         "tiny:sd1", "Base model: a .safetensors/.ckpt checkpoint (SD1.x, SD2.x, SDXL), a diffusers folder, "
         "or tiny:sd1 / tiny:sd2 / tiny:sdxl (built-in test models).", "model")
     vae: str = option("", "A separate VAE file that replaces the checkpoint's own.", "model")
+    v2: bool = option(False, "sd-scripts' flag for an SD 2.x base model. The family is read from the checkpoint "
+                      "itself; when set, it must agree.", "model")
     v_parameterization: bool = option(False, "The model predicts v instead of noise (SD2.x 768-v models; detected "
                                       "from a .yaml beside the checkpoint or a v_pred key).", "model")
     zero_terminal_snr: bool = option(False, "Rescale the noise schedule to zero SNR at the last step "
@@ -151,7 +155,8 @@ class TrainConfig:
                          "instead starts from a file's weights with a new optimizer and schedule.", "training")
     gradient_checkpointing: bool = option(False, "Trade compute for memory.", "training")
     xformers: bool = option(False, "Use xformers attention (CUDA, when installed).", "training")
-    seed: int = option(42, "Seed for noise, data order, augmentation and initial weights.", "training")
+    seed: int = option(42, "Seed for noise, data order, augmentation and initial weights.", "training",
+                       minimum=0, maximum=2**32 - 1)
     noise_offset: float = option(0.0, "Add a per-channel offset to the noise (darker/brighter images).", "training",
                                  minimum=0.0)
     min_snr_gamma: float = option(0.0, "Min-SNR loss weighting gamma (5 is common; 0 = off).", "training",
@@ -223,6 +228,10 @@ class TrainConfig:
             found.append(f"resolution={self.resolution!r}: write 512 or 512,768")
         if self.min_bucket_reso > self.max_bucket_reso:
             found.append("min_bucket_reso must not be larger than max_bucket_reso")
+        elif self.enable_bucket and not self.bucket_no_upscale and _resolution_side(self) > self.max_bucket_reso:
+            # kohya refuses this too: no bucket could hold the training area.
+            found.append(f"resolution={self.resolution} is larger than max_bucket_reso={self.max_bucket_reso}: "
+                         f"raise max_bucket_reso to at least {_resolution_side(self)} or lower the resolution")
         if self.network_train_unet_only and self.network_train_text_encoder_only:
             found.append("network_train_unet_only and network_train_text_encoder_only exclude each other")
         if self.random_crop and self.cache_latents:
@@ -232,6 +241,11 @@ class TrainConfig:
         if self.cache_latents_to_disk and not self.cache_latents:
             found.append("cache_latents_to_disk needs cache_latents")
         found += _file_name_problems("output_name", self.output_name)
+        if self.network_weights:
+            from .formats.lora_file import network_file_problems  # imports torch, as below
+
+            found += [f"network_weights {self.network_weights}: {problem}"
+                      for problem in network_file_problems(self.network_weights)]
         for name in ("network_args", "optimizer_args"):
             try:
                 parse_key_values(getattr(self, name), name)
@@ -315,6 +329,13 @@ def _file_name_problems(key: str, name: str) -> list[str]:
     return []
 
 
+def _resolution_side(config: "TrainConfig") -> int:
+    try:
+        return max(config.resolution_wh())
+    except ValueError:
+        return 0
+
+
 def field_specs() -> dict[str, dataclasses.Field]:
     return {spec.name: spec for spec in fields(TrainConfig)}
 
@@ -358,7 +379,10 @@ def convert_value(spec: dataclasses.Field, value: Any) -> Any:
             raise ValueError("expected a whole number")
         return int(value)
     if kind.startswith("float"):
-        return float(value)
+        number = float(value)
+        if not math.isfinite(number):
+            raise ValueError("expected a finite number (not nan or inf)")
+        return number
     if kind.startswith("list"):
         if isinstance(value, str):
             return value.split() if value.strip() else []
@@ -414,15 +438,15 @@ def load_config_data(path: str) -> dict[str, Any]:
     """The table in a .toml or .json file as written (sections kept); see config_import.py."""
     if not os.path.isfile(path):
         raise ConfigError(f"Config file {path} does not exist")
+    text = _config_text(path)
     if path.lower().endswith(".json"):
-        with open(path, encoding="utf-8") as handle:
-            try:
-                data = json.load(handle)
-            except json.JSONDecodeError as error:
-                raise ConfigError(f"{path} is not valid JSON: {error.msg} at line {error.lineno}, "
-                                  f"column {error.colno}") from error
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ConfigError(f"{path} is not valid JSON: {error.msg} at line {error.lineno}, "
+                              f"column {error.colno}") from error
     else:
-        data = _read_toml(path)
+        data = _read_toml(path, text)
     if not isinstance(data, dict):
         raise ConfigError(f"{path} holds a {type(data).__name__}; a config file holds a table of options "
                           "(key = value)")
@@ -445,16 +469,30 @@ def flatten_sections(data: dict[str, Any]) -> dict[str, Any]:
     return flat
 
 
-def _read_toml(path: str) -> dict[str, Any]:
+def _config_text(path: str) -> str:
+    """The file as text: UTF-8, or UTF-16/32 with a byte-order mark (Windows' Notepad and
+    PowerShell write those); anything else is refused with what to do."""
+    with open(path, "rb") as handle:
+        data = handle.read()
+    for mark, encoding in ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
+                           (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16")):
+        if data.startswith(mark):
+            return data.decode(encoding)
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path} is not UTF-8 text (byte {error.start} cannot be read): save it as UTF-8") from None
+
+
+def _read_toml(path: str, text: str) -> dict[str, Any]:
     try:
         import tomllib  # Python 3.11+
     except ImportError:
         import tomli as tomllib  # Python 3.10
-    with open(path, "rb") as handle:
-        try:
-            return tomllib.load(handle)
-        except tomllib.TOMLDecodeError as error:
-            raise ConfigError(f"{path} is not valid TOML: {error}") from error
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path} is not valid TOML: {error}") from error
 
 
 def config_to_toml(config: TrainConfig) -> str:

@@ -21,7 +21,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"config written to {args.save_config}")
         return 0
     result = run_training(config)
-    print(result.final_path)
+    if result.final_path:  # None when stopped before the first step: nothing was written
+        print(result.final_path)
     return 0 if not result.stopped_early else 130
 
 

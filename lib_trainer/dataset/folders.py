@@ -54,6 +54,13 @@ class DatasetScan:
         return [item for item in self.items if item.concept.is_reg]
 
 
+def suggested_name(name: str) -> str:
+    """A <repeats>_<concept> name for a folder that has none, or a repeat count below 1
+    (`0_concept` -> `10_concept`, not `10_0_concept`)."""
+    match = re.match(r"^\d+_(.+)$", name)
+    return f"10_{match.group(1) if match else name}"
+
+
 def parse_concept_folder(name: str) -> tuple[int, str] | None:
     match = FOLDER_PATTERN.match(name)
     if not match or int(match.group(1)) < 1:
@@ -101,7 +108,7 @@ def _find_concepts(root: str, is_reg: bool, scan: DatasetScan) -> list[Concept]:
         concepts.append(Concept(folder=path, repeats=parsed[0], name=parsed[1], is_reg=is_reg))
     for name in ignored:
         scan.warnings.append(f"{os.path.join(root, name)} ignored: its name does not start with <repeats>_ "
-                             f"(rename it to e.g. 10_{name})")
+                             f"(rename it to e.g. {suggested_name(name)})")
     if concepts:
         scan.concepts.extend(concepts)
         return concepts
@@ -110,7 +117,7 @@ def _find_concepts(root: str, is_reg: bool, scan: DatasetScan) -> list[Concept]:
         raise DatasetError(
             f"{what} {root} holds {len(loose)} images directly. It must be the folder *above* the image "
             f"folders: move the images into a subfolder named <repeats>_<concept>, e.g. {root}/10_myconcept")
-    hint = f" (found {', '.join(ignored)}: rename to e.g. 10_{ignored[0]})" if ignored else ""
+    hint = f" (found {', '.join(ignored)}: rename to e.g. {suggested_name(ignored[0])})" if ignored else ""
     raise DatasetError(f"{what} {root} has no <repeats>_<concept> folder{hint}: put your images and captions "
                        f"in a subfolder named <repeats>_<concept>, e.g. {root}/10_myconcept")
 

@@ -43,5 +43,54 @@ def read_metadata(path: str) -> dict[str, str]:
     return header.get("__metadata__", {})
 
 
+def read_tensor_names(path: str) -> list[str]:
+    """The tensor names in a safetensors file's header, without reading the tensors; raises
+    ValueError saying what is wrong with a file that is not one."""
+    import os
+
+    size = os.path.getsize(path)
+    with open(path, "rb") as handle:
+        start = handle.read(8)
+        if len(start) < 8:
+            raise ValueError(f"the file is {size} bytes long, too short to be a .safetensors file")
+        header_length = struct.unpack("<Q", start)[0]
+        if header_length > size - 8 or header_length > 100_000_000:
+            raise ValueError("it is not a .safetensors file, or it was cut short (its header runs past its end)")
+        try:
+            header = json.loads(handle.read(header_length))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise ValueError("it is not a .safetensors file (its header is not readable)") from None
+    if not isinstance(header, dict):
+        raise ValueError("it is not a .safetensors file (its header is not a table)")
+    names = [name for name in header if name != "__metadata__"]
+    ends = [entry.get("data_offsets", [0, 0])[1] for name, entry in header.items()
+            if name != "__metadata__" and isinstance(entry, dict)]
+    if ends and max(ends) > size - 8 - header_length:
+        raise ValueError("the file was cut short: its tensors run past its end (download or copy it again)")
+    return names
+
+
+def network_file_problems(path: str) -> list[str]:
+    """What keeps `path` from being a network file to start from (--network_weights)."""
+    import os
+
+    if not os.path.exists(path):
+        return ["no such file"]
+    if os.path.isdir(path):
+        return ["is a folder; give the .safetensors file"]
+    try:
+        names = read_tensor_names(path)
+    except (OSError, ValueError) as error:
+        return [str(error)]
+    if not names:
+        return ["the file holds no tensors"]
+    from ..networks.registry import METHODS  # networks import this module
+
+    if not any(method.recognises(names) for method in METHODS.values()):
+        return [f"not a LoRA file this trainer knows (its keys look like {names[0]}; a checkpoint or an "
+                "embedding cannot be trained on as a network)"]
+    return []
+
+
 def load_lora(path: str) -> dict[str, torch.Tensor]:
     return load_file(path)

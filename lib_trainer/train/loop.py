@@ -21,7 +21,7 @@ from ..dataset.latent_cache import LatentCache
 from ..dataset.pixels import crop_box, load_pixels, size_condition
 from ..dataset.plan import TrainingPlan, caption_options, make_plan
 from ..dataset.captions import training_caption
-from ..errors import UserError
+from ..errors import InvalidInput, UserError
 from ..formats.metadata import training_metadata
 from ..hosts.bundle import ModelBundle
 from ..networks.registry import create_trainable
@@ -66,6 +66,9 @@ def train(config: TrainConfig, bundle: ModelBundle | None = None, progress: Prog
 
         bundle = load_bundle(config.pretrained_model_name_or_path, config.v_parameterization, config.clip_skip,
                              config.vae)
+    if config.v2 and bundle.family != "sd2":
+        raise InvalidInput(f"v2 is set (an SD 2.x base model), but {config.pretrained_model_name_or_path or 'the model'} "
+                           f"is {bundle.family.upper()} (its weights say so): remove v2, or choose an SD 2.x checkpoint")
     for note in (*bundle.notes, *_family_notes(config, bundle)):
         progress.status(note)
     plan = make_plan(config, bundle.count_tokens)
