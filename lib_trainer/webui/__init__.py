@@ -9,5 +9,6 @@ ImportError; nothing here is imported by the rest of the library.
 - sampling.py: sample images through the WebUI's own txt2img;
 - service.py: the job service (queue lock, `shared.state`, Interrupt), defaults, folders and
   the memory estimate of the loaded model;
-- taggers.py: deepbooru and BLIP through the WebUI's models, registered into the tagger registry.
+- taggers.py: deepbooru and BLIP through the WebUI's models, registered into the tagger registry;
+- xyz_axes.py: the LoRA file and weight axes added to the WebUI's own X/Y/Z plot script.
 """
