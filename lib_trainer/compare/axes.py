@@ -21,9 +21,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, replace
 
-from ..errors import UserError
+from ..errors import InvalidInput, UserError
 from .grid import lora_tag
 from .runs import saved_files
+from .values import parse_numbers
 
 NONE = "None"                  # the file axis' baseline value: no network in the cell
 STATE_ATTRIBUTE = "lib_trainer_xyz"
@@ -197,45 +198,14 @@ def file_label(folder: str, name: str) -> str:
     return name
 
 
-_NUMBER = r"[+-]?\s*\d+(?:\.\d*)?"
-_STEP_RANGE = re.compile(rf"\s*({_NUMBER})\s*-\s*({_NUMBER})\s*\(\s*([+-]\s*\d+(?:\.\d*)?|\d+(?:\.\d*)?)\s*\)\s*")
-_COUNT_RANGE = re.compile(rf"\s*({_NUMBER})\s*-\s*({_NUMBER})\s*\[\s*(\d+)\s*]\s*")
-_PLAIN_RANGE = re.compile(rf"\s*({_NUMBER})\s*-\s*({_NUMBER})\s*")
-
-
 def parse_weights(text: str) -> list[float]:
-    """Comma-separated weights in the X/Y/Z script's syntax: `0.5`, `0.6-1 (+0.1)` (a step),
-    `0-1 [5]` (a count), `0-1` (steps of 1). Unlike the script's float ranges (numpy's arange
-    over end + step) the end is included only when a step reaches it, so `0.6-1 (+0.1)` is
-    the five weights 0.6 … 1, not six ending at 1.1."""
-    weights = []
-    for item in (part.strip() for part in text.split(",")):
-        if not item:
-            continue
-        step_range, count_range, plain_range = (pattern.fullmatch(item) for pattern in (_STEP_RANGE, _COUNT_RANGE, _PLAIN_RANGE))
-        if step_range or plain_range:
-            match = step_range or plain_range
-            start, end = _number(match.group(1)), _number(match.group(2))
-            step = _number(match.group(3)) if step_range else 1.0
-            if step == 0 or (end - start) * step < 0:
-                raise AxisError(f"the range {item!r} never reaches its end")
-            count = int((end - start) / step + 1e-9) + 1
-            weights += [round(start + index * step, 8) for index in range(count)]
-        elif count_range:
-            start, end, count = _number(count_range.group(1)), _number(count_range.group(2)), int(count_range.group(3))
-            if count < 1:
-                raise AxisError(f"the range {item!r} has no values")
-            weights += [start] if count == 1 else [round(start + (end - start) * i / (count - 1), 8) for i in range(count)]
-        else:
-            try:
-                weights.append(float(item))
-            except ValueError:
-                raise AxisError(f"{item!r} is not a weight (write 0.8, or a range such as 0.6-1 (+0.1))") from None
-    return weights
-
-
-def _number(text: str) -> float:
-    return float(text.replace(" ", ""))
+    """The weights of an axis in the X/Y/Z syntax (compare/values.py), as the script's own
+    error type. Unlike the script's float ranges (numpy's arange over end + step) the end is
+    included only when a step reaches it: `0.6-1 (+0.1)` is 0.6 … 1, not six ending at 1.1."""
+    try:
+        return parse_numbers(text)
+    except InvalidInput as error:
+        raise AxisError(str(error)) from None
 
 
 def weight_label(part: str, value: float) -> str:

@@ -1,7 +1,8 @@
 """Weight lists as the WebUI's X/Y/Z plot reads them, so users type what they already know.
 
 `0.6,0.8,1` is a list; `0.6-1 (+0.1)` a range with a step (the end included when the steps
-reach it); `0-1 [5]` a range of five evenly spaced values. Parts mix: `0, 0.5-1 (+0.25)`.
+reach it); `0-1 [5]` a range of five evenly spaced values; `0-2` a range in steps of 1.
+Parts mix: `0, 0.5-1 (+0.25)`.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from ..errors import InvalidInput
 _NUMBER = r"[+-]?\s*\d+(?:\.\d*)?|[+-]?\s*\.\d+"
 _STEP_RANGE = re.compile(rf"^\s*({_NUMBER})\s*-\s*({_NUMBER})\s*\(\s*({_NUMBER})\s*\)\s*$")
 _COUNT_RANGE = re.compile(rf"^\s*({_NUMBER})\s*-\s*({_NUMBER})\s*\[\s*(\d+)\s*\]\s*$")
+_PLAIN_RANGE = re.compile(rf"^\s*({_NUMBER})\s*-\s*({_NUMBER})\s*$")
 
 
 def parse_numbers(text: str, name: str = "weights") -> list[float]:
@@ -27,9 +29,12 @@ def parse_numbers(text: str, name: str = "weights") -> list[float]:
 
 
 def _part_values(part: str, name: str) -> list[float]:
-    step_range, count_range = _STEP_RANGE.match(part), _COUNT_RANGE.match(part)
-    if step_range:
-        start, end, step = (_number(group) for group in step_range.groups())
+    step_range, count_range, plain_range = (pattern.match(part) for pattern in (_STEP_RANGE, _COUNT_RANGE,
+                                                                                  _PLAIN_RANGE))
+    if step_range or plain_range:
+        bounds = step_range or plain_range
+        start, end = _number(bounds.group(1)), _number(bounds.group(2))
+        step = _number(step_range.group(3)) if step_range else 1.0
         if step == 0 or (end - start) * step < 0:
             raise InvalidInput(f"{name}: {part!r} never reaches {end:g} with a step of {step:+g}")
         count = int((end - start) / step + 1e-9) + 1
