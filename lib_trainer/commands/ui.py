@@ -45,6 +45,8 @@ def run(args: argparse.Namespace) -> int:
         for note in notes:
             print(f"note: {args.config}: {note}", file=sys.stderr)
     service = make_service(args.state_dir)
+    if service.queue.load_notice:
+        print(f"warning: {service.queue.load_notice}", file=sys.stderr)
     if args.model and not args.model.startswith("tiny:") and not os.path.exists(args.model):
         print(f"warning: --model {args.model} does not exist; choose the model in the form", file=sys.stderr)
     # gradio 3.41 builds an empty altair chart for every no-op update of the loss plot.

@@ -64,7 +64,8 @@ def standalone_blocks(service: TrainService, defaults: TrainConfig | None = None
     css_file, scripts = asset_files()
     with open(css_file, encoding="utf-8") as handle:
         css = handle.read()
-    blocks = build_tab(service, defaults, title="LoRA Train - lib_trainer", css=css)
+    notice = f"**The queue was reset:** {service.queue.load_notice}" if service.queue.load_notice else ""
+    blocks = build_tab(service, defaults, notice=notice, title="LoRA Train - lib_trainer", css=css)
     code = "\n".join(open(path, encoding="utf-8").read() for path in scripts)
     # The scripts are plain files for the WebUI's <script> tags; here they run once on load.
     with blocks:
