@@ -112,3 +112,51 @@ def test_a_signal_stops_the_cli_run_after_its_step_and_saves(small_root, tmp_pat
         assert f"aborted ({signals[1]})" in run.stderr
     else:
         assert out.strip() == path  # a stop ends as a run does: the file on stdout
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def server_with_a_run_going(small_root, tmp_path, name: str) -> Process:
+    from lib_trainer.jobs import TrainQueue
+
+    state = tmp_path / "state"
+    TrainQueue(str(state / "queue.json")).add(
+        quick_config(small_root, str(tmp_path / "out"), output_name=name, max_train_steps=100000, train_batch_size=1))
+    server = Process("ui", "--port", str(free_port()), "--state-dir", str(state), "--run-queue")
+    server.wait_for(lambda: server.training_step() >= 1, "first training step of the queued run")
+    return server
+
+
+@pytest.mark.parametrize("signal_name", ["SIGINT", "SIGTERM", "SIGHUP"])
+def test_a_signal_stops_the_servers_run_saves_it_and_closes_the_server(small_root, tmp_path, signal_name):
+    from lib_trainer.jobs import TrainQueue
+
+    server = server_with_a_run_going(small_root, tmp_path, "srv")
+    server.child.send_signal(getattr(signal, signal_name))
+    code, _ = server.finish()
+    assert code == 0, server.stderr  # not 134 ("terminate called without an active exception")
+    assert "Traceback" not in server.stderr and "terminate called" not in server.stderr
+    path = assert_step_file_saved(tmp_path, "srv")
+    assert "server closed" in server.stderr and f"saved {path}" in server.stderr
+    item, = TrainQueue(str(tmp_path / "state" / "queue.json")).snapshot()
+    assert item.status == "stopped" and item.result == path and item.resumable()  # Resume continues it
+
+
+def test_a_second_signal_closes_the_server_at_once_and_the_run_stays_first_in_the_queue(small_root, tmp_path):
+    from lib_trainer.jobs import TrainQueue
+
+    server = server_with_a_run_going(small_root, tmp_path, "srv")
+    server.child.send_signal(signal.SIGINT)
+    server.child.send_signal(signal.SIGTERM)
+    code, _ = server.finish()
+    assert code == 143, server.stderr
+    assert "Traceback" not in server.stderr and "terminate called" not in server.stderr
+    assert "aborted (SIGTERM)" in server.stderr
+    item, = TrainQueue(str(tmp_path / "state" / "queue.json")).snapshot()  # what the next start sees
+    assert item.status == "waiting" and "interrupted by a restart" in item.note
