@@ -25,7 +25,14 @@ DEFAULT_STATE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "lib_trainer
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 opens it to "
-                             "the network, without any login)")
+                             "the network, without any login unless --auth is given)")
+    parser.add_argument("--auth", default=os.environ.get("LIB_TRAINER_UI_AUTH"), metavar="USER:PASSWORD",
+                        type=user_and_password,
+                        help="ask for this user name and password (gradio's login page); other users of this "
+                             "machine can see it in the process list: $LIB_TRAINER_UI_AUTH works too")
+    parser.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                        help="another name the server is reached by (a DNS name, a proxy); requests for names "
+                             "it does not know are refused, against DNS rebinding (repeatable)")
     parser.add_argument("--port", type=int, default=7870, help="port (default 7870)")
     parser.add_argument("--model", default="tiny:sd1",
                         help="base model the form starts with: a checkpoint file, a diffusers folder or tiny:sd1")
@@ -36,6 +43,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run-queue", action="store_true",
                         help="start training the waiting runs at once, as the Run queue button does (after a restart "
                              "the queue otherwise waits for it)")
+
+
+def user_and_password(text: str) -> tuple[str, str]:
+    user, _, password = text.partition(":")
+    if not user or not password:
+        raise argparse.ArgumentTypeError("give --auth as USER:PASSWORD")
+    return user, password
+
+
+def exposure_warning(host: str, auth) -> str:
+    """What to say when the page is served beyond this machine without a login."""
+    from ..ui.same_origin import is_loopback
+
+    return "" if is_loopback(host) or auth else NO_LOGIN_WARNING.format(host=host)
+
+
+NO_LOGIN_WARNING = (
+    "warning: --host {host} opens this page to every machine that can reach this one, and there is no "
+    "login: anyone there can start training and read and write files wherever this user can. Add --auth "
+    "USER:PASSWORD for a login, and use it only on a network you trust (it is plain HTTP).")
 
 
 def make_service(state_dir: str):
@@ -68,7 +95,10 @@ def run(args: argparse.Namespace) -> int:
     # gradio 3.41 builds an empty altair chart for every no-op update of the loss plot.
     warnings.filterwarnings("ignore", message="I don't know how to infer vegalite type")
     print(f"LoRA Train: http://{args.host}:{args.port}/  (queue in {args.state_dir}; Ctrl-C to quit)", flush=True)
-    blocks = launch_standalone(service, defaults, args.host, args.port, block=False)
+    if exposure_warning(args.host, args.auth):
+        print(exposure_warning(args.host, args.auth), file=sys.stderr)
+    blocks = launch_standalone(service, defaults, args.host, args.port, block=False, auth=args.auth,
+                               allow_hosts=tuple(args.allow_host))
     return serve_until_signal(service, blocks, start_queue=args.run_queue)
 
 
@@ -78,7 +108,7 @@ def serve_until_signal(service, blocks, start_queue: bool = False) -> int:
     interpreter that exits while the worker thread is inside torch aborts the whole process
     ("terminate called without an active exception", status 134) before anything is saved."""
     quit_requested = threading.Event()
-    with StopOnSignals(quit_requested.set, "stopping the run after this step, saving it and closing the server",
+    with StopOnSignals(quit_requested.set, "closing the server (a run going stops after its step and is saved first)",
                        abort=_exit_now):
         if start_queue:
             service.start_queue()
