@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 import traceback
 
@@ -58,9 +59,14 @@ def main(argv: list[str] | None = None) -> int:
     debug = debug or (not own_debug and args.debug)
     try:
         return int(module.run(args) or 0)
-    except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as interrupt:
+        # A second stop signal (stop_signals.Aborted) or a Ctrl-C where nothing handles it:
+        # a message, no traceback, and the shell's status for the signal.
+        from .stop_signals import say
+
+        signum = getattr(interrupt, "signum", signal.SIGINT)
+        say(f"\naborted ({signal.Signals(signum).name})")
+        return 128 + signum
     except Exception as error:  # noqa: BLE001 - every error ends as a message; bugs also with their traceback
         return report_error(error, debug)
 

@@ -118,6 +118,6 @@ def test_a_run_stopped_before_its_first_step_prints_no_stray_none(small_root, tm
     from lib_trainer.commands import train as train_command
     from lib_trainer.train.loop import TrainResult
 
-    monkeypatch.setattr(train_command, "run_training", lambda config: TrainResult(None, [], 0, True))
+    monkeypatch.setattr(train_command, "run_training", lambda config: (TrainResult(None, [], 0, True), 130))
     assert main(["train", "--train_data_dir", small_root, "--output_dir", str(tmp_path)]) == 130
     assert "None" not in capsys.readouterr().out

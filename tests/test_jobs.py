@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 
 import pytest
@@ -195,3 +196,46 @@ def test_a_restart_resumes_an_interrupted_run_from_its_last_state(tmp_path):
     assert "resumes from a-step00000010-state" in reloaded.note
     with pytest.raises(QueueError, match="not stopped or failed"):
         TrainQueue(path).resume(item.id)
+
+
+@pytest.mark.parametrize("content, reason", [
+    ("[]", "a JSON list instead of an object"),
+    ('{"items": {}}', '"items" is a dict, not a list'),
+    ('{"items": [["a"]]}', "item 1 is a list, not an object"),
+    ('{"items": [{"id": "1", "name": "a", "config": {}}]}', "item 1: id is '1', not of type int"),
+    ('{"items": [{"id": 1, "name": "a", "config": []}]}', "item 1: config is [], not of type dict"),
+    ('{"items": [{"id": 1, "name": "a", "config": {}, "started": "noon"}]}', "started is 'noon', not of type float | None"),
+    ('{"items": [{"id": 1, "name": "a"}]}', "item 1 has no config"),
+    ('{"items": [{"id": 1, "name": "a", "config": {}, "status": "dancing"}]}', "unknown status 'dancing'"),
+    ('{"items": [], "next_id": true}', '"next_id" is True'),
+    ("{not json", "not valid JSON"),
+])
+def test_an_unreadable_queue_file_is_moved_aside_and_the_queue_starts_empty(tmp_path, content, reason):
+    path = tmp_path / "queue.json"
+    path.write_text(content)
+    queue = TrainQueue(str(path))
+    assert queue.snapshot() == [] and queue.paused
+    kept = [name for name in os.listdir(tmp_path) if name.startswith("queue.json.broken-")]
+    assert len(kept) == 1 and (tmp_path / kept[0]).read_text() == content  # nothing of the user's is lost
+    assert reason in queue.load_notice and kept[0] in queue.load_notice
+    queue.add(config("a"))  # and it works as a new queue
+    assert names(TrainQueue(str(path))) == ["a"] and TrainQueue(str(path)).load_notice == ""
+
+
+def test_a_queue_file_with_unknown_keys_from_a_newer_version_still_loads(tmp_path):
+    path = tmp_path / "queue.json"
+    path.write_text('{"items": [{"id": 4, "name": "a", "config": {}, "colour": "red"}], "next_id": 5}')
+    queue = TrainQueue(str(path))
+    assert names(queue) == ["a"] and queue.load_notice == "" and queue.add(config("b")).id == 5
+
+
+def test_the_ui_page_starts_over_a_broken_queue_file_and_says_so(tmp_path):
+    from lib_trainer.commands.ui import make_service
+    from lib_trainer.ui.app import standalone_blocks
+
+    (tmp_path / "queue.json").write_text("[]")
+    service = make_service(str(tmp_path))
+    assert service.snapshot().items == []
+    page = standalone_blocks(service)
+    shown = [c["props"].get("value") for c in page.config["components"] if c["props"].get("elem_id") == "lt_notice"]
+    assert len(shown) == 1 and "moved aside to" in shown[0] and "queue.json.broken-" in shown[0]

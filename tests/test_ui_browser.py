@@ -6,12 +6,15 @@ both, so CI runs these.
 """
 from __future__ import annotations
 
+import http.server
+import json
 import os
 import re
 import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 
@@ -242,3 +245,74 @@ def test_queue_two_runs_reorder_and_remove(page, server):
     choose_run(page, "second")
     page.click("#lt_queue_remove")
     wait_for(page, lambda: "queue is empty" in page.inner_text("#lt_queue_table"), "an empty queue")
+
+
+# --- another site cannot drive the page's server -------------------------------------------
+@pytest.fixture
+def other_site():
+    """A page on a second origin (another port of this machine), as any site the user opens."""
+    class Page(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = b"<html><body>another site</body></html>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    site = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), Page)
+    thread = threading.Thread(target=site.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{site.server_address[1]}/"
+    site.shutdown()
+    site.server_close()
+
+
+def save_config_request(server, path: str) -> str:
+    """The body of the POST that runs "Save config" with the form's defaults and `path`, built
+    from the server's /config as another site's script would build it (gradio 3.41's API)."""
+    config = json.load(urllib.request.urlopen(server["url"] + "config", timeout=60))
+    components = {c["id"]: c for c in config["components"]}
+    by_elem_id = {c["props"].get("elem_id"): c["id"] for c in config["components"]}
+    button, path_box = by_elem_id["lt_save_config"], by_elem_id["lt_config_path"]
+    index, event = next((i, d) for i, d in enumerate(config["dependencies"]) if button in d["targets"])
+    data = [path if i == path_box else components[i]["props"].get("value") for i in event["inputs"]]
+    return json.dumps({"fn_index": index, "data": data, "session_hash": "elsewhere"})
+
+
+POST = """async ([url, body, type]) => {
+    try { return (await fetch(url, {method: "POST", headers: {"Content-Type": type}, body})).status; }
+    catch (error) { return "failed: " + error; } }"""
+WEBSOCKET = """(url) => new Promise((done) => { const socket = new WebSocket(url);
+    socket.onopen = () => { socket.close(); done("opened"); }; socket.onerror = () => done("refused"); })"""
+
+
+def test_another_site_cannot_use_the_server_while_the_page_can(page, browser, server, other_site):
+    api = server["url"] + "run/predict"
+    own, foreign = server["root"] / "saved-by-the-page.toml", server["root"] / "saved-by-another-site.toml"
+    # Control: the very request works from the page's own origin, so what is refused below is a real attack.
+    assert page.evaluate(POST, [api, save_config_request(server, str(own)), "application/json"]) == 200
+    assert own.is_file()
+
+    elsewhere = browser.new_page()
+    try:
+        elsewhere.goto(other_site)
+        for kind in ("application/json", "text/plain"):  # with a CORS preflight, and a "simple" request
+            assert elsewhere.evaluate(POST, [api, save_config_request(server, str(foreign)), kind]) == 403, kind
+        assert elsewhere.evaluate(WEBSOCKET, server["url"].replace("http", "ws") + "queue/join") == "refused"
+        assert elsewhere.evaluate("async (url) => { try { return (await fetch(url)).status; } "
+                                  "catch (error) { return 'failed'; } }", server["url"] + "config") == 403
+    finally:
+        elsewhere.close()
+    assert not foreign.exists()
+
+    # ...and the page itself still works over its websocket queue.
+    path = server["root"] / "saved-by-clicking.toml"
+    open_accordion(page, "lt_config_files")
+    fill(page, "lt_config_path", str(path))
+    page.click("#lt_save_config")
+    page.wait_for_selector(f"#lt_train_message .lt-ok:has-text('Config saved to {path}')")
+    assert path.is_file()

@@ -32,7 +32,8 @@ def run(args: argparse.Namespace) -> int:
 
     make_demo_dataset(os.path.join(args.out, "dataset"))
     config = config_from_args(args, base=demo_config(args.out))
-    result = run_training(config)
-    print(f"\nLoRA written to: {os.path.abspath(result.final_path)}")
-    print(f"Use it in the WebUI as <lora:{config.output_name}:1> with the trigger word '{TRIGGER}'.")
-    return 0
+    result, status = run_training(config)
+    if result.final_path:
+        print(f"\nLoRA written to: {os.path.abspath(result.final_path)}")
+        print(f"Use it in the WebUI as <lora:{config.output_name}:1> with the trigger word '{TRIGGER}'.")
+    return status

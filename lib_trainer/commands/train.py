@@ -7,6 +7,7 @@ import sys
 
 from ..cli_args import add_config_arguments, config_from_args
 from ..config import save_config
+from ..stop_signals import StopOnSignals, exit_status
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -20,15 +21,19 @@ def run(args: argparse.Namespace) -> int:
         save_config(config.validate(), args.save_config)
         print(f"config written to {args.save_config}")
         return 0
-    result = run_training(config)
-    if result.final_path:  # None when stopped before the first step: nothing was written
+    result, status = run_training(config)
+    if result.final_path:
         print(result.final_path)
-    return 0 if not result.stopped_early else 130
+    else:
+        print("stopped before the first step: nothing was trained", file=sys.stderr)
+    return status
 
 
 def run_training(config, bundle=None):
-    """Train with a terminal progress bar; the first Ctrl-C stops after the current step
-    and saves, a second one aborts."""
+    """Train with a terminal progress bar; returns (the TrainResult, the exit status). The first
+    Ctrl-C, SIGTERM or SIGHUP (a closed terminal) stops after the current step and saves, and
+    the status is then 128 + that signal (130 for Ctrl-C); a second Ctrl-C or SIGTERM aborts
+    with `Aborted` (the loop still saves what was trained on its way out)."""
     from ..progress import Progress
     from ..terminal import TerminalSink
     from ..train.loop import train
@@ -39,17 +44,14 @@ def run_training(config, bundle=None):
 
         sinks.append(TensorBoardSink(config.logging_dir, config.log_prefix))
     progress = Progress(sinks)
-
-    def stop_gracefully(signum, frame):
-        print("\nstopping after this step and saving (Ctrl-C again to abort)", file=sys.stderr)
-        progress.commands.request_stop()
-        signal.signal(signal.SIGINT, previous)
-
-    previous = signal.signal(signal.SIGINT, stop_gracefully)
+    stopper = StopOnSignals(progress.commands.request_stop, "stopping after this step and saving")
     try:
-        return train(config, bundle=bundle, progress=progress)
+        with stopper:
+            result = train(config, bundle=bundle, progress=progress)
     finally:
-        signal.signal(signal.SIGINT, previous)
         for sink in sinks:
             if hasattr(sink, "close"):
                 sink.close()
+    if not result.stopped_early:
+        return result, 0
+    return result, exit_status(stopper.signum or signal.SIGINT)

@@ -10,14 +10,21 @@ loading, such an item goes back to "waiting" (first in line) with a note, and th
 starts paused: nothing trains until the user asks again. An item remembers the newest run
 state its run wrote (`resume_state`), so that an interrupted item, or a stopped one the user
 resumes, goes on from there instead of from step 0.
+
+A queue file that cannot be read (not JSON, `[]`, a value of the wrong type) is moved aside
+as `queue.json.broken-<time>`, the queue starts empty, and `load_notice` says so: the server
+and the WebUI tab still start.
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 import time
-from dataclasses import asdict, dataclass, field, fields
+import types
+import typing
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
 from ..config import TrainConfig
@@ -27,6 +34,7 @@ from ..errors import UserError
 WAITING, RUNNING, DONE, STOPPED, FAILED = "waiting", "running", "done", "stopped", "failed"
 FINISHED = (DONE, STOPPED, FAILED)
 QUEUE_FILE_VERSION = 1
+log = logging.getLogger("lib_trainer")
 
 
 @dataclass
@@ -64,6 +72,7 @@ class TrainQueue:
         self.items: list[QueueItem] = []
         self.paused = True
         self._next_id = 1
+        self.load_notice = ""  # set when the file was unreadable and moved aside
         if path and os.path.isfile(path):
             self._load()
 
@@ -183,14 +192,12 @@ class TrainQueue:
         write_text_atomic(self.path, json.dumps(data, indent=1, ensure_ascii=False) + "\n")
 
     def _load(self) -> None:
-        with open(self.path, encoding="utf-8") as handle:
-            try:
-                data = json.load(handle)
-            except json.JSONDecodeError as error:
-                raise QueueError(f"the queue file {self.path} is not valid JSON ({error}); "
-                                 "move it away to start with an empty queue") from error
-        known = {spec.name for spec in fields(QueueItem)}
-        self.items = [QueueItem(**{k: v for k, v in entry.items() if k in known}) for entry in data.get("items", [])]
+        try:
+            data = _read_queue_file(self.path)
+        except _BrokenQueueFile as broken:
+            self._move_aside(str(broken))
+            return
+        self.items = data["items"]
         interrupted = [item for item in self.items if item.status == RUNNING]
         for item in interrupted:
             item.status, item.started = WAITING, None
@@ -201,8 +208,80 @@ class TrainQueue:
                 item.note = "interrupted by a restart of the server; will run again from the start"
         # They stay in place, which is ahead of every waiting run: the queue only ever
         # starts the first waiting item, and moves happen among waiting items.
-        self._next_id = max([data.get("next_id", 1)] + [item.id + 1 for item in self.items])
+        self._next_id = max([data["next_id"]] + [item.id + 1 for item in self.items])
         self.paused = True  # a restart never starts training by itself
+
+    def _move_aside(self, reason: str) -> None:
+        """A queue file we cannot read must not keep the server (or the WebUI tab) from
+        starting: keep it for the user under another name and start with an empty queue."""
+        aside = f"{self.path}.broken-{time.strftime('%Y%m%d-%H%M%S')}"
+        try:
+            os.replace(self.path, aside)
+        except OSError as error:
+            raise QueueError(f"the queue file {self.path} cannot be read ({reason}) nor moved aside ({error}); "
+                             "move it away to start with an empty queue") from error
+        self.load_notice = (f"the queue file {self.path} could not be read ({reason}); it was moved aside to "
+                            f"{aside} and the queue starts empty")
+        log.warning("%s", self.load_notice)
+
+
+class _BrokenQueueFile(Exception):
+    """A queue file that is not what `_save` writes; its message says what is wrong."""
+
+
+def _read_queue_file(path: str) -> dict[str, Any]:
+    """{"items": [QueueItem...], "next_id": int} from a queue file, every value checked
+    against QueueItem's field types (an item with a wrong type would only fail later, in the
+    worker or in the page)."""
+    with open(path, encoding="utf-8") as handle:
+        try:
+            data = json.load(handle)
+        except json.JSONDecodeError as error:
+            raise _BrokenQueueFile(f"not valid JSON: {error}") from error
+    if not isinstance(data, dict):
+        raise _BrokenQueueFile(f"a JSON {type(data).__name__} instead of an object with the items")
+    entries, next_id = data.get("items", []), data.get("next_id", 1)
+    if not isinstance(entries, list):
+        raise _BrokenQueueFile(f'"items" is a {type(entries).__name__}, not a list')
+    if not _has_type(next_id, int):
+        raise _BrokenQueueFile(f'"next_id" is {next_id!r}, not a whole number')
+    hints = typing.get_type_hints(QueueItem)
+    required = [spec.name for spec in fields(QueueItem)
+                if spec.default is MISSING and spec.default_factory is MISSING]
+    items = []
+    for number, entry in enumerate(entries, 1):
+        if not isinstance(entry, dict):
+            raise _BrokenQueueFile(f"item {number} is a {type(entry).__name__}, not an object")
+        missing = [name for name in required if name not in entry]
+        if missing:
+            raise _BrokenQueueFile(f"item {number} has no {', '.join(missing)}")
+        for key, value in entry.items():
+            if key in hints and not _has_type(value, hints[key]):
+                raise _BrokenQueueFile(f"item {number}: {key} is {value!r}, not of type {_type_name(hints[key])}")
+        if entry.get("status", WAITING) not in (WAITING, RUNNING, *FINISHED):
+            raise _BrokenQueueFile(f"item {number}: unknown status {entry['status']!r}")
+        items.append(QueueItem(**{k: v for k, v in entry.items() if k in hints}))  # unknown keys: a newer version's
+    ids = [item.id for item in items]
+    if len(set(ids)) != len(ids):
+        raise _BrokenQueueFile("two items have the same id")
+    return {"items": items, "next_id": next_id}
+
+
+def _has_type(value: Any, hint: Any) -> bool:
+    """isinstance for the simple hints QueueItem uses: int, float, str, dict[...], X | None."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return any(_has_type(value, arg) for arg in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if isinstance(value, bool):  # JSON true/false is no number
+        return hint is bool
+    if hint is float:
+        return isinstance(value, (int, float))
+    return isinstance(value, typing.get_origin(hint) or hint)
+
+
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
 
 
 def _same_output(values: dict[str, Any], config: TrainConfig) -> bool:

@@ -64,7 +64,8 @@ def standalone_blocks(service: TrainService, defaults: TrainConfig | None = None
     css_file, scripts = asset_files()
     with open(css_file, encoding="utf-8") as handle:
         css = handle.read()
-    blocks = build_tab(service, defaults, title="LoRA Train - lib_trainer", css=css)
+    notice = f"**The queue was reset:** {service.queue.load_notice}" if service.queue.load_notice else ""
+    blocks = build_tab(service, defaults, notice=notice, title="LoRA Train - lib_trainer", css=css)
     code = "\n".join(open(path, encoding="utf-8").read() for path in scripts)
     # The scripts are plain files for the WebUI's <script> tags; here they run once on load.
     with blocks:
@@ -73,8 +74,19 @@ def standalone_blocks(service: TrainService, defaults: TrainConfig | None = None
 
 
 def launch_standalone(service: TrainService, defaults: TrainConfig, host: str, port: int,
-                      block: bool = True) -> gr.Blocks:
+                      block: bool = True, auth: tuple[str, str] | None = None,
+                      allow_hosts: tuple[str, ...] = ()) -> gr.Blocks:
+    """Serve the page on host:port. Only the page itself can use the server (same_origin.py);
+    `auth`: gradio's login with one (user, password); `allow_hosts`: more names the server is
+    reached by, besides those of `host`."""
+    from starlette.middleware import Middleware
+
+    from .same_origin import SameOriginOnly, served_hosts
+
     blocks = standalone_blocks(service, defaults)
+    # app_kwargs go to the FastAPI app gradio makes (3.41 and 4.x): a middleware given there is
+    # part of the app before it serves its first request.
+    guard = Middleware(SameOriginOnly, allowed=served_hosts(host, port, allow_hosts))
     blocks.launch(server_name=host, server_port=port, prevent_thread_lock=not block, show_api=False,
-                  inbrowser=False, share=False, quiet=True)
+                  inbrowser=False, share=False, quiet=True, auth=auth, app_kwargs={"middleware": [guard]})
     return blocks
