@@ -1,0 +1,206 @@
+"""The LyCORIS methods, method x layer kind: a fresh network changes nothing, the merged weight
+equals the hooked forward, the file round-trips through our reader and loads in LyCORIS' own
+loader (lycoris-lora) with every key consumed and the same change per layer, and the metadata
+is what LyCORIS writes."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lib_trainer.config import ConfigError, TrainConfig
+from lib_trainer.formats.kohya_names import TargetLayer
+from lib_trainer.formats.lora_file import load_lora, read_metadata
+from lib_trainer.hosts.tiny import build_tiny_bundle
+from lib_trainer.networks import registry
+
+# case -> (network_args, loads in lycoris-lora's loader, layer kinds it adapts)
+ALL_KINDS = ("linear", "conv1x1", "conv3x3")
+CASES = {
+    "loha": (["algo=loha"], True, ALL_KINDS),
+    "loha-tucker": (["algo=loha", "use_tucker=True"], True, ALL_KINDS),
+    "loha-rs": (["algo=loha", "rs_lora=True"], True, ALL_KINDS),
+    "loha-dora-webui": (["algo=loha", "dora_wd=True"], False, ALL_KINDS),
+    "loha-dora-out": (["algo=loha", "dora_wd=True", "wd_on_output=True"], True, ALL_KINDS),
+}
+LAYERS = {
+    "linear": lambda: nn.Linear(24, 16),
+    "conv1x1": lambda: nn.Conv2d(24, 16, 1),
+    "conv3x3": lambda: nn.Conv2d(24, 16, 3, padding=1),
+}
+
+
+def config_for(case: str, **changes) -> TrainConfig:
+    settings = dict(network_module="lycoris.kohya", network_args=CASES[case][0], network_dim=4, network_alpha=2.0,
+                    conv_dim=4, conv_alpha=1.0)
+    settings.update(changes)
+    return TrainConfig().replace(**settings)
+
+
+def one_layer(kind: str, seed: int = 0):
+    """A model with one layer, named `layer` (so its key is lora_unet_layer), and its target."""
+    torch.manual_seed(seed)
+    root = nn.Module()
+    root.layer = LAYERS[kind]()
+    return root, TargetLayer("lora_unet_layer", root.layer, "unet", kind == "conv3x3")
+
+
+def sample_input(kind: str) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(5)
+    return torch.randn((3, 24) if kind == "linear" else (2, 24, 6, 6), generator=generator)
+
+
+def randomise(network, seed: int = 1, std: float = 0.3) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in network.parameters():
+            parameter.copy_(parameter + torch.randn(parameter.shape, generator=generator) * std)
+
+
+def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).norm() / b.norm()).item()
+
+
+def applied_delta_weight(layer: nn.Module) -> torch.Tensor:
+    """The weight change whatever wraps `layer` applies, read back from its outputs minus the
+    plain layer's: unit inputs for a Linear, one-pixel impulses for a 'same' padded conv (whose
+    response is the kernel, flipped)."""
+    weight, bias = layer.weight, layer.bias
+    if isinstance(layer, nn.Linear):
+        probe = torch.eye(weight.shape[1])
+        return (layer(probe) - F.linear(probe, weight, bias)).T
+    kh, kw = weight.shape[2:]
+    probe = torch.zeros(weight.shape[1], weight.shape[1], kh, kw)
+    for channel in range(weight.shape[1]):
+        probe[channel, channel, kh // 2, kw // 2] = 1.0
+    response = layer(probe) - F.conv2d(probe, weight, bias, padding=layer.padding)  # (in, out, kh, kw)
+    return response.permute(1, 0, 2, 3).flip(2, 3)
+
+
+def cases_on(kinds=ALL_KINDS):
+    return [(case, kind) for case, (_, _, adapted) in CASES.items() for kind in kinds if kind in adapted]
+
+
+@pytest.mark.parametrize("case,kind", cases_on())
+def test_a_fresh_network_changes_nothing(case, kind):
+    root, target = one_layer(kind)
+    network = registry.create_network(config_for(case), [target])
+    x = sample_input(kind)
+    with torch.no_grad():
+        before = root.layer(x)
+        with network.attached():
+            after = root.layer(x)
+    assert len(network.adapters) == 1
+    torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("case,kind", cases_on())
+def test_the_merged_weight_equals_the_hooked_forward(case, kind):
+    root, target = one_layer(kind)
+    network = registry.create_network(config_for(case), [target])
+    randomise(network)
+    adapter = network.adapters["lora_unet_layer"]
+    x = sample_input(kind)
+    with torch.no_grad():
+        with network.attached():
+            hooked = root.layer(x)
+        delta = adapter.delta_weight()
+        root.layer.weight += delta
+        merged = root.layer(x)
+    assert delta.abs().max() > 1e-3  # the randomised network does change the layer
+    assert relative_error(hooked, merged) < 1e-5
+
+
+@pytest.mark.parametrize("case,kind", cases_on())
+def test_lycoris_own_loader_consumes_every_key_and_applies_the_same_change(case, kind, tmp_path):
+    """lycoris-lora's `create_network_from_weights` builds its modules from our file; its forward
+    must change the layer exactly as ours does. (Its get_diff_weight is not used: for LoHa it
+    applies alpha/dim twice, unlike its own forward and the WebUI.)"""
+    if not CASES[case][1]:
+        pytest.skip("the WebUI's DoRA axis, which LyCORIS' loader does not read (see test_dora_axes)")
+    from lycoris.kohya import create_network_from_weights
+    from lycoris.modules import get_module
+
+    root, target = one_layer(kind)
+    network = registry.create_network(config_for(case), [target])
+    randomise(network)
+    path = str(tmp_path / f"{case}.safetensors")
+    network.write_file(path, network.file_metadata(), torch.float32)
+    weights = load_lora(path)
+
+    theirs, _ = create_network_from_weights(1.0, None, None, None, root, weights_sd=dict(weights))
+    assert len(theirs.unet_loras) == 1
+    kind_of_module, _ = get_module(weights, "lora_unet_layer")
+    consumed = {f"lora_unet_layer.{name}" for name in kind_of_module.weight_list}
+    assert set(weights) <= consumed, f"keys LyCORIS does not read: {set(weights) - consumed}"
+
+    lycoris_module = theirs.unet_loras[0]
+    ours = network.adapters["lora_unet_layer"]
+    with torch.no_grad():
+        expected = ours.delta_weight()
+        lycoris_module.multiplier = 1.0
+        lycoris_module.apply_to()
+        try:
+            applied = applied_delta_weight(root.layer)
+        finally:
+            lycoris_module.restore()
+    assert relative_error(applied, expected) < 1e-5
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_the_file_round_trips_and_says_what_it_is(case, tmp_path):
+    root, target = one_layer("conv3x3")
+    _, linear = one_layer("linear")
+    linear.name = "lora_te_text_model_encoder_layers_0_mlp_fc1"
+    linear.component = "text_encoder"
+    config = config_for(case)
+    network = registry.create_network(config, [target, linear])
+    randomise(network)
+    path = str(tmp_path / "net.safetensors")
+    network.write_file(path, network.file_metadata(), None)
+    again = registry.create_network(config, [target, linear])
+    again.load_weights(path)
+    for key, tensor in network.file_state_dict().items():
+        torch.testing.assert_close(again.file_state_dict()[key], tensor, rtol=0, atol=0)
+    method = registry.find_method(config)
+    assert method.recognises(load_lora(path))
+    metadata = read_metadata(path)
+    assert metadata["ss_network_module"] == "lycoris.kohya"
+    args = json.loads(metadata["ss_network_args"])
+    typed = dict(arg.split("=", 1) for arg in CASES[case][0])
+    assert {key: args[key] for key in typed} == typed  # as typed, as sd-scripts stores them
+    assert args["preset"] == "full" and args["conv_dim"] == "4" and args["conv_alpha"] == "1.0"
+    assert metadata["ss_network_dim"] == "4" and metadata["ss_network_alpha"] == "2.0"
+
+
+@pytest.fixture(scope="module")
+def bundle():
+    return build_tiny_bundle()
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_the_record_counts_the_parameters_its_network_has(bundle, case):
+    config = config_for(case)
+    method, settings, targets = registry.network_targets(config, bundle)
+    network = method.create(targets, settings)
+    assert method.parameter_count(targets, settings) == sum(p.numel() for p in network.parameters()) > 0
+
+
+def test_bad_lycoris_arguments_name_the_key_and_what_is_accepted():
+    with pytest.raises(ConfigError, match=r"network_args: factor is not an option of lycoris.kohya algo=loha "
+                                          r"\(it takes conv_dim, .*use_tucker"):
+        registry.find_method(config_for("loha", network_args=["algo=loha", "factor=4"])).settings(
+            config_for("loha", network_args=["algo=loha", "factor=4"]))
+    problems = config_for("loha", network_args=["algo=loha", "use_tucker=maybe", "preset=most"]).problems()
+    assert any("use_tucker='maybe' must be true or false" in p for p in problems)
+    assert any("preset='most' is not one of: full" in p for p in problems)
+
+
+def test_kohya_module_names_are_accepted():
+    config = TrainConfig().replace(network_module="networks.loha")
+    method = registry.find_method(config)
+    assert method.label == "LoHa"
+    assert method.file_metadata(method.settings(config))["ss_network_module"] == "networks.loha"
