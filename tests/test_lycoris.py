@@ -17,15 +17,28 @@ from lib_trainer.formats.lora_file import load_lora, read_metadata
 from lib_trainer.hosts.tiny import build_tiny_bundle
 from lib_trainer.networks import registry
 
-# case -> (network_args, loads in lycoris-lora's loader, layer kinds it adapts)
+# case -> (network_args, the layer kinds whose files lycoris-lora's loader reads, the kinds it adapts)
 ALL_KINDS = ("linear", "conv1x1", "conv3x3")
+NONE = ()
 CASES = {
-    "loha": (["algo=loha"], True, ALL_KINDS),
-    "loha-tucker": (["algo=loha", "use_tucker=True"], True, ALL_KINDS),
-    "loha-rs": (["algo=loha", "rs_lora=True"], True, ALL_KINDS),
-    "loha-dora-webui": (["algo=loha", "dora_wd=True"], False, ALL_KINDS),
-    "loha-dora-out": (["algo=loha", "dora_wd=True", "wd_on_output=True"], True, ALL_KINDS),
+    "loha": (["algo=loha"], ALL_KINDS, ALL_KINDS),
+    "loha-tucker": (["algo=loha", "use_tucker=True"], ALL_KINDS, ALL_KINDS),
+    "loha-rs": (["algo=loha", "rs_lora=True"], ALL_KINDS, ALL_KINDS),
+    "loha-dora-webui": (["algo=loha", "dora_wd=True"], NONE, ALL_KINDS),
+    "loha-dora-out": (["algo=loha", "dora_wd=True", "wd_on_output=True"], ALL_KINDS, ALL_KINDS),
+    "lokr": (["algo=lokr"], ALL_KINDS, ALL_KINDS),
+    "lokr-factor4": (["algo=lokr", "factor=4"], ALL_KINDS, ALL_KINDS),
+    "lokr-lowrank": (["algo=lokr", "factor=2"], ALL_KINDS, ALL_KINDS),
+    "lokr-both": (["algo=lokr", "decompose_both=True"], ALL_KINDS, ALL_KINDS),
+    # LyCORIS' loader takes the rank of a Tucker LoKr from lokr_w2_a's second axis, which
+    # holds b there: it rebuilds another shape, so only the layers without a core load.
+    "lokr-tucker": (["algo=lokr", "factor=2", "use_tucker=True"], ("linear", "conv1x1"), ALL_KINDS),
+    "lokr-full": (["algo=lokr", "factor=8", "full_matrix=True"], ALL_KINDS, ALL_KINDS),
+    "lokr-dora-out": (["algo=lokr", "dora_wd=True", "wd_on_output=True"], ALL_KINDS, ALL_KINDS),
 }
+# Dims other than 4 / 4, where a layout needs them (LoKr factors are decomposed below half
+# their size).
+CASE_DIMS = {"lokr-lowrank": dict(network_dim=2, conv_dim=2), "lokr-both": dict(network_dim=1, conv_dim=1)}
 LAYERS = {
     "linear": lambda: nn.Linear(24, 16),
     "conv1x1": lambda: nn.Conv2d(24, 16, 1),
@@ -36,6 +49,7 @@ LAYERS = {
 def config_for(case: str, **changes) -> TrainConfig:
     settings = dict(network_module="lycoris.kohya", network_args=CASES[case][0], network_dim=4, network_alpha=2.0,
                     conv_dim=4, conv_alpha=1.0)
+    settings.update(CASE_DIMS.get(case, {}))
     settings.update(changes)
     return TrainConfig().replace(**settings)
 
@@ -119,8 +133,8 @@ def test_lycoris_own_loader_consumes_every_key_and_applies_the_same_change(case,
     """lycoris-lora's `create_network_from_weights` builds its modules from our file; its forward
     must change the layer exactly as ours does. (Its get_diff_weight is not used: for LoHa it
     applies alpha/dim twice, unlike its own forward and the WebUI.)"""
-    if not CASES[case][1]:
-        pytest.skip("the WebUI's DoRA axis, which LyCORIS' loader does not read (see test_dora_axes)")
+    if kind not in CASES[case][1]:
+        pytest.skip("a layout LyCORIS' loader misreads (see CASES)")
     from lycoris.kohya import create_network_from_weights
     from lycoris.modules import get_module
 
@@ -172,8 +186,9 @@ def test_the_file_round_trips_and_says_what_it_is(case, tmp_path):
     args = json.loads(metadata["ss_network_args"])
     typed = dict(arg.split("=", 1) for arg in CASES[case][0])
     assert {key: args[key] for key in typed} == typed  # as typed, as sd-scripts stores them
-    assert args["preset"] == "full" and args["conv_dim"] == "4" and args["conv_alpha"] == "1.0"
-    assert metadata["ss_network_dim"] == "4" and metadata["ss_network_alpha"] == "2.0"
+    dims = {"network_dim": 4, "conv_dim": 4, **CASE_DIMS.get(case, {})}
+    assert args["preset"] == "full" and args["conv_dim"] == str(dims["conv_dim"]) and args["conv_alpha"] == "1.0"
+    assert metadata["ss_network_dim"] == str(dims["network_dim"]) and metadata["ss_network_alpha"] == "2.0"
 
 
 @pytest.fixture(scope="module")

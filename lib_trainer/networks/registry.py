@@ -8,13 +8,14 @@ from typing import Any
 
 from ..config import ConfigError, TrainConfig
 from ..formats.kohya_names import TargetLayer
-from . import loha, lora
+from . import loha, lokr, lora
 from .method import NetworkMethod
 from .trainable import Trainable
 
 METHODS: dict[tuple[str, str | None], NetworkMethod] = {method.key: method for method in (
     lora.METHOD,
     loha.METHOD, loha.KOHYA,
+    lokr.METHOD, lokr.KOHYA,
 )}
 # The algo LyCORIS uses when network_args names none.
 DEFAULT_ALGO = {"lycoris.kohya": "lora"}
