@@ -35,6 +35,11 @@ CASES = {
     "lokr-tucker": (["algo=lokr", "factor=2", "use_tucker=True"], ("linear", "conv1x1"), ALL_KINDS),
     "lokr-full": (["algo=lokr", "factor=8", "full_matrix=True"], ALL_KINDS, ALL_KINDS),
     "lokr-dora-out": (["algo=lokr", "dora_wd=True", "wd_on_output=True"], ALL_KINDS, ALL_KINDS),
+    # IA3 on Linear layers only (the WebUI cannot apply it to a conv). lycoris-lora 4.1.3's
+    # loader fails on every IA3 file, its own too (make_module_from_state_dict takes `weight`
+    # but is handed `on_input` as well): test_ia3_in_lycoris_own_module checks it instead.
+    "ia3": (["algo=ia3"], NONE, ("linear",)),
+    "ia3-input": (["algo=ia3", "train_on_input=True"], NONE, ("linear",)),
 }
 # Dims other than 4 / 4, where a layout needs them (LoKr factors are decomposed below half
 # their size).
@@ -219,3 +224,30 @@ def test_kohya_module_names_are_accepted():
     method = registry.find_method(config)
     assert method.label == "LoHa"
     assert method.file_metadata(method.settings(config))["ss_network_module"] == "networks.loha"
+
+
+@pytest.mark.parametrize("on_input", [False, True])
+def test_ia3_in_lycoris_own_module(on_input, tmp_path):
+    """LyCORIS recognises our IA3 keys and reads all of them; its IA3 module given our vector
+    changes the layer as ours does (built by hand: its loader fails on any IA3 file)."""
+    from lycoris.modules import get_module
+    from lycoris.modules.ia3 import IA3Module
+
+    case = "ia3-input" if on_input else "ia3"
+    root, target = one_layer("linear")
+    network = registry.create_network(config_for(case), [target])
+    randomise(network)
+    path = str(tmp_path / "ia3.safetensors")
+    network.write_file(path, network.file_metadata(), torch.float16)
+    weights = load_lora(path)
+    assert weights["lora_unet_layer.on_input"].dtype == torch.int64  # a flag, not a weight
+    kind_of_module, _ = get_module(weights, "lora_unet_layer")
+    assert kind_of_module is IA3Module
+    assert set(weights) == {f"lora_unet_layer.{name}" for name in IA3Module.weight_list}
+    theirs = IA3Module("lora_unet_layer", root.layer, 1.0, train_on_input=on_input)
+    with torch.no_grad():
+        theirs.weight.copy_(weights["lora_unet_layer.weight"].float())
+        expected = network.adapters["lora_unet_layer"].delta_weight()
+        theirs.apply_to()
+        applied = applied_delta_weight(root.layer)
+    assert relative_error(applied, expected) < 1e-3  # the file is fp16

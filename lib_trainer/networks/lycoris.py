@@ -137,10 +137,12 @@ class LycorisMethod(NetworkMethod):
     def layers(self, targets: list[TargetLayer], settings: dict[str, Any]):
         """(target, rank, alpha) of every adapted layer: 3x3 convs only with conv_dim."""
         for target in targets:
+            if not self.adapts(target):
+                continue
             if target.is_conv3x3:
                 if settings["conv_dim"]:
                     yield target, settings["conv_dim"], settings["conv_alpha"]
-            elif self.adapts(target):
+            else:
                 yield target, settings["network_dim"], settings["network_alpha"]
 
     def adapts(self, target: TargetLayer) -> bool:

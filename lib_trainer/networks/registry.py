@@ -8,7 +8,7 @@ from typing import Any
 
 from ..config import ConfigError, TrainConfig
 from ..formats.kohya_names import TargetLayer
-from . import loha, lokr, lora
+from . import ia3, loha, lokr, lora
 from .method import NetworkMethod
 from .trainable import Trainable
 
@@ -16,6 +16,7 @@ METHODS: dict[tuple[str, str | None], NetworkMethod] = {method.key: method for m
     lora.METHOD,
     loha.METHOD, loha.KOHYA,
     lokr.METHOD, lokr.KOHYA,
+    ia3.METHOD,
 )}
 # The algo LyCORIS uses when network_args names none.
 DEFAULT_ALGO = {"lycoris.kohya": "lora"}
