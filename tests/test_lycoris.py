@@ -35,6 +35,13 @@ CASES = {
     "lokr-tucker": (["algo=lokr", "factor=2", "use_tucker=True"], ("linear", "conv1x1"), ALL_KINDS),
     "lokr-full": (["algo=lokr", "factor=8", "full_matrix=True"], ALL_KINDS, ALL_KINDS),
     "lokr-dora-out": (["algo=lokr", "dora_wd=True", "wd_on_output=True"], ALL_KINDS, ALL_KINDS),
+    "locon": (["algo=locon"], ALL_KINDS, ALL_KINDS),
+    "lora-rs-dropout": (["algo=lora", "rs_lora=True", "rank_dropout=0.1", "module_dropout=0.1"], ALL_KINDS,
+                        ALL_KINDS),
+    "locon-tucker": (["algo=locon", "use_tucker=True"], ALL_KINDS, ALL_KINDS),
+    "dora-webui": (["algo=locon", "dora_wd=True"], NONE, ALL_KINDS),
+    "dora-out": (["algo=locon", "dora_wd=True", "wd_on_output=True"], ALL_KINDS, ALL_KINDS),
+    "dora-tucker": (["algo=locon", "dora_wd=True", "wd_on_output=True", "use_tucker=True"], ALL_KINDS, ALL_KINDS),
     # IA3 on Linear layers only (the WebUI cannot apply it to a conv). lycoris-lora 4.1.3's
     # loader fails on every IA3 file, its own too (make_module_from_state_dict takes `weight`
     # but is handed `on_input` as well): test_ia3_in_lycoris_own_module checks it instead.
@@ -106,7 +113,7 @@ def cases_on(kinds=ALL_KINDS):
 @pytest.mark.parametrize("case,kind", cases_on())
 def test_a_fresh_network_changes_nothing(case, kind):
     root, target = one_layer(kind)
-    network = registry.create_network(config_for(case), [target])
+    network = registry.create_network(config_for(case), [target]).eval()  # no dropout
     x = sample_input(kind)
     with torch.no_grad():
         before = root.layer(x)
@@ -119,7 +126,7 @@ def test_a_fresh_network_changes_nothing(case, kind):
 @pytest.mark.parametrize("case,kind", cases_on())
 def test_the_merged_weight_equals_the_hooked_forward(case, kind):
     root, target = one_layer(kind)
-    network = registry.create_network(config_for(case), [target])
+    network = registry.create_network(config_for(case), [target]).eval()  # no dropout
     randomise(network)
     adapter = network.adapters["lora_unet_layer"]
     x = sample_input(kind)
@@ -144,7 +151,7 @@ def test_lycoris_own_loader_consumes_every_key_and_applies_the_same_change(case,
     from lycoris.modules import get_module
 
     root, target = one_layer(kind)
-    network = registry.create_network(config_for(case), [target])
+    network = registry.create_network(config_for(case), [target]).eval()  # no dropout
     randomise(network)
     path = str(tmp_path / f"{case}.safetensors")
     network.write_file(path, network.file_metadata(), torch.float32)
@@ -235,7 +242,7 @@ def test_ia3_in_lycoris_own_module(on_input, tmp_path):
 
     case = "ia3-input" if on_input else "ia3"
     root, target = one_layer("linear")
-    network = registry.create_network(config_for(case), [target])
+    network = registry.create_network(config_for(case), [target]).eval()  # no dropout
     randomise(network)
     path = str(tmp_path / "ia3.safetensors")
     network.write_file(path, network.file_metadata(), torch.float16)
@@ -251,3 +258,38 @@ def test_ia3_in_lycoris_own_module(on_input, tmp_path):
         theirs.apply_to()
         applied = applied_delta_weight(root.layer)
     assert relative_error(applied, expected) < 1e-3  # the file is fp16
+
+
+def webui_weight_decompose(updown: torch.Tensor, weight: torch.Tensor, dora_scale: torch.Tensor) -> torch.Tensor:
+    """The WebUI 1.10's rule (extensions-builtin/Lora/network.py, apply_weight_decompose): the
+    norm of W + updown per input channel, over outputs and kernel."""
+    merged = updown + weight
+    norm = merged.transpose(0, 1).reshape(merged.shape[1], -1).norm(dim=1, keepdim=True)
+    norm = norm.reshape(merged.shape[1], *[1] * (weight.dim() - 1)).transpose(0, 1)
+    return merged * (dora_scale / norm) - weight
+
+
+@pytest.mark.parametrize("kind", ALL_KINDS)
+@pytest.mark.parametrize("case", ["dora-webui", "loha-dora-webui", "dora-out"])
+def test_dora_is_saved_along_the_axis_its_metadata_names(case, kind):
+    from lycoris.functional.general import weight_decompose as lycoris_weight_decompose
+
+    root, target = one_layer(kind)
+    network = registry.create_network(config_for(case), [target]).eval()
+    randomise(network)
+    adapter = network.adapters["lora_unet_layer"]
+    weight = root.layer.weight.detach()
+    on_output = "wd_on_output=True" in CASES[case][0]
+    rest = [1] * (weight.dim() - 2)
+    expected_shape = [weight.shape[0], 1, *rest] if on_output else [1, weight.shape[1], *rest]
+    tensors = adapter.file_tensors()
+    assert list(tensors["dora_scale"].shape) == expected_shape
+    with torch.no_grad():
+        plain = adapter.weight_delta()
+        ours = adapter.delta_weight()
+        theirs = lycoris_weight_decompose(weight + plain, tensors["dora_scale"], 1, on_output) - weight
+        if not on_output:
+            assert relative_error(ours, webui_weight_decompose(plain, weight, tensors["dora_scale"])) < 1e-5
+    assert relative_error(ours, theirs) < 1e-4  # LyCORIS adds float eps to the norm
+    args = json.loads(network.file_metadata()["ss_network_args"])
+    assert args["dora_wd"] == "True" and args["wd_on_output"] == str(on_output)

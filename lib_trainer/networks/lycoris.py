@@ -167,6 +167,10 @@ class LycorisMethod(NetworkMethod):
         if settings["conv_dim"]:
             args.update(conv_dim=settings["conv_dim"], conv_alpha=settings["conv_alpha"])
         args.update(settings["given_args"])
+        if settings.get("dora_wd"):
+            # Always said: LyCORIS assumes the output axis when the key is missing, the
+            # default here is the WebUI's input axis.
+            args["wd_on_output"] = settings["wd_on_output"]
         for key in ("dropout", "rank_dropout", "module_dropout"):
             if settings[key]:
                 args[key] = settings[key]

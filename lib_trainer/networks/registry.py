@@ -8,7 +8,7 @@ from typing import Any
 
 from ..config import ConfigError, TrainConfig
 from ..formats.kohya_names import TargetLayer
-from . import ia3, loha, lokr, lora
+from . import ia3, locon, loha, lokr, lora
 from .method import NetworkMethod
 from .trainable import Trainable
 
@@ -17,6 +17,7 @@ METHODS: dict[tuple[str, str | None], NetworkMethod] = {method.key: method for m
     loha.METHOD, loha.KOHYA,
     lokr.METHOD, lokr.KOHYA,
     ia3.METHOD,
+    locon.METHOD, locon.LORA,
 )}
 # The algo LyCORIS uses when network_args names none.
 DEFAULT_ALGO = {"lycoris.kohya": "lora"}
