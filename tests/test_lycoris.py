@@ -42,6 +42,7 @@ CASES = {
     "dora-webui": (["algo=locon", "dora_wd=True"], NONE, ALL_KINDS),
     "dora-out": (["algo=locon", "dora_wd=True", "wd_on_output=True"], ALL_KINDS, ALL_KINDS),
     "dora-tucker": (["algo=locon", "dora_wd=True", "wd_on_output=True", "use_tucker=True"], ALL_KINDS, ALL_KINDS),
+    "full": (["algo=full"], ALL_KINDS, ALL_KINDS),
     # IA3 on Linear layers only (the WebUI cannot apply it to a conv). lycoris-lora 4.1.3's
     # loader fails on every IA3 file, its own too (make_module_from_state_dict takes `weight`
     # but is handed `on_input` as well): test_ia3_in_lycoris_own_module checks it instead.
@@ -90,20 +91,33 @@ def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).norm() / b.norm()).item()
 
 
-def applied_delta_weight(layer: nn.Module) -> torch.Tensor:
-    """The weight change whatever wraps `layer` applies, read back from its outputs minus the
-    plain layer's: unit inputs for a Linear, one-pixel impulses for a 'same' padded conv (whose
-    response is the kernel, flipped)."""
-    weight, bias = layer.weight, layer.bias
+def applied_delta(layer: nn.Module, weight: torch.Tensor | None = None,
+                  bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The weight and bias change whatever wraps `layer` applies, read back from its outputs
+    minus the plain layer's: the bias from a zero input, the weight from unit inputs for a
+    Linear, from one-pixel impulses for a 'same' padded conv (whose response is the kernel,
+    flipped). `weight`/`bias`: the plain layer's, where the wrapper took them off the layer."""
+    if weight is None:
+        weight, bias = layer.weight, layer.bias
     if isinstance(layer, nn.Linear):
+        plain = lambda x: F.linear(x, weight, bias)  # noqa: E731
         probe = torch.eye(weight.shape[1])
-        return (layer(probe) - F.linear(probe, weight, bias)).T
-    kh, kw = weight.shape[2:]
-    probe = torch.zeros(weight.shape[1], weight.shape[1], kh, kw)
-    for channel in range(weight.shape[1]):
-        probe[channel, channel, kh // 2, kw // 2] = 1.0
-    response = layer(probe) - F.conv2d(probe, weight, bias, padding=layer.padding)  # (in, out, kh, kw)
-    return response.permute(1, 0, 2, 3).flip(2, 3)
+    else:
+        plain = lambda x: F.conv2d(x, weight, bias, padding=layer.padding)  # noqa: E731
+        kh, kw = weight.shape[2:]
+        probe = torch.zeros(weight.shape[1], weight.shape[1], kh, kw)
+        for channel in range(weight.shape[1]):
+            probe[channel, channel, kh // 2, kw // 2] = 1.0
+    zero = torch.zeros_like(probe[:1])
+    bias_change = layer(zero) - plain(zero)
+    response = layer(probe) - plain(probe) - bias_change
+    if isinstance(layer, nn.Linear):
+        return response.T, bias_change[0]
+    return response.permute(1, 0, 2, 3).flip(2, 3), bias_change[0, :, 0, 0]
+
+
+def applied_delta_weight(layer: nn.Module) -> torch.Tensor:
+    return applied_delta(layer)[0]
 
 
 def cases_on(kinds=ALL_KINDS):
@@ -135,6 +149,9 @@ def test_the_merged_weight_equals_the_hooked_forward(case, kind):
             hooked = root.layer(x)
         delta = adapter.delta_weight()
         root.layer.weight += delta
+        bias = getattr(adapter, "delta_bias", lambda: None)()
+        if bias is not None:  # full trains the bias too
+            root.layer.bias += bias
         merged = root.layer(x)
     assert delta.abs().max() > 1e-3  # the randomised network does change the layer
     assert relative_error(hooked, merged) < 1e-5
@@ -168,12 +185,18 @@ def test_lycoris_own_loader_consumes_every_key_and_applies_the_same_change(case,
     with torch.no_grad():
         expected = ours.delta_weight()
         lycoris_module.multiplier = 1.0
-        lycoris_module.apply_to()
+        plain = root.layer.weight.clone(), root.layer.bias.clone()
+        lycoris_module.apply_to()  # algo=full takes the weight off the layer
         try:
-            applied = applied_delta_weight(root.layer)
+            applied, applied_bias = applied_delta(root.layer, *plain)
         finally:
             lycoris_module.restore()
+        bias = getattr(ours, "delta_bias", lambda: None)()
     assert relative_error(applied, expected) < 1e-5
+    if bias is not None:
+        assert relative_error(applied_bias, bias) < 1e-5
+    else:
+        assert applied_bias.abs().max() < 1e-5
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -8,7 +8,7 @@ from typing import Any
 
 from ..config import ConfigError, TrainConfig
 from ..formats.kohya_names import TargetLayer
-from . import ia3, locon, loha, lokr, lora
+from . import full, ia3, locon, loha, lokr, lora
 from .method import NetworkMethod
 from .trainable import Trainable
 
@@ -18,6 +18,7 @@ METHODS: dict[tuple[str, str | None], NetworkMethod] = {method.key: method for m
     lokr.METHOD, lokr.KOHYA,
     ia3.METHOD,
     locon.METHOD, locon.LORA,
+    full.METHOD,
 )}
 # The algo LyCORIS uses when network_args names none.
 DEFAULT_ALGO = {"lycoris.kohya": "lora"}
