@@ -24,7 +24,10 @@ class FullModule(WeightDeltaModule):
         super().__init__(target, {**settings, "dora_wd": False})
         layer = target.module
         self.diff = nn.Parameter(torch.zeros(self.shape))
-        self.diff_b = nn.Parameter(torch.zeros(layer.bias.shape)) if layer.bias is not None else None
+        # No bias change where the WebUI would drop it (q/k/v of a fused attention, see
+        # hosts/fused_attention.py): what is trained is what the file gives.
+        trains_bias = layer.bias is not None and getattr(layer, "separate_bias", True)
+        self.diff_b = nn.Parameter(torch.zeros(layer.bias.shape)) if trains_bias else None
 
     def weight_delta(self) -> torch.Tensor:
         return self.diff
