@@ -247,6 +247,8 @@ def test_bad_lycoris_arguments_name_the_key_and_what_is_accepted():
     problems = config_for("loha", network_args=["algo=loha", "use_tucker=maybe", "preset=most"]).problems()
     assert any("use_tucker='maybe' must be true or false" in p for p in problems)
     assert any("preset='most' is not one of: full" in p for p in problems)
+    problems = config_for("loha", network_args=["algo=loha", "preset=attn-mlp"]).problems()
+    assert any("preset=attn-mlp is not supported yet; use preset=full" in p for p in problems)
 
 
 def test_kohya_module_names_are_accepted():
@@ -316,3 +318,48 @@ def test_dora_is_saved_along_the_axis_its_metadata_names(case, kind):
     assert relative_error(ours, theirs) < 1e-4  # LyCORIS adds float eps to the norm
     args = json.loads(network.file_metadata()["ss_network_args"])
     assert args["dora_wd"] == "True" and args["wd_on_output"] == str(on_output)
+
+
+# One short run per method on the demo concept: (network_args, learning rate; LyCORIS advises
+# a high one for IA3).
+RUNS = {
+    "loha": (["algo=loha"], 3e-3),
+    "lokr": (["algo=lokr", "factor=4"], 3e-3),
+    "ia3": (["algo=ia3"], 5e-2),
+    "dora": (["algo=locon", "dora_wd=True"], 3e-3),
+    "locon-tucker": (["algo=locon", "use_tucker=True"], 3e-3),
+    "full": (["algo=full"], 1e-3),
+}
+
+
+@pytest.mark.parametrize("run", RUNS)
+def test_a_short_run_lowers_the_loss_and_writes_a_file_that_loads(run, small_root, tmp_path, bundle):
+    from conftest import encoded_examples, quick_config
+    from denoising_score import fixed_denoising_loss
+    from lib_trainer.train.loop import train
+
+    args, lr = RUNS[run]
+    config = quick_config(small_root, str(tmp_path), network_module="lycoris.kohya", network_args=args,
+                          network_dim=4, network_alpha=4.0, conv_dim=2, conv_alpha=2.0, learning_rate=lr,
+                          max_train_steps=6, network_train_unet_only=True)
+    result = train(config, bundle=bundle)
+    assert json.loads(read_metadata(result.final_path)["ss_network_args"])["algo"] == args[0].split("=")[1]
+    network = registry.create_trainable(config, bundle)
+    network.load_weights(result.final_path)  # every key fits
+    latents, prompts = encoded_examples(bundle, result.plan.training_set.examples)
+    base = fixed_denoising_loss(bundle, latents, prompts, 1234, [100, 400])
+    with network.attached():
+        trained = fixed_denoising_loss(bundle, latents, prompts, 1234, [100, 400])
+    assert trained < base, (base, trained)
+
+
+def test_the_memory_estimate_and_the_run_name_the_method_and_its_parameters(bundle):
+    from lib_trainer.train.loop import trained_parts_line
+    from lib_trainer.train.memory import estimate_memory
+
+    config = config_for("lokr-lowrank")
+    method, settings, targets = registry.network_targets(config, bundle)
+    count = method.parameter_count(targets, settings)
+    assert f"network (LoKr, {count:,} parameters) and optimizer" in estimate_memory(config, "sd1", 0, targets).summary()
+    line = trained_parts_line(config, method.create(targets, settings))
+    assert line.startswith(f"Trains (LoKr, {count:,} parameters): UNet ✔")

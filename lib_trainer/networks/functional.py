@@ -34,10 +34,10 @@ def lora_up_forward(h: torch.Tensor, up: torch.Tensor, is_conv: bool) -> torch.T
     return F.conv2d(h, up) if is_conv else F.linear(h, up)
 
 
-# --- LyCORIS: the weight deltas of LoHa, LoKr, Tucker LoCon, DoRA, IA3 and OFT -------------------
+# --- LyCORIS: the weight deltas of LoHa, LoKr, Tucker LoCon, DoRA and IA3 --------------------------
 # Each returns the change of the adapted layer's weight (out, in) or (out, in, kh, kw); the
 # modules apply it with the layer's own op. The layouts are those LyCORIS writes and the WebUI's
-# network_hada/network_lokr/network_lora/network_oft read.
+# network_hada/network_lokr/network_lora/network_ia3 read.
 
 
 def tucker_rebuild(core: torch.Tensor, out_factor: torch.Tensor, in_factor: torch.Tensor) -> torch.Tensor:
@@ -122,32 +122,6 @@ def dora_magnitude(weight: torch.Tensor, on_output: bool) -> torch.Tensor:
     if on_output:
         return weight.reshape(weight.shape[0], -1).norm(dim=1).reshape(weight.shape[0], 1, *rest)
     return weight.transpose(0, 1).reshape(weight.shape[1], -1).norm(dim=1).reshape(1, weight.shape[1], *rest)
-
-
-def oft_rotation(blocks: torch.Tensor, constraint: float = 0.0) -> torch.Tensor:
-    """OFT's block rotations by the Cayley transform: Q = B - B^T (skew-symmetric), optionally
-    scaled down to ||Q|| <= constraint, R = (I + Q)(I - Q)^-1, orthogonal for any B.
-    blocks (n, b, b) -> R (n, b, b); B = 0 gives R = I."""
-    q = blocks - blocks.transpose(-1, -2)
-    if constraint > 0:
-        norm = q.norm()
-        q = q * torch.clamp(norm, max=constraint) / (norm + 1e-8)
-    eye = torch.eye(blocks.shape[-1], device=blocks.device, dtype=torch.float32)
-    q = q.float()
-    return (eye + q) @ torch.linalg.inv(eye - q)
-
-
-def oft_delta_weight(weight: torch.Tensor, rotation: torch.Tensor,
-                     rescale: torch.Tensor | None = None) -> torch.Tensor:
-    """OFT: the output channels of W, in blocks of b, are rotated: W'_k = R_k^T W_k (the layout
-    `einsum('k n m, k n ... -> k m ...')` the WebUI and LyCORIS apply), then scaled per output
-    channel by `rescale` (out, 1, ...) when given. Returns W' - W."""
-    blocks, size = rotation.shape[0], rotation.shape[1]
-    grouped = weight.to(rotation.dtype).reshape(blocks, size, *weight.shape[1:])
-    rotated = torch.einsum("knm,kn...->km...", rotation, grouped).reshape(weight.shape)
-    if rescale is not None:
-        rotated = rescale * rotated
-    return rotated.to(weight.dtype) - weight
 
 
 def ia3_delta_output(base_output_without_bias: torch.Tensor, gain: torch.Tensor) -> torch.Tensor:

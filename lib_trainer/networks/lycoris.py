@@ -1,4 +1,4 @@
-"""What the LyCORIS methods (loha.py, lokr.py, ia3.py, locon.py, full.py, oft.py) share: their
+"""What the LyCORIS methods (loha.py, lokr.py, ia3.py, locon.py, full.py) share: their
 network_args as LyCORIS' `lycoris.kohya` reads them, their `ss_*` metadata as it writes them,
 and an adapter base for methods that change the layer's weight by a computed delta.
 
@@ -52,16 +52,19 @@ ARGUMENTS: dict[str, tuple[Any, Any]] = {
     "dropout": (float, 0.0), "rank_dropout": (float, 0.0), "module_dropout": (float, 0.0),
     "rank_dropout_scale": (_bool, False),
     "preset": (str, "full"), "use_tucker": (_bool, False), "rs_lora": (_bool, False),
-    "bypass_mode": (_bool, False), "train_norm": (_bool, False),
+    "bypass_mode": (_bool, False),
     "dora_wd": (_bool, False), "wd_on_output": (_bool, False),
     "factor": (int, -1), "decompose_both": (_bool, False), "full_matrix": (_bool, False),
     "unbalanced_factorization": (_bool, False),
-    "train_on_input": (_bool, False), "constraint": (float, 0.0), "rescaled": (_bool, False),
+    "train_on_input": (_bool, False),
 }
 TUCKER_ALIASES = ("use_cp", "use_conv_cp")
 COMMON = ("algo", "conv_dim", "conv_alpha", "dropout", "rank_dropout", "module_dropout", "rank_dropout_scale",
           "preset", "bypass_mode")
-PRESETS = ("full", "full-lin", "attn-mlp", "attn-only", "unet-transformer-only", "unet-convblock-only")
+# LyCORIS' presets. Only `full` (the layers networks.lora adapts; 3x3 convs with conv_dim) is
+# applied so far; the others are refused rather than written into the metadata untrained.
+PRESETS = ("full",)
+NOT_YET = ("full-lin", "attn-mlp", "attn-only", "unet-transformer-only", "unet-convblock-only")
 
 
 class LycorisMethod(NetworkMethod):
@@ -116,7 +119,10 @@ class LycorisMethod(NetworkMethod):
                 problems.append(f"{key}={settings[key]} must be at least 0 and below 1")
         if settings["conv_dim"] < 0 or settings["conv_alpha"] < 0:
             problems.append("conv_dim and conv_alpha must not be negative")
-        if settings["preset"] not in PRESETS:
+        if settings["preset"] in NOT_YET:
+            problems.append(f"network_args: preset={settings['preset']} is not supported yet; use preset=full "
+                            "(or leave it out)")
+        elif settings["preset"] not in PRESETS:
             problems.append(f"network_args: preset={settings['preset']!r} is not one of: {', '.join(PRESETS)}")
         problems += self.check(settings)
         if problems:
@@ -216,7 +222,7 @@ def rank_scale(alpha: float, rank: int, rs_lora: bool) -> tuple[float, float]:
 
 
 class WeightDeltaModule(AdapterModule):
-    """A layer whose change is a weight delta dW (LoHa, LoKr, full, OFT, Tucker LoCon), applied
+    """A layer whose change is a weight delta dW (LoHa, LoKr, full, LoCon), applied
     beside the base layer as op(x, dW), optionally re-normalised by DoRA (`dora_wd`).
 
     Subclasses create their tensors and implement `weight_delta` (the scaled dW) and
