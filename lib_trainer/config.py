@@ -95,7 +95,8 @@ class TrainConfig:
     prior_loss_weight: float = option(1.0, "Loss weight of regularisation images.", "dataset", minimum=0.0)
 
     # --- network ---
-    network_module: str = option("networks.lora", "Network method (networks.lora: LoRA, LoCon with conv_dim).",
+    network_module: str = option("networks.lora", "Network method (networks.lora: LoRA, LoCon with conv_dim; "
+                                 "lycoris.kohya with network_args algo=loha/lokr/ia3/locon/full: LyCORIS).",
                                  "network")
     network_dim: int = option(16, "LoRA rank of linear layers.", "network", minimum=1)
     network_alpha: float = option(8.0, "LoRA alpha; the update is scaled by alpha / dim.", "network", minimum=0.0)

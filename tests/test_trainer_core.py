@@ -45,8 +45,8 @@ def test_the_registry_is_keyed_by_module_and_algo(monkeypatch):
     monkeypatch.setitem(registry.METHODS, ("lycoris.kohya", "loha"), FakeLoHa())
     config = TrainConfig().replace(network_module="lycoris.kohya", network_args=["algo=loha"])
     assert registry.find_method(config).label == "LoHa"
-    with pytest.raises(ConfigError, match="algo=lokr is unknown; available: networks.lora, lycoris.kohya algo=loha"):
-        registry.find_method(config.replace(network_args=["algo=lokr"]))
+    with pytest.raises(ConfigError, match="algo=nope is unknown; available: networks.lora, .*lycoris.kohya algo=loha"):
+        registry.find_method(config.replace(network_args=["algo=nope"]))
 
 
 def test_bad_network_settings_are_config_problems_that_name_the_key():
@@ -59,10 +59,14 @@ def test_bad_network_settings_are_config_problems_that_name_the_key():
 
 def test_the_ui_network_types_come_from_the_records():
     types = registry.ui_network_types()
-    assert set(types) == {"LoRA", "LoCon"}
+    assert {"LoRA", "LoCon", "LoHa"} <= set(types)
     assert registry.ui_network_type_of({"network_module": "networks.lora", "conv_dim": 8}) == "LoCon"
     assert registry.ui_network_type_of({"network_module": "networks.lora", "conv_dim": 0}) == "LoRA"
-    assert registry.ui_network_type_of({"network_module": "lycoris.kohya", "conv_dim": 0}) is None
+    # the UI's text box holds network_args as one string, the config as a list
+    assert registry.ui_network_type_of({"network_module": "lycoris.kohya", "network_args": "algo=loha conv_dim=4"}) \
+        == "LoHa"
+    assert registry.ui_network_type_of({"network_module": "lycoris.kohya", "network_args": ["algo=loha"]}) == "LoHa"
+    assert registry.ui_network_type_of({"network_module": "lycoris.kohya", "network_args": "algo=glora"}) is None
 
 
 def test_an_adapter_can_use_the_base_layers_output_and_weight():

@@ -22,6 +22,9 @@ PROJECTIONS = ("q", "k", "v")
 
 class ProjectionView(nn.Linear):
     """One of q, k, v of a fused in_proj, as an nn.Linear (no tensors of its own)."""
+    # The WebUI applies a file's bias change (algo=full's diff_b) of a fused attention only to
+    # its out_proj; q/k/v take weight changes only.
+    separate_bias = False
 
     def __init__(self, attention: nn.MultiheadAttention, index: int) -> None:
         nn.Module.__init__(self)  # not nn.Linear's: it would allocate a weight

@@ -135,7 +135,10 @@ class Network(Trainable):
         for name, adapter in self.adapters.items():
             for suffix, tensor in adapter.file_tensors().items():
                 tensor = tensor.detach().to("cpu")
-                state[f"{name}.{suffix}"] = (tensor.to(dtype) if dtype is not None else tensor).contiguous()
+                # Flags (IA3's on_input) stay integers; only weights take the save precision.
+                if dtype is not None and tensor.is_floating_point():
+                    tensor = tensor.to(dtype)
+                state[f"{name}.{suffix}"] = tensor.contiguous()
         return state
 
     def load_file_state_dict(self, state: dict[str, torch.Tensor]) -> list[str]:

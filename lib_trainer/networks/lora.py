@@ -90,8 +90,9 @@ class LoRAMethod(NetworkMethod):
     """kohya's networks.lora; LoCon when conv_dim > 0 (the ResNet 3x3 convolutions too)."""
     module = "networks.lora"
     label = "LoRA"
-    ui_types = {"LoRA": {"network_module": "networks.lora", "conv_dim": 0},
-                "LoCon": {"network_module": "networks.lora", "conv_dim": 8, "conv_alpha": 4.0}}
+    # network_args is emptied: a LyCORIS type chosen before leaves its algo= there.
+    ui_types = {"LoRA": {"network_module": "networks.lora", "network_args": "", "conv_dim": 0},
+                "LoCon": {"network_module": "networks.lora", "network_args": "", "conv_dim": 8, "conv_alpha": 4.0}}
     # network_args kohya's networks.lora takes that this method supports, and their types.
     ARGS = {"conv_dim": int, "conv_alpha": float, "rank_dropout": float, "module_dropout": float,
             "dropout": float}

@@ -10,18 +10,26 @@ from ..config import ConfigError, TrainConfig
 from ..errors import InvalidInput
 from ..formats.lora_file import load_lora
 from ..formats.kohya_names import TargetLayer
-from . import lora
+from . import full, ia3, locon, loha, lokr, lora
 from .method import NetworkMethod
 from .trainable import Trainable
 
 METHODS: dict[tuple[str, str | None], NetworkMethod] = {method.key: method for method in (
     lora.METHOD,
+    loha.METHOD, loha.KOHYA,
+    lokr.METHOD, lokr.KOHYA,
+    ia3.METHOD,
+    locon.METHOD, locon.LORA,
+    full.METHOD,
 )}
+# The algo LyCORIS uses when network_args names none.
+DEFAULT_ALGO = {"lycoris.kohya": "lora"}
 
 
 def find_method(config: TrainConfig) -> NetworkMethod:
     """The record for --network_module (and, for LyCORIS' module, its algo= argument)."""
-    algo = config.parsed_network_args().get("algo")
+    algo = config.parsed_network_args().get("algo") or DEFAULT_ALGO.get(config.network_module)
+    algo = algo.lower() if algo else None
     method = METHODS.get((config.network_module, algo)) or METHODS.get((config.network_module, None))
     if method is None:
         known = ", ".join(module if algo is None else f"{module} algo={algo}" for module, algo in METHODS)

@@ -396,4 +396,5 @@ def trained_parts_line(config: TrainConfig, trainable) -> str:
             parts.append(f"{names.get(part, part)} ✔ ({counts[part]} {unit})")
         elif part in why_not:
             parts.append(f"{names[part]} ✘ ({why_not[part]})")
-    return f"Trains ({trainable.kind}): " + " · ".join(parts)
+    parameters = sum(p.numel() for p in trainable.parameters())
+    return f"Trains ({trainable.kind}, {parameters:,} parameters): " + " · ".join(parts)

@@ -32,6 +32,7 @@ class MemoryEstimate:
     network_gb: float
     activations_gb: float
     where: str  # "GPU" or "RAM"
+    network: str = ""  # the method and its parameter count, e.g. "LoHa, 1,234,560 parameters"
 
     @property
     def total_gb(self) -> float:
@@ -39,7 +40,8 @@ class MemoryEstimate:
 
     def summary(self) -> str:
         return (f"Memory estimate ({self.where}): about {self.total_gb:.1f} GB = model weights {self.weights_gb:.1f} GB"
-                f" + network and optimizer {self.network_gb:.2f} GB + activations ~{self.activations_gb:.1f} GB "
+                f" + network{f' ({self.network})' if self.network else ''} and optimizer {self.network_gb:.2f} GB"
+                f" + activations ~{self.activations_gb:.1f} GB "
                 "(a rough figure; gradient checkpointing, cached latents and a smaller batch lower it)")
 
 
@@ -61,7 +63,8 @@ def estimate_memory(config: TrainConfig, family: str, weight_bytes: int, targets
         activations = max(activations, VAE_ENCODE_PER_MEGAPIXEL * megapixels)
     if config.mixed_precision == "no":
         activations *= 2
-    return MemoryEstimate(weight_bytes / GB, trainable * state_bytes / GB, activations, where)
+    return MemoryEstimate(weight_bytes / GB, trainable * state_bytes / GB, activations, where,
+                          f"{find_method(config).label}, {trainable:,} parameters")
 
 
 def bundle_memory(config: TrainConfig, bundle: ModelBundle, where: str) -> MemoryEstimate:

@@ -82,7 +82,8 @@ class TrainTab:
         with gr.Row():
             self.network_type = gr.Dropdown([*ui_network_types(), CUSTOM], value=_network_type(d),
                                             label="Network type", elem_id="lt_network_type",
-                                            info="LoCon also trains the 3x3 convolutions (conv_dim).")
+                                            info="LoCon also trains the 3x3 convolutions (conv_dim); LoHa, LoKr, IA3, "
+                                                 "DoRA and full are LyCORIS' methods (lycoris.kohya).")
             for name in ("network_dim", "network_alpha", "max_train_epochs"):
                 form.add(name, getattr(d, name))
         with gr.Accordion("Expert: every option", open=False, elem_id="lt_expert"):
