@@ -204,3 +204,59 @@ def test_grid_record_is_json_with_paths(family_grid, tmp_path):
     assert {cell["file"] for cell in record["cells"]} == {None, *(f.path for f in run_files(folder, "run"))}
     assert json.dumps(record)
     assert not (tmp_path / "g").exists()
+
+
+# --- every network type we train compares -------------------------------------------------
+
+LYCORIS_TYPES = {
+    "LoCon": dict(network_module="networks.lora", conv_dim=2, conv_alpha=1.0),
+    "LoHa": dict(network_module="lycoris.kohya", network_args=["algo=loha", "conv_dim=2", "conv_alpha=1"]),
+    "LoKr": dict(network_module="lycoris.kohya", network_args=["algo=lokr", "factor=4"]),
+    "IA3": dict(network_module="lycoris.kohya", network_args=["algo=ia3"]),
+    "DoRA": dict(network_module="lycoris.kohya", network_args=["algo=locon", "dora_wd=True"]),
+    "Tucker": dict(network_module="lycoris.kohya", network_args=["algo=locon", "use_tucker=True", "conv_dim=2"]),
+    "full": dict(network_module="lycoris.kohya", network_args=["algo=full"]),
+}
+
+
+@pytest.fixture(scope="module")
+def sd1_bundle():
+    return build_tiny_bundle("sd1")
+
+
+@pytest.mark.parametrize("kind", list(LYCORIS_TYPES))
+def test_every_network_type_is_read_back_for_the_grid(sd1_bundle, tmp_path, kind):
+    config = TrainConfig().replace(network_dim=4, network_alpha=2.0, **LYCORIS_TYPES[kind])
+    from lib_trainer.networks.registry import find_method
+
+    method = find_method(config)
+    settings = method.settings(config)
+    network = method.create(sd1_bundle.target_layers(include_conv=method.adapts_conv(settings)), settings)
+    generator = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for parameter in network.parameters():
+            parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.05)
+    path = str(tmp_path / f"{kind}.safetensors")
+    network.write_file(path, {**network.file_metadata(), "ss_output_name": kind}, None)
+
+    loaded = network_from_file(path, sd1_bundle)
+    assert type(loaded.method) is type(method) and set(loaded.adapters) == set(network.adapters)
+    for name, adapter in network.adapters.items():
+        expected = adapter.delta_weight()
+        assert torch.allclose(loaded.adapters[name].delta_weight(), expected, rtol=1e-5, atol=1e-7), name
+
+
+def test_a_lycoris_file_in_a_grid_keeps_weight_zero_at_the_base_image(sd1_bundle, tmp_path):
+    config = TrainConfig().replace(network_dim=4, network_alpha=4.0, **LYCORIS_TYPES["LoHa"])
+    network = create_network(config, sd1_bundle.target_layers(include_conv=True))
+    generator = torch.Generator().manual_seed(6)
+    with torch.no_grad():
+        for parameter in network.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.3)
+    network.write_file(str(tmp_path / "loha.safetensors"), {**network.file_metadata(), "ss_output_name": "loha"}, None)
+    request = GridRequest(files=[None, *saved_files(str(tmp_path))], prompts=["a ball"], weights=[0.0, 1.0],
+                          seed=2, steps=2, width=64, height=64)
+    grid = standalone_grid(request, sd1_bundle, silent(), device="cpu")
+    base = pixels(grid.cell(0, 0).image)
+    assert np.array_equal(pixels(grid.cell(0, 1).image), base)
+    assert np.abs(pixels(grid.cell(1, 1).image) - base).mean() > 0

@@ -170,7 +170,9 @@ class LoRAMethod(NetworkMethod):
     def recognises(self, keys: Iterable[str]) -> bool:
         return any(key.endswith(".lora_down.weight") for key in keys)
 
-    def from_file(self, targets: list[TargetLayer], state: dict) -> tuple[Network, list[str]]:
+    def from_file(self, targets: list[TargetLayer], state: dict, file_config=None) -> tuple[Network, list[str]]:
+        """Each layer with the rank and alpha the file has for it (kohya's files may differ
+        per layer, and files of other tools carry no metadata)."""
         by_name = {target.name: target for target in targets}
         adapters, used = [], set()
         for key, down in state.items():

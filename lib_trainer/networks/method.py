@@ -53,8 +53,12 @@ class NetworkMethod:
         """Whether a file with these tensor keys holds this method's weights."""
         raise NotImplementedError
 
-    def from_file(self, targets: list[TargetLayer], state: dict) -> tuple[Any, list[str]]:
+    def from_file(self, targets: list[TargetLayer], state: dict, file_config) -> tuple[Any, list[str]]:
         """(the network a file describes, on the layers of `targets` its keys name, with its
-        weights loaded; the file's keys that matched no layer). Each layer takes the rank and
-        alpha the file has for it: what the comparison applies."""
-        raise NotImplementedError
+        weights loaded; the file's keys that matched no layer): what the comparison applies.
+        `file_config` holds the network options its metadata records; a method whose files
+        say their own ranks (LoRA) may read them from the tensors instead."""
+        settings = self.settings(file_config)
+        names = {key.partition(".")[0] for key in state}
+        network = self.create([target for target in targets if target.name in names], settings)
+        return network, network.load_file_state_dict(state)

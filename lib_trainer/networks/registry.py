@@ -4,11 +4,12 @@ Adding a method is one file with its `NetworkMethod` record and one line in `MET
 """
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from ..config import ConfigError, TrainConfig
 from ..errors import InvalidInput
-from ..formats.lora_file import load_lora
+from ..formats.lora_file import load_lora, read_metadata
 from ..formats.kohya_names import TargetLayer
 from . import full, ia3, locon, loha, lokr, lora
 from .method import NetworkMethod
@@ -70,17 +71,47 @@ def create_network(config: TrainConfig, targets: list[TargetLayer]) -> Trainable
 
 def network_from_file(path: str, bundle) -> Trainable:
     """The network a saved file holds, on `bundle`'s layers, ready to attach (for comparing
-    files). Raises InvalidInput when no method knows the file's keys, or when some of its keys
-    name no layer of this model (a file of another model family)."""
-    state = load_lora(path)
-    method = next((method for method in METHODS.values() if method.recognises(state)), None)
+    files). The method is the one its metadata names (ss_network_module and its algo), else
+    the first whose keys it has (a file another tool wrote without metadata). Raises
+    InvalidInput when no method knows the file, or when some of its keys name no layer of this
+    model (a file of another model family)."""
+    state, metadata = load_lora(path), read_metadata(path)
+    file_config = config_of_file(metadata)
+    method = _method_of(file_config) or next((m for m in METHODS.values() if m.recognises(state)), None)
     if method is None:
         raise InvalidInput(f"{path}: not a network file this trainer knows (keys like {next(iter(state), 'none')})")
-    network, unmatched = method.from_file(bundle.target_layers(include_conv=True), state)
+    try:
+        network, unmatched = method.from_file(bundle.target_layers(include_conv=True), state, file_config)
+    except ConfigError as error:
+        raise InvalidInput(f"{path}: its metadata describes no network this trainer can build: {error}") from None
     if unmatched:
         raise InvalidInput(f"{path}: {len(unmatched)} of its {len(state)} tensors match no layer of this "
                            f"{bundle.family} model (e.g. {unmatched[0]}); was it trained on another model family?")
     return network
+
+
+def config_of_file(metadata: dict[str, str]) -> TrainConfig:
+    """The network options a file's ss_network_* metadata records (kohya and LyCORIS write them)."""
+    try:
+        args = json.loads(metadata.get("ss_network_args") or "{}")
+    except ValueError:
+        args = {}
+    values = {"network_module": metadata.get("ss_network_module") or "networks.lora",
+              "network_args": [f"{key}={value}" for key, value in (args.items() if isinstance(args, dict) else ())]}
+    for key, field_name in (("ss_network_dim", "network_dim"), ("ss_network_alpha", "network_alpha")):
+        if metadata.get(key) not in (None, "", "None"):
+            values[field_name] = float(metadata[key]) if field_name == "network_alpha" else int(float(metadata[key]))
+    try:
+        return TrainConfig().replace(**values)
+    except (ConfigError, ValueError):
+        return TrainConfig()
+
+
+def _method_of(config: TrainConfig) -> NetworkMethod | None:
+    try:
+        return find_method(config)
+    except ConfigError:
+        return None
 
 
 def ui_network_types() -> dict[str, dict[str, Any]]:
