@@ -165,3 +165,21 @@ def test_keep_as_best_refuses_names_that_leave_the_folder(run_folder):
             keep_as_best(source, bad)
     assert sorted(name for name in os.listdir(run_folder) if name.endswith(".safetensors")) == \
         ["cmp-000001.safetensors", "cmp.safetensors"]
+
+
+# --- compare when done -----------------------------------------------------------------------
+def test_compare_when_done_goes_with_the_queued_run_not_its_config(small_root, tmp_path):
+    from lib_trainer.ui.train_tab import TrainTab
+
+    service = LocalTrainService(TrainQueue(None))
+    with gr.Blocks():
+        train_tab = TrainTab(service, TrainConfig())
+        train_tab.build()
+        train_tab.wire()
+    config = TrainConfig(train_data_dir=small_root, output_dir=str(tmp_path), output_name="later",
+                         pretrained_model_name_or_path="tiny:sd1", max_train_epochs=1)
+    values = [update["value"] for update in train_tab.form.updates(config)]
+    message = train_tab._enqueue(False, *values, compare_when_done=True)[0]
+    assert "lt-ok" in message
+    item = service.queue.snapshot()[0]
+    assert item.compare_when_done is True and "compare_when_done" not in item.config
