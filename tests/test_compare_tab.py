@@ -20,13 +20,6 @@ from lib_trainer.jobs import LocalTrainService, TrainQueue
 from lib_trainer.ui.compare_tab import CompareTab
 
 
-def no_bar(fraction, desc=None):
-    no_bar.calls.append((fraction, desc))
-
-
-no_bar.calls = []
-
-
 @pytest.fixture
 def run_folder(compare_run, tmp_path):
     """A copy of the trained run's folder, so a test may add files to it."""
@@ -45,12 +38,19 @@ def tab():
     return made
 
 
-def make(tab, folder, chosen, weights="0.5,1", prompts="ltdemo, ball", **changes):
+def start(tab, folder, chosen, weights="0.5,1", prompts="ltdemo, ball", **changes):
+    """Make grid: (message, progress); the grid goes on in its thread."""
     values = dict(negative="", seed=3, steps=2, sampler="euler", cfg=5.0, width=64, height=64, model="tiny:sd1")
     values.update(changes)
     return tab.make_grid(folder, "cmp", chosen, weights, prompts, values["negative"], values["seed"],
                          values["steps"], values["sampler"], values["cfg"], values["width"], values["height"],
-                         values["model"], no_bar)
+                         values["model"])
+
+
+def finished(tab, shown=0):
+    """What the page's poll shows once the grid's thread has ended."""
+    tab.job.thread.join(300)
+    return tab.poll(shown)
 
 
 # --- the weights field -----------------------------------------------------------------------
@@ -95,8 +95,9 @@ def test_choosing_a_run_fills_in_what_it_trained_for(tab, run_folder):
 # --- the grid --------------------------------------------------------------------------------
 def test_make_grid_draws_saves_and_shows_the_cells(tab, run_folder):
     labels = tab.refresh_runs(run_folder, None)[2]["choices"]
-    no_bar.calls.clear()
-    message, image, path, gallery, cells, cell_image, cell_info = make(tab, run_folder, [BASE_LABEL, labels[2]])
+    message, progress = start(tab, run_folder, [BASE_LABEL, labels[2]])
+    assert "Drawing 3 images" in message and "data-phase='drawing'" in progress  # the base model's once per prompt
+    progress, message, image, path, gallery, cells, cell_image, cell_info, shown = finished(tab)
     assert "lt-ok" in message and "2 files x 2 rows" in message
     assert path.startswith(os.path.join(run_folder, "compare", "cmp-")) and os.path.isfile(path)
     assert image.size[0] > 2 * 64 and image.size[1] > 2 * 64  # the cells and their labels
@@ -105,7 +106,8 @@ def test_make_grid_draws_saves_and_shows_the_cells(tab, run_folder):
     assert len(gallery["value"]) == 4 and all(os.path.isfile(p) for p, _ in gallery["value"])
     assert [cell["file"] for cell in cells] == ["", labels[2], "", labels[2]]
     assert "<lora:cmp:0.5>" in cells[1]["infotext"] and "Seed: 3" in cells[1]["infotext"]
-    assert no_bar.calls[-1][0] == 1.0  # the progress bar went to the end
+    assert "data-phase='done' data-done='3' data-total='3'" in progress and "width:100.0%" in progress
+    assert shown == tab.job.id and all(update == gr.update() for update in tab.poll(shown)[:-1])  # shown once
 
     # A cell's click shows it at full size with its infotext, and picks its file to keep.
     class Click:
@@ -117,13 +119,17 @@ def test_make_grid_draws_saves_and_shows_the_cells(tab, run_folder):
 def test_grid_errors_are_messages_and_leave_the_page_as_it_was(tab, run_folder):
     labels = tab.refresh_runs(run_folder, None)[2]["choices"]
     for changes, says in ((dict(weights="0.5, x"), "is not a number"), (dict(prompts="  \n"), "at least one prompt"),
-                          (dict(width=60), "multiple of 8"), (dict(steps="2.5"), "whole number"),
-                          (dict(model="/no/model.safetensors"), "no such file")):
-        out = make(tab, run_folder, [labels[1]], **changes)
+                          (dict(width=60), "multiple of 8"), (dict(steps="2.5"), "whole number")):
+        out = start(tab, run_folder, [labels[1]], **changes)
         assert "lt-error" in out[0] and says in out[0], (changes, out[0])
-        assert "Traceback" not in out[0] and all(update == gr.update() for update in out[1:])
-    out = tab.make_grid(run_folder, None, [], "1", "p", "", 1, 2, "euler", 5, 64, 64, "", no_bar)
+        assert "Traceback" not in out[0] and out[1] == gr.update() and tab.job is None
+    out = tab.make_grid(run_folder, None, [], "1", "p", "", 1, 2, "euler", 5, 64, 64, "")
     assert "Choose a run first" in out[0]
+    # What goes wrong while drawing comes with the poll, as a message.
+    start(tab, run_folder, [labels[1]], model="/no/model.safetensors")
+    out = finished(tab)
+    assert "data-phase='failed'" in out[0] and "lt-error" in out[1] and "no such file" in out[1]
+    assert all(update == gr.update() for update in out[2:-1])
 
 
 def test_a_grid_is_refused_while_the_machine_trains(tab, run_folder):
@@ -132,11 +138,22 @@ def test_a_grid_is_refused_while_the_machine_trains(tab, run_folder):
     service._machine.acquire()  # what a running training holds
     service._commands = object()
     try:
-        message = make(tab, run_folder, [labels[1]])[0]
+        start(tab, run_folder, [labels[1]])
+        message = finished(tab)[1]
     finally:
         service._commands = None
         service._machine.release()
     assert "training is running" in message and "Compare when done" in message
+
+
+def test_stop_ends_the_grid_between_images(tab, run_folder):
+    labels = tab.refresh_runs(run_folder, None)[2]["choices"]
+    assert "No grid is being drawn" in tab.stop_grid()
+    start(tab, run_folder, [labels[1], labels[2]], weights="0-1 [5]")
+    assert "stops after the image" in tab.stop_grid()
+    progress, message = finished(tab)[:2]
+    assert "data-phase='stopped'" in progress and "comparison stopped after" in message and "of 10 images" in message
+    assert not os.path.isdir(os.path.join(run_folder, "compare"))  # a stopped grid is not saved
 
 
 # --- keep as best ----------------------------------------------------------------------------

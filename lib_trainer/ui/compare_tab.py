@@ -8,10 +8,9 @@ own sampler standalone), saves it beside the run's files, and shows it with its 
 clicking a cell shows that image at full size with its infotext, and picks its file for
 Keep as best.
 
-Progress is Gradio's own bar (`gr.Progress`) over the grid image: both the WebUI and the
-standalone page run with the queue on, which it needs, on Gradio 3.41 and 4.x alike, and
-without the queue it does nothing rather than fail. The grid runs in the request that asked
-for it; Stop asks it to end after the image being drawn (in the WebUI, Interrupt does too).
+The grid is drawn in the background (compare_job.py says why) and the page polls its progress
+bar and its result; Stop asks it to end after the image being drawn (in the WebUI, Interrupt
+does too).
 """
 from __future__ import annotations
 
@@ -28,8 +27,8 @@ from ..compare.weights import parse_weights
 from ..config import TrainConfig
 from ..errors import InvalidInput
 from ..jobs.service import TrainService
-from ..progress import STEP, Commands, Progress, ProgressEvent
 from ..train.samplers import SAMPLERS
+from .compare_job import GridJob
 from .guard import shows_errors
 from .render import message_html
 
@@ -57,23 +56,12 @@ def newest_run(folder: str) -> str | None:
     return max(newest, key=newest.get) if newest else None
 
 
-class GradioBar:
-    """A progress sink that moves Gradio's progress bar by the images drawn."""
-
-    def __init__(self, bar) -> None:
-        self.bar = bar
-
-    def __call__(self, event: ProgressEvent) -> None:
-        if event.kind == STEP and event.total:
-            self.bar(event.done / event.total, desc=f"{event.done}/{event.total} images")
-
-
 class CompareTab:
     def __init__(self, service: TrainService, defaults: TrainConfig) -> None:
         self.service = service
         self.folder_default = defaults.output_dir
         self.model_default = defaults.pretrained_model_name_or_path
-        self._commands: Commands | None = None  # the grid being drawn, for Stop
+        self.job: GridJob | None = None  # the newest grid; one at a time, as the machine draws one
 
     # --- layout ------------------------------------------------------------------------
     def build(self) -> None:
@@ -110,6 +98,9 @@ class CompareTab:
         with gr.Row():
             self.make = gr.Button("Make grid", variant="primary", elem_id="lt_compare_make")
             self.stop = gr.Button("Stop", variant="stop", elem_id="lt_compare_stop")
+            # clicked about once a second by javascript/lib_trainer.js while the sub-tab shows
+            self.poll_button = gr.Button("Refresh progress", size="sm", elem_id="lt_compare_poll")
+        self.progress = gr.HTML(elem_id="lt_compare_progress")
         self.grid = gr.Image(label="Grid", type="pil", interactive=False, elem_id="lt_compare_grid")
         self.path = gr.Textbox(label="Grid saved to", max_lines=1, interactive=False, elem_id="lt_compare_path")
         self.cells = gr.Gallery(label="Cells (click one)", columns=4, height=300, elem_id="lt_compare_cells")
@@ -119,6 +110,7 @@ class CompareTab:
             self.cell_info = gr.Textbox(label="Cell infotext", lines=6, interactive=False,
                                         elem_id="lt_compare_cell_info")
         self.cell_state = gr.State([])  # the shown grid's cells: [{"path", "infotext", "file"}], in gallery order
+        self.shown = gr.State(0)  # the id of the grid job whose result this page shows
         gr.Markdown("#### Keep as best\nCopies the chosen file beside it under a clean name, metadata and all, "
                     "so the prompt can say `<lora:name-best:0.8>`.")
         with gr.Row():
@@ -141,8 +133,8 @@ class CompareTab:
         self.make.click(self.make_grid,
                         [self.folder, self.run, self.files, self.weights, self.prompts, self.negative, self.seed,
                          self.steps, self.sampler, self.cfg, self.width, self.height, self.model],
-                        [self.message, self.grid, self.path, self.cells, self.cell_state, self.cell_image,
-                         self.cell_info])
+                        [self.message, self.progress])
+        self.poll_button.click(self.poll, self.shown, self.poll_outputs, show_progress="hidden")
         self.stop.click(self.stop_grid, None, self.message)
         self.cells.select(self.cell_selected, self.cell_state, [self.cell_image, self.cell_info, self.keep_file])
         self.keep.click(self.keep_best, [self.folder, self.run, self.keep_file, self.keep_name, self.overwrite],
@@ -196,9 +188,9 @@ class CompareTab:
         return choose()
 
     def make_grid(self, folder, run, chosen, weights, prompts, negative, seed, steps, sampler, cfg, width, height,
-                  model, progress=gr.Progress()):
-        """Draw, save and show the grid."""
-        @shows_errors(7)
+                  model):
+        """Check the fields and start drawing; the poll brings the grid."""
+        @shows_errors(2)
         def make():
             where = self._folder(folder)
             known = self._files(where, run)
@@ -211,29 +203,55 @@ class CompareTab:
                 negative_prompt=str(negative or ""), seed=_seed(seed), steps=_whole(steps, "steps"),
                 sampler=sampler, cfg_scale=float(cfg if cfg is not None else 7.0), width=_whole(width, "width"),
                 height=_whole(height, "height")).checked()
-            commands = Commands()
-            self._commands = commands
-            try:
-                grid = self.service.compare(request, Progress([GradioBar(progress)], commands), str(model or ""))
-            finally:
-                self._commands = None
-            path = save_beside_run(grid, where)
-            folder_of_cells = os.path.splitext(path)[0]
-            cells = [{"path": cell_path(folder_of_cells, drawn.cell), "infotext": drawn.infotext,
-                      "caption": f"{grid.columns[drawn.cell.column]}, {grid.rows[drawn.cell.row]}",
-                      "file": _label_of(known, drawn.cell.file)}
-                     for drawn in sorted(grid.cells, key=lambda d: (d.cell.row, d.cell.column))]
-            gallery = gr.update(value=[(cell["path"], cell["caption"]) for cell in cells], columns=len(grid.columns))
-            text = f"Grid of {len(grid.columns)} files x {len(grid.rows)} rows saved."
-            return message_html(ok=text), grid.image, path, gallery, cells, None, ""
+            if self.job is not None and self.job.running:
+                raise InvalidInput("A grid is being drawn: wait for it, or press Stop.")
+            total = (len(columns) - columns.count(None)) * len(request.weights) * len(request.used_prompts) + \
+                columns.count(None) * len(request.used_prompts)
+            self.job = GridJob(lambda progress: self._draw(request, progress, str(model or ""), where, known),
+                               total).start()
+            return message_html(ok=f"Drawing {total} images..."), self.job.progress_html()
         return make()
+
+    def _draw(self, request: GridRequest, progress, model: str, folder: str, known: dict) -> dict:
+        """In the job's thread: the grid, saved beside the run, and what the page shows of it."""
+        grid = self.service.compare(request, progress, model)
+        path = save_beside_run(grid, folder)
+        folder_of_cells = os.path.splitext(path)[0]
+        cells = [{"path": cell_path(folder_of_cells, drawn.cell), "infotext": drawn.infotext,
+                  "caption": f"{grid.columns[drawn.cell.column]}, {grid.rows[drawn.cell.row]}",
+                  "file": _label_of(known, drawn.cell.file)}
+                 for drawn in sorted(grid.cells, key=lambda d: (d.cell.row, d.cell.column))]
+        return {"image": grid.image, "path": path, "cells": cells, "columns": len(grid.columns),
+                "text": f"Grid of {len(grid.columns)} files x {len(grid.rows)} rows saved."}
+
+    @property
+    def poll_outputs(self) -> list:
+        return [self.progress, self.message, self.grid, self.path, self.cells, self.cell_state, self.cell_image,
+                self.cell_info, self.shown]
+
+    def poll(self, shown):
+        """The grid's progress while it is drawn; its result once, when it is done."""
+        job = self.job
+        keep = [gr.update() for _ in range(8)]
+        if job is None or (shown == job.id and not job.running):
+            return (*keep, shown)
+        if job.running:
+            return (job.progress_html(), *keep[1:], shown)
+        if job.phase != "done":
+            message = message_html(errors=job.errors) if job.phase == "failed" else message_html(notes=job.errors)
+            return (job.progress_html(), message, *keep[2:], job.id)
+        result = job.result
+        gallery = gr.update(value=[(cell["path"], cell["caption"]) for cell in result["cells"]],
+                            columns=result["columns"])
+        return (job.progress_html(), message_html(ok=result["text"]), result["image"], result["path"], gallery,
+                result["cells"], None, "", job.id)
 
     @shows_errors(1)
     def stop_grid(self):
-        commands = self._commands
-        if commands is None:
+        job = self.job
+        if job is None or not job.running:
             return message_html(notes=["No grid is being drawn."])
-        commands.request_stop()
+        job.commands.request_stop()
         return message_html(ok="The grid stops after the image being drawn.")
 
     def cell_selected(self, cells, event: gr.SelectData):
