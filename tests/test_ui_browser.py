@@ -205,8 +205,10 @@ def test_stop_mid_run_leaves_a_loadable_step_file(page, server):
 
 
 def queue_names(page) -> list[str]:
-    rows = page.locator("#lt_queue_table tbody tr")
-    return [rows.nth(i).locator("td").nth(1).inner_text().strip() for i in range(rows.count())]
+    # Read in one go: counting the rows, then reading row i, fails when the poll redraws the
+    # table in between (a row removed), and waits for a row that is gone.
+    return page.eval_on_selector_all(
+        "#lt_queue_table tbody tr", "rows => rows.map(row => (row.querySelectorAll('td')[1] || row).innerText.trim())")
 
 
 def choose_run(page, label_start: str) -> None:
@@ -256,13 +258,14 @@ def test_compare_a_run_in_a_grid(page, server):
     wait_for(page, lambda: field(page, "lt_compare_run").input_value(), "the runs in the output folder")
     field(page, "lt_compare_run").click()
     page.locator("#lt_compare_run li", has_text="browser").first.click()
-    # Choosing the run fills in what it trained for: trigger word and class, and its 64 px buckets.
-    wait_for(page, lambda: "ltdemo, ball, smile" in field(page, "lt_compare_prompts").input_value(),
-             "the run's prompt")
+    # Its files, by epoch with step and loss; and what it trained for: trigger word and class,
+    # its 64 px buckets and its base model.
+    wait_for(page, lambda: "browser epoch 1 (final), step 10, avg loss" in page.inner_text("#lt_compare_files"),
+             "the run's files")
+    assert "None (base model)" in page.inner_text("#lt_compare_files")
+    assert field(page, "lt_compare_prompts").input_value() == "ltdemo, ball, smile"
     assert field(page, "lt_compare_width").input_value() == "64"
     assert field(page, "lt_compare_model").input_value() == "tiny:sd1"
-    files = page.inner_text("#lt_compare_files")
-    assert "None (base model)" in files and "browser epoch 1 (final), step 10, avg loss" in files
     fill(page, "lt_compare_weights", "0.5,1")
     fill(page, "lt_compare_steps", 2)
     page.click("#lt_compare_make")
