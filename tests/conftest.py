@@ -66,3 +66,15 @@ def encoded_examples(bundle, examples):
     with torch.no_grad():
         latents = bundle.encode_pixels(pixels)
     return latents, [e.caption for e in examples]
+
+
+@pytest.fixture(scope="session")
+def compare_run(tmp_path_factory, small_root) -> dict:
+    """A run that saved after each of its 2 epochs (`cmp-000001`, then the final `cmp`), with
+    its config beside the files: what the Compare sub-tab and the grids look at. Trained once."""
+    from lib_trainer.train.loop import train
+
+    folder = str(tmp_path_factory.mktemp("compare_run"))
+    result = train(quick_config(small_root, folder, output_name="cmp", max_train_steps=0, max_train_epochs=2,
+                                save_every_n_epochs=1, train_batch_size=8))
+    return {"folder": folder, "run": "cmp", "final": result.final_path}

@@ -208,8 +208,10 @@ def test_stop_mid_run_leaves_a_loadable_step_file(page, server):
 
 
 def queue_names(page) -> list[str]:
-    rows = page.locator("#lt_queue_table tbody tr")
-    return [rows.nth(i).locator("td").nth(1).inner_text().strip() for i in range(rows.count())]
+    # Read in one go: counting the rows, then reading row i, fails when the poll redraws the
+    # table in between (a row removed), and waits for a row that is gone.
+    return page.eval_on_selector_all(
+        "#lt_queue_table tbody tr", "rows => rows.map(row => (row.querySelectorAll('td')[1] || row).innerText.trim())")
 
 
 def choose_run(page, label_start: str) -> None:
@@ -245,6 +247,48 @@ def test_queue_two_runs_reorder_and_remove(page, server):
     choose_run(page, "second")
     page.click("#lt_queue_remove")
     wait_for(page, lambda: "queue is empty" in page.inner_text("#lt_queue_table"), "an empty queue")
+
+
+def test_compare_a_run_in_a_grid(page, server):
+    """The Compare sub-tab: pick the run, make a 2 x 2 grid (base model and the final file, two
+    weights) at 64 px in two steps, see it, and a cell's infotext."""
+    if not (server["root"] / "out" / "browser.safetensors").is_file():  # run alone: train the run first
+        fill_beginner_form(page, server, "browser", epochs=1)
+        page.click("#lt_start")
+        wait_for(page, lambda: progress(page)["phase"] == "done", "the end of training")
+    page.click("#lt_tabs button:has-text('Compare')")
+    page.wait_for_selector("#lt_compare_run", state="visible")
+    wait_for(page, lambda: field(page, "lt_compare_run").input_value(), "the runs in the output folder")
+    field(page, "lt_compare_run").click()
+    page.locator("#lt_compare_run li", has_text="browser").first.click()
+    # Its files, by epoch with step and loss; and what it trained for: trigger word and class,
+    # its 64 px buckets and its base model.
+    wait_for(page, lambda: "browser epoch 1 (final), step 10, avg loss" in page.inner_text("#lt_compare_files"),
+             "the run's files")
+    assert "None (base model)" in page.inner_text("#lt_compare_files")
+    assert field(page, "lt_compare_prompts").input_value() == "ltdemo, ball, smile"
+    assert field(page, "lt_compare_width").input_value() == "64"
+    assert field(page, "lt_compare_model").input_value() == "tiny:sd1"
+    fill(page, "lt_compare_weights", "0.5,1")
+    fill(page, "lt_compare_steps", 2)
+    page.click("#lt_compare_make")
+    page.wait_for_selector("#lt_compare_message .lt-ok:has-text('Drawing 3 images')")
+    # The page polls the grid's progress bar, then gets the grid.
+    page.wait_for_selector("#lt_compare_progress .lt-compare-progress[data-total='3']")
+    page.wait_for_selector("#lt_compare_message .lt-ok:has-text('2 files x 2 rows')")
+    assert page.get_attribute("#lt_compare_progress .lt-compare-progress", "data-phase") == "done"
+    page.wait_for_selector("#lt_compare_grid img")
+    path = field(page, "lt_compare_path").input_value()
+    assert os.path.isfile(path) and os.path.dirname(path) == str(server["root"] / "out" / "compare")
+    assert "Traceback" not in page.inner_text("#lib_trainer_tab")
+
+    cells = page.locator("#lt_compare_cells .thumbnail-item")
+    wait_for(page, lambda: cells.count() == 4, "the four cells")
+    cells.nth(3).click()  # weight 1, the trained file
+    wait_for(page, lambda: "<lora:browser:1>" in field(page, "lt_compare_cell_info").input_value(),
+             "the cell's infotext")
+    assert "Seed: 1" in field(page, "lt_compare_cell_info").input_value()
+    page.wait_for_selector("#lt_compare_cell_image img")
 
 
 # --- another site cannot drive the page's server -------------------------------------------

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 from collections import Counter
 from dataclasses import dataclass
@@ -40,10 +41,12 @@ class SavedFile:
     @property
     def label(self) -> str:
         """`run epoch 2`, `run step 100`, or the file's name when its metadata says neither;
-        the final file says so."""
+        the final file says so, and a renamed copy (Keep as best) its own name."""
         if self.step is None and self.epoch is None:
             return self.name
         final = " (final)" if self.name == self.run else ""
+        if self.name != self.run and not re.fullmatch(rf"{re.escape(self.run)}-(\d+|step\d+)", self.name):
+            final = f" ({self.name})"
         if self.name.startswith(f"{self.run}-step") or self.epoch is None:
             return f"{self.run} step {self.step}{final}"
         return f"{self.run} epoch {self.epoch}{final}"

@@ -51,6 +51,11 @@ class QueueItem:
     note: str = ""
     total_steps: int | None = None
     resume_state: str = ""  # the newest run state folder its run wrote
+    # Draw the run's epoch x weight grid when it ends done. On the item, not in TrainConfig:
+    # it is what to do after the run, not how to train (config files, kohya imports and the
+    # ss_* metadata have no business with it). Queue files written before it load as False.
+    compare_when_done: bool = False
+    grid: str = ""  # the grid PNG "Compare when done" saved
 
     def resumable(self) -> bool:
         return self.status in (STOPPED, FAILED) and bool(self.resume_state) and os.path.isdir(self.resume_state)
@@ -93,14 +98,16 @@ class TrainQueue:
             return [item for item in self.items if item.status == WAITING]
 
     # --- changing --------------------------------------------------------------------
-    def add(self, config: TrainConfig, name: str = "", total_steps: int | None = None) -> QueueItem:
+    def add(self, config: TrainConfig, name: str = "", total_steps: int | None = None,
+            compare_when_done: bool = False) -> QueueItem:
         with self._lock:
             for other in self.items:
                 if other.status in (WAITING, RUNNING) and _same_output(other.config, config):
                     raise QueueError(f"#{other.id} {other.name} ({other.status}) already writes "
                                      f"{config.output_name!r} files in {config.output_dir}: the second run would "
                                      "overwrite them. Choose another output_name or output folder")
-            item = QueueItem(self._next_id, name or config.output_name, config.to_dict(), total_steps=total_steps)
+            item = QueueItem(self._next_id, name or config.output_name, config.to_dict(), total_steps=total_steps,
+                             compare_when_done=compare_when_done)
             self._next_id += 1
             self.items.append(item)
             self._save()

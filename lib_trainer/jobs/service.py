@@ -5,19 +5,29 @@ implementation: one worker thread takes the first waiting item of the `TrainQueu
 it with `train()`, and goes on to the next until the queue is empty or paused. A WebUI
 host implements the same interface over the WebUI's job queue (so training waits for
 generation, and the Interrupt button stops it) and reuses `TrainQueue` and `RunState`.
+
+Grids (`compare`) share the machine with training: one thing at a time uses its memory. A
+run that is due waits for a grid being drawn (as WebUI training waits for a generation); a
+grid asked for while a run trains is refused at once with a message, since waiting for the
+end of a run could take hours in a page that looks frozen; "Compare when done" is the way to
+queue a grid behind a run.
 """
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from ..config import TrainConfig
-from ..errors import is_expected, log_unexpected, user_message
+from ..errors import InvalidInput, UserError, is_expected, log_unexpected, user_message
 from ..progress import STATE, Commands, Progress
 from .queue import DONE, FAILED, STOPPED, QueueItem, TrainQueue
 from .state import RunState, RunView
+
+if TYPE_CHECKING:  # for the annotations only: compare/ (torch, PIL) is imported where a grid is drawn
+    from ..compare.grid import Grid, GridRequest
 
 
 @dataclass
@@ -28,12 +38,27 @@ class ServiceSnapshot:
     busy: bool
 
 
+class MachineBusy(UserError, RuntimeError):
+    """A grid asked for while the machine trains or draws another grid."""
+
+
 class TrainService:
     """What the UI needs from whoever runs training."""
 
     queue: TrainQueue
+    # True where grids are drawn on the model the host has loaded (the WebUI's checkpoint):
+    # the Compare sub-tab then has no model field.
+    compares_on_loaded_model = False
 
-    def enqueue(self, config: TrainConfig, start: bool = False) -> QueueItem:
+    def enqueue(self, config: TrainConfig, start: bool = False, compare_when_done: bool = False) -> QueueItem:
+        """Queue a run; `compare_when_done`: draw its epoch x weight grid when it ends done."""
+        raise NotImplementedError
+
+    def compare(self, request: "GridRequest", progress: Progress, model: str = "") -> "Grid":
+        """Draw a file x weight grid (not saved: compare.defaults.save_beside_run does that).
+        `model`: what to draw on where the host has no loaded model (a checkpoint file, a
+        diffusers folder, tiny:sd1; "" the run's own base model). Raises MachineBusy while a
+        run trains, CompareStopped when `progress` is asked to stop."""
         raise NotImplementedError
 
     def start_queue(self) -> None:
@@ -79,11 +104,14 @@ class LocalTrainService(TrainService):
         self._lock = threading.Lock()
         self._commands: Commands | None = None
         self._thread: threading.Thread | None = None
+        self._machine = threading.Lock()  # held by a run or a grid: what uses the model's memory
+        # GridRequest settings "Compare when done" changes from compare.defaults' (tests: fewer steps)
+        self.compare_defaults: dict = {}
 
     # --- the interface -----------------------------------------------------------------
-    def enqueue(self, config: TrainConfig, start: bool = False) -> QueueItem:
+    def enqueue(self, config: TrainConfig, start: bool = False, compare_when_done: bool = False) -> QueueItem:
         config.validate()
-        item = self.queue.add(config, total_steps=_planned_steps(config))
+        item = self.queue.add(config, total_steps=_planned_steps(config), compare_when_done=compare_when_done)
         if start:
             self.start_queue()
         return item
@@ -118,6 +146,35 @@ class LocalTrainService(TrainService):
             busy = self._commands is not None
         return ServiceSnapshot(self.queue.snapshot(), self.state.view(), self.queue.paused, busy)
 
+    def compare(self, request: "GridRequest", progress: Progress, model: str = "") -> "Grid":
+        request = request.checked()
+        if not self._machine.acquire(blocking=False):
+            with self._lock:
+                training = self._commands is not None
+            if training:
+                raise MachineBusy("training is running and the grid would share its memory: make the grid when the "
+                                  "run ends, or tick Compare when done when you queue a run")
+            raise MachineBusy("another grid is being drawn: try again when it is done")
+        try:
+            progress.sinks.extend(self._host_sinks(progress.commands))
+            return self._draw_grid(request, progress, model)
+        finally:
+            self._machine.release()
+
+    def _draw_grid(self, request: "GridRequest", progress: Progress, model: str) -> "Grid":
+        """The grid on our own sampler, on `model` loaded for it. The model is not kept after:
+        its memory goes back before the next run needs it (a checkpoint loads in seconds)."""
+        from ..compare.defaults import base_model_options
+        from ..compare.standalone import standalone_grid
+        from ..hosts import load_bundle
+
+        model, options = base_model_options(request, model)
+        if not model:
+            raise InvalidInput("choose the base model to draw the grid on (a checkpoint file, a diffusers folder "
+                               "or tiny:sd1): the run's saved config does not say")
+        progress.status(f"loading {model} for the grid")
+        return standalone_grid(request, load_bundle(model, **options), progress)
+
     def wait(self, timeout: float | None = None) -> bool:
         """Wait for the worker to finish the queue (tests, the CLI); True if it did."""
         thread = self._thread
@@ -145,6 +202,15 @@ class LocalTrainService(TrainService):
     def _run_item(self, item: QueueItem, commands: Commands) -> None:
         self.state.begin(item.id, item.name)
         progress = Progress([self.state, _StateRecorder(self.queue, item.id), *self._host_sinks(commands)], commands)
+        if not self._machine.acquire(blocking=False):
+            progress.status("waiting for the grid being drawn to finish")
+            self._machine.acquire()
+        try:
+            self._train_item(item, progress)
+        finally:
+            self._machine.release()
+
+    def _train_item(self, item: QueueItem, progress: Progress) -> None:
         try:
             with self._host_job(item, progress):
                 result = self.trainer(item.train_config(), progress)
@@ -160,7 +226,38 @@ class LocalTrainService(TrainService):
         stopped = bool(getattr(result, "stopped_early", False))
         status = STOPPED if stopped else DONE
         self.queue.update(item.id, status=status, result=path)
+        # Not after a stop: Stop means "free the machine now", and the queue pauses with it.
+        if status == DONE and item.compare_when_done:
+            self._compare_when_done(item, progress)
         self.state.finish(status, result=path)
+
+    def _compare_when_done(self, item: QueueItem, progress: Progress) -> None:
+        """The run's epoch x weight grid, saved in <output_dir>/compare/ and said in its log. It
+        only shows the run: whatever goes wrong is said there, and the run stays done."""
+        from ..compare.defaults import default_request, save_beside_run
+        from ..compare.runs import run_files
+
+        config = item.train_config()
+        try:
+            # This run's files: an earlier run of the same name may have left more epochs.
+            since = (item.added or 0) - 1
+            files = [saved for saved in run_files(config.output_dir, config.output_name)
+                     if os.path.getmtime(saved.path) >= since]
+            if not files:
+                progress.status("compare when done: the run saved no files to compare")
+                return
+            request = default_request(files, **self.compare_defaults)
+            progress.status(f"compare when done: drawing {len(request.files)} columns x "
+                            f"{len(request.weights)} weights")
+            grid = self._draw_grid(request, progress, config.pretrained_model_name_or_path)
+            path = save_beside_run(grid, config.output_dir)
+        except Exception as error:  # noqa: BLE001 - a grid never fails the run it shows
+            if not is_expected(error):
+                log_unexpected(error, f"the grid of {item.name!r}")
+            progress.status(f"compare when done: no grid ({user_message(error)}); the run itself is done")
+            return
+        self.queue.update(item.id, grid=path)
+        progress.status(f"comparison grid saved to {path} (the Compare sub-tab shows it)")
 
     def _host_sinks(self, commands: Commands) -> list:
         """Progress sinks a host adds to every run (the WebUI's shared.state)."""

@@ -1,4 +1,4 @@
-"""The "LoRA Train" page: three sub-tabs over one `TrainService`.
+"""The "LoRA Train" page: four sub-tabs (Train, Dataset, Tags, Compare) over one `TrainService`.
 
 `build_tab(service, defaults)` returns the `gr.Blocks` that both hosts show: the
 standalone server (`launch_standalone`, `python -m lib_trainer ui`) and the
@@ -16,6 +16,7 @@ import gradio as gr
 from ..config import TrainConfig
 from ..jobs.service import TrainService
 from ..train.memory import memory_summary
+from .compare_tab import CompareTab
 from .compat import js_event_kwargs, queue
 from .dataset_tab import DatasetTab
 from .live_view import LiveView
@@ -48,10 +49,14 @@ def build_tab(service: TrainService, defaults: TrainConfig | None = None, notice
                 with gr.Tab("Tags", elem_id="lt_tab_tags"):
                     tags = TagsTab()
                     tags.build()
+                with gr.Tab("Compare", elem_id="lt_tab_compare") as compare_tab:
+                    compare = CompareTab(service, defaults)
+                    compare.build()
         train.wire()
         live.wire(blocks)
         dataset.wire()
         tags.wire()
+        compare.wire(compare_tab)
     return blocks
 
 

@@ -97,6 +97,10 @@ class TrainTab:
                 self.load_config = gr.Button("Load config", elem_id="lt_load_config")
             self.upload = gr.File(label="Import a kohya_ss / sd-scripts config file", file_types=[".toml", ".json"],
                                   elem_id="lt_import_config")
+        self.compare_when_done = gr.Checkbox(
+            False, label="Compare when done", elem_id="lt_compare_when_done",
+            info="When the run ends (not when it fails or is stopped), make its epoch x weight grid at 0.6, 0.8 "
+                 "and 1 with the trigger word, in <output_dir>/compare; the Compare sub-tab shows it.")
         with gr.Row():
             self.check = gr.Button("Check", elem_id="lt_check")
             self.start = gr.Button("Start", variant="primary", elem_id="lt_start")
@@ -118,8 +122,12 @@ class TrainTab:
             component.change(_network_type_shown, [self.network_type, *type_fields], self.network_type)
         self.preset.change(self._preset_changed, self.preset, inputs)
         self.check.click(self._check, inputs, [self.message, self.plan])
-        self.start.click(lambda *v: self._enqueue(True, *v), inputs, [self.message, self.plan])
-        self.enqueue.click(lambda *v: self._enqueue(False, *v), inputs, [self.message, self.plan])
+        # The checkbox is the last input: it goes with the queue item, not into the config.
+        queued = [*inputs, self.compare_when_done]
+        self.start.click(lambda *v: self._enqueue(True, *v[:-1], compare_when_done=v[-1]), queued,
+                         [self.message, self.plan])
+        self.enqueue.click(lambda *v: self._enqueue(False, *v[:-1], compare_when_done=v[-1]), queued,
+                           [self.message, self.plan])
         self.stop.click(self._stop, None, self.message)
         self.save_now.click(self._save_now, None, self.message)
         self.save_config.click(self._save_config, [self.config_path, *inputs], self.message)
@@ -146,13 +154,13 @@ class TrainTab:
             return message_html(ok=f"{plan.total_steps} steps; the plan is below."), self._plan_text(config, plan)
         return check()
 
-    def _enqueue(self, start: bool, *values):
+    def _enqueue(self, start: bool, *values, compare_when_done: bool = False):
         @shows_errors(2)
         def enqueue():
             config = absolute_paths(self._read(values))
             plan = make_plan(config)  # a bad dataset is reported now, not when its turn comes
             busy = self.service.snapshot().busy
-            item = self.service.enqueue(config, start=start)
+            item = self.service.enqueue(config, start=start, compare_when_done=bool(compare_when_done))
             if start and busy:
                 text = f"#{item.id} {item.name} queued behind the running training ({plan.total_steps} steps)."
             elif start:

@@ -6,7 +6,7 @@ The WebUI's sampler of the same name draws it; the base model's column has no ta
 """
 from __future__ import annotations
 
-from ..compare.grid import Cell, GridRequest, lora_tag
+from ..compare.grid import Cell, CompareStopped, GridRequest, lora_tag
 from ..train.samplers import SAMPLERS
 
 
@@ -29,4 +29,6 @@ def webui_draw_cell(cell: Cell, request: GridRequest):
         processed = processing.process_images(p)
     finally:
         p.close()
+    if not processed.images:  # Interrupt before the image was begun: the WebUI returns none
+        raise CompareStopped("the grid was interrupted")
     return processed.images[0], processed.infotexts[0]

@@ -74,9 +74,14 @@ class ReadBack:
             self.progress.status("WARNING: " + problem)
         elif matched:
             self.progress.status(f"checked with the WebUI's Lora loader: all {matched} layers matched")
-        refresh = getattr(lora_extension(), "list_available_networks", None)
-        if refresh is not None:
-            refresh()
+        refresh_network_list()
+
+
+def refresh_network_list() -> None:
+    """Make the Lora extension list its folder again (nothing when it is disabled)."""
+    refresh = getattr(lora_extension(), "list_available_networks", None)
+    if refresh is not None:
+        refresh()
 
 
 def check_with_webui_loader(path: str) -> tuple[int, str]:

@@ -5,6 +5,10 @@ Training is a WebUI job: it waits for and blocks generation through `queue_lock`
 after the current step, saving what it has, when Interrupt is pressed. The model is borrowed
 through model.py and given back as it was; each saved file is read back through the WebUI's
 Lora loader (lora_networks.py).
+
+Grids are WebUI jobs the same way: under the same lock and shared.state, drawn by the WebUI's
+own txt2img with `<lora:name:w>` (compare.py), so they show what the user gets later, and
+Interrupt ends them between two images.
 """
 from __future__ import annotations
 
@@ -22,7 +26,7 @@ from ..errors import InvalidInput
 from ..jobs.queue import QueueItem, TrainQueue
 from ..jobs.service import LocalTrainService
 from ..progress import END, IMAGE, START, STEP, Commands, Progress, ProgressEvent
-from .lora_networks import ReadBack
+from .lora_networks import ReadBack, refresh_network_list
 from .model import borrowed_model, loaded_bundle
 
 log = logging.getLogger("lib_trainer")
@@ -82,7 +86,7 @@ class WebUIState:
     def __call__(self, event: ProgressEvent) -> None:
         state = shared.state
         if event.kind == START:
-            state.job = f"LoRA training: {event.label}"
+            state.job = f"LoRA {'grid' if event.label == 'comparing' else 'training'}: {event.label}"
             state.job_count = event.total or 0
             state.job_no = 0
         elif event.kind == STEP:
@@ -128,7 +132,9 @@ def webui_trainer(config: TrainConfig, progress: Progress):
 
 
 class WebUITrainService(LocalTrainService):
-    """The standalone service's queue and worker, with each run taken as a WebUI job."""
+    """The standalone service's queue and worker, with each run and grid taken as a WebUI job."""
+
+    compares_on_loaded_model = True
 
     def __init__(self, queue: TrainQueue) -> None:
         super().__init__(queue, trainer=webui_trainer)
@@ -136,20 +142,40 @@ class WebUITrainService(LocalTrainService):
     def _host_sinks(self, commands: Commands) -> list:
         return [WebUIState(commands)]
 
-    @contextlib.contextmanager
-    def _host_job(self, item: QueueItem, progress: Progress) -> Iterator[None]:
-        lock = call_queue.queue_lock
-        if not lock.acquire(blocking=False):  # say so only when there is something to wait for
-            progress.status("waiting for the WebUI's current job to finish")
-            lock.acquire()
+    def _host_job(self, item: QueueItem, progress: Progress):
+        return webui_job(f"lib_trainer-{item.id}", progress)
+
+    def _draw_grid(self, request, progress: Progress, model: str):
+        """The grid by the WebUI's txt2img on its loaded checkpoint (the one a WebUI run trains on)."""
+        from ..compare.grid import make_grid
+        from .compare import webui_draw_cell
+
+        if model.strip() not in ("", LOADED_MODEL):
+            raise InvalidInput(f"base model {model!r}: in the WebUI, grids are drawn on the checkpoint it has "
+                               "loaded; pick it in the checkpoint list at the top")
+        with webui_job("lib_trainer-compare", progress):
+            # Files saved since the WebUI last listed its Lora folder are unknown to <lora:name>
+            # until it lists it again.
+            refresh_network_list()
+            return make_grid(request, webui_draw_cell, progress)
+
+
+@contextlib.contextmanager
+def webui_job(job: str, progress: Progress) -> Iterator[None]:
+    """A WebUI job: generation waits for it and it for generation (`queue_lock`); Interrupt
+    reaches it through shared.state."""
+    lock = call_queue.queue_lock
+    if not lock.acquire(blocking=False):  # say so only when there is something to wait for
+        progress.status("waiting for the WebUI's current job to finish")
+        lock.acquire()
+    try:
+        shared.state.begin(job=job)
         try:
-            shared.state.begin(job=f"lib_trainer-{item.id}")
-            try:
-                yield
-            finally:
-                shared.state.end()
+            yield
         finally:
-            lock.release()
+            shared.state.end()
+    finally:
+        lock.release()
 
 
 def webui_defaults() -> TrainConfig:

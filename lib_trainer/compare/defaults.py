@@ -1,0 +1,83 @@
+"""What a run's grid starts from, and where it is saved: shared by the Compare sub-tab (which
+pre-fills its fields with it) and "Compare when done" (which draws it as it is).
+
+The default grid is every saved file of the run, the base model as a baseline column, at
+weights 0.6, 0.8 and 1, with the prompt the run trained for (trigger word, class, `smile`) at
+the size most of its pictures trained at.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Sequence
+
+from ..config import ConfigError, load_config_file
+from .grid import Grid, GridRequest, default_grid_path, save_grid
+from .runs import SavedFile, training_model, training_prompt, training_size
+
+DEFAULT_WEIGHTS = (0.6, 0.8, 1.0)
+DEFAULT_WEIGHTS_TEXT = "0.6,0.8,1"
+
+
+@dataclass(frozen=True)
+class RunDefaults:
+    """The Compare fields' starting values for a run's files."""
+    prompt: str
+    width: int
+    height: int
+    model: str
+
+
+def run_defaults(files: Sequence[SavedFile], fallback_model: str = "") -> RunDefaults:
+    """From the run's last file (the most trained: its metadata is the newest)."""
+    if not files:
+        return RunDefaults("", 512, 512, fallback_model)
+    last = files[-1]
+    width, height = training_size(last)
+    model = next((found for found in (training_model(saved) for saved in reversed(files)) if found), "")
+    return RunDefaults(training_prompt(last), width, height, model or fallback_model)
+
+
+def default_request(files: Sequence[SavedFile], **changes) -> GridRequest:
+    """The run's epoch x weight grid with the defaults above; `changes` overrides the settings
+    every cell shares (steps, seed, ...)."""
+    settings = run_defaults(files)
+    values = dict(files=[None, *files], prompts=[settings.prompt], weights=DEFAULT_WEIGHTS,
+                  width=settings.width, height=settings.height)
+    values.update(changes)
+    return GridRequest(**values)
+
+
+def base_model_options(request: GridRequest, model: str = "") -> tuple[str, dict]:
+    """(model, load_bundle options) to draw `request` on: `model`, else the base model the
+    run trained on; with the run's v_parameterization, clip_skip and VAE when it is that model
+    (a v-prediction LoRA drawn as epsilon, or at another clip skip, would look broken)."""
+    saved = [file for file in request.files if file is not None]
+    settings: dict = {}
+    for file in reversed(saved):
+        try:
+            settings = load_config_file(os.path.join(os.path.dirname(file.path), f"{file.run}.toml"))
+            break
+        except (ConfigError, OSError):
+            continue
+    trained_on = str(settings.get("pretrained_model_name_or_path") or "")
+    model = (model or "").strip() or trained_on
+    if not model or model != trained_on:
+        return model, {}
+    options = {"v_parameterization": bool(settings.get("v_parameterization", False)),
+               "clip_skip": int(settings.get("clip_skip") or 1), "vae": str(settings.get("vae") or "")}
+    return model, options
+
+
+def grid_output_dir(request: GridRequest, fallback: str) -> str:
+    """The folder of the grid's network files (its PNG goes in their compare/ subfolder), so it
+    sits beside the run it shows; `fallback` for a grid of the base model alone."""
+    saved = [file for file in request.files if file is not None]
+    return os.path.dirname(os.path.abspath(saved[0].path)) if saved else fallback
+
+
+def save_beside_run(grid: Grid, fallback_dir: str) -> str:
+    """Save `grid` as <folder of its files>/compare/<run>-<time>.png, and its cells beside it."""
+    saved = [file for file in grid.request.files if file is not None]
+    run = saved[0].run if saved else "base-model"
+    return save_grid(grid, default_grid_path(grid_output_dir(grid.request, fallback_dir), run))
