@@ -136,7 +136,8 @@ def test_weights_are_read_as_the_xyz_plot_reads_them(text, expected):
 
 
 @pytest.mark.parametrize("text, message", [("0.6, high", "'high' is not a number"),
-                                           ("1-0 (+0.1)", "never reaches"), (" , ", "at least one number")])
+                                           ("1-0 (+0.1)", "never reaches"), (" , ", "at least one number"),
+                                           ("0-100 (+0.1)", "gives more than 50 values")])
 def test_bad_weights_say_what_to_write(text, message):
     with pytest.raises(InvalidInput, match=message):
         parse_numbers(text)

@@ -12,7 +12,6 @@ import pytest
 from lib_trainer.compare.grid import BASE_LABEL, read_grid_record
 from lib_trainer.compare.keep import keep_as_best
 from lib_trainer.compare.runs import read_saved_file
-from lib_trainer.compare.weights import parse_weights
 from lib_trainer.config import TrainConfig
 from lib_trainer.errors import InvalidInput
 from lib_trainer.formats.lora_file import read_metadata
@@ -51,19 +50,6 @@ def finished(tab, shown=0):
     """What the page's poll shows once the grid's thread has ended."""
     tab.job.thread.join(300)
     return tab.poll(shown)
-
-
-# --- the weights field -----------------------------------------------------------------------
-def test_weights_read_lists_and_xyz_ranges():
-    assert parse_weights("0.6,0.8,1") == [0.6, 0.8, 1.0]
-    assert parse_weights("0.6-1 (+0.1)") == [0.6, 0.7, 0.8, 0.9, 1.0]
-    assert parse_weights("0-1 [5]") == [0.0, 0.25, 0.5, 0.75, 1.0]
-    assert parse_weights(" 0, 0.5-1 (+0.25) ,-0.5") == [0.0, 0.5, 0.75, 1.0, -0.5]
-    assert parse_weights("1-0 (-0.5)") == [1.0, 0.5, 0.0]
-    for bad, says in (("", "at least one"), ("0.6, abc", "'abc' is not a number"), ("0-1 (-0.1)", "never reaches"),
-                      ("0-100 (+0.1)", "at most 50")):
-        with pytest.raises(InvalidInput, match=says):
-            parse_weights(bad)
 
 
 # --- listing and pre-filling -------------------------------------------------------------------

@@ -10,6 +10,7 @@ import re
 
 from ..errors import InvalidInput
 
+MAX_VALUES = 50  # a typo such as `0-100 (+0.1)` would draw a thousand rows of images
 _NUMBER = r"[+-]?\s*\d+(?:\.\d*)?|[+-]?\s*\.\d+"
 _STEP_RANGE = re.compile(rf"^\s*({_NUMBER})\s*-\s*({_NUMBER})\s*\(\s*({_NUMBER})\s*\)\s*$")
 _COUNT_RANGE = re.compile(rf"^\s*({_NUMBER})\s*-\s*({_NUMBER})\s*\[\s*(\d+)\s*\]\s*$")
@@ -25,6 +26,8 @@ def parse_numbers(text: str, name: str = "weights") -> list[float]:
         values.extend(_part_values(part, name))
     if not values:
         raise InvalidInput(f"{name}: give at least one number, e.g. 0.6,0.8,1 or 0.6-1 (+0.1)")
+    if len(values) > MAX_VALUES:
+        raise InvalidInput(f"{name}: {text!r} gives more than {MAX_VALUES} values; at most {MAX_VALUES} make one grid")
     return values
 
 
@@ -38,7 +41,7 @@ def _part_values(part: str, name: str) -> list[float]:
         if step == 0 or (end - start) * step < 0:
             raise InvalidInput(f"{name}: {part!r} never reaches {end:g} with a step of {step:+g}")
         count = int((end - start) / step + 1e-9) + 1
-        return [round(start + index * step, 10) for index in range(count)]
+        return [round(start + index * step, 10) for index in range(min(count, MAX_VALUES + 1))]
     if count_range:
         start, end = _number(count_range.group(1)), _number(count_range.group(2))
         count = int(count_range.group(3))
@@ -46,6 +49,7 @@ def _part_values(part: str, name: str) -> list[float]:
             raise InvalidInput(f"{name}: {part!r} asks for no values")
         if count == 1:
             return [start]
+        count = min(count, MAX_VALUES + 1)
         return [round(start + (end - start) * index / (count - 1), 10) for index in range(count)]
     try:
         return [_number(part)]

@@ -23,7 +23,7 @@ from ..compare.defaults import DEFAULT_WEIGHTS_TEXT, run_defaults, save_beside_r
 from ..compare.grid import BASE_LABEL, GridRequest, cell_path
 from ..compare.keep import best_name, keep_as_best
 from ..compare.runs import SavedFile, run_files, run_names, saved_files
-from ..compare.weights import parse_weights
+from ..compare.values import parse_numbers
 from ..config import TrainConfig
 from ..errors import InvalidInput
 from ..jobs.service import TrainService
@@ -199,7 +199,7 @@ class CompareTab:
                 raise InvalidInput(f"{', '.join(missing)}: no longer in the folder; press Refresh")
             columns = [None if label == BASE_LABEL else known[label] for label in (chosen or [])]
             request = GridRequest(
-                files=columns, prompts=str(prompts or "").splitlines(), weights=parse_weights(weights),
+                files=columns, prompts=str(prompts or "").splitlines(), weights=parse_numbers(weights),
                 negative_prompt=str(negative or ""), seed=_seed(seed), steps=_whole(steps, "steps"),
                 sampler=sampler, cfg_scale=float(cfg if cfg is not None else 7.0), width=_whole(width, "width"),
                 height=_whole(height, "height")).checked()
