@@ -40,26 +40,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..compare.defaults import base_model_options, run_defaults
     from ..compare.grid import GridRequest, default_grid_path, save_grid
-    from ..compare.runs import training_model, training_prompt, training_size
     from ..compare.values import parse_numbers
     from ..hosts import load_bundle
 
     run_files = _run_files(args.run, args.name)
     files = _chosen_files(args.run, args.files, run_files)
-    newest = run_files[-1]
-    width, height = parse_size(args.size) if args.size else training_size(newest)
-    request = GridRequest(files=files, prompts=args.prompt or [training_prompt(newest)],
+    defaults = run_defaults(run_files)
+    width, height = parse_size(args.size) if args.size else (defaults.width, defaults.height)
+    request = GridRequest(files=files, prompts=args.prompt or [defaults.prompt],
                           weights=parse_numbers(args.weights), negative_prompt=args.negative_prompt, seed=args.seed,
                           steps=args.steps, sampler=args.sampler, cfg_scale=args.cfg_scale, width=width,
                           height=height).checked()
-    model = args.model or training_model(newest)
+    # The run's own base model, with its v-prediction, clip skip and VAE, unless --model says otherwise.
+    model, options = base_model_options(GridRequest(files=run_files, prompts=request.prompts), args.model)
     if not model:
-        raise InvalidInput(f"no saved config beside {newest.path} names the base model: give --model")
+        raise InvalidInput(f"no saved config beside {run_files[-1].path} names the base model: give --model")
     print(f"{len(files)} columns x {len(request.weights) * len(request.used_prompts)} rows at {width}x{height} "
           f"on {model}", file=sys.stderr)
-    grid = _draw(request, load_bundle(model), args.device)
-    path = save_grid(grid, args.out or default_grid_path(args.run, newest.run), cells=not args.no_cells)
+    grid = _draw(request, load_bundle(model, **options), args.device)
+    path = save_grid(grid, args.out or default_grid_path(args.run, run_files[-1].run), cells=not args.no_cells)
     print(path)
     return 0
 
