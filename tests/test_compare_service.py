@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sys
 import types
@@ -134,10 +135,18 @@ def txt2img(webui, monkeypatch):
         calls.locked.append(lock.locked())
         if calls.interrupt_after is not None and len(calls.prompts) >= calls.interrupt_after:
             webui.fake.state.interrupted = True
+        p.all_prompts, p.all_negative_prompts = [p.prompt], [p.negative_prompt]
+        p.all_seeds, p.all_subseeds = [p.seed], [p.seed]
+        # As the WebUI 1.10 without scripts: its own infotexts lose the <lora:> tags.
+        stripped = re.sub(r"<lora:[^>]+>", "", p.prompt)
         return types.SimpleNamespace(images=[Image.new("RGB", (p.width, p.height), "gray")],
-                                     infotexts=[f"{p.prompt}\nSteps: {p.steps}, Sampler: {p.sampler_name}"])
+                                     infotexts=[f"{stripped}\nSteps: {p.steps}, Sampler: {p.sampler_name}"])
 
-    processing = types.SimpleNamespace(StableDiffusionProcessingTxt2Img=Txt2Img, process_images=process_images)
+    def create_infotext(p, all_prompts, all_seeds, all_subseeds, index=None, all_negative_prompts=None, **_):
+        return f"{all_prompts[index]}\nSteps: {p.steps}, Sampler: {p.sampler_name}, Seed: {all_seeds[index]}"
+
+    processing = types.SimpleNamespace(StableDiffusionProcessingTxt2Img=Txt2Img, process_images=process_images,
+                                       create_infotext=create_infotext)
     monkeypatch.setitem(sys.modules, "modules.processing", processing)
     monkeypatch.setattr(sys.modules["modules"], "processing", processing, raising=False)
     return calls
@@ -153,6 +162,8 @@ def test_webui_grid_is_a_webui_job_with_lora_tags(webui, txt2img, compare_run):
     assert webui.fake.lora.listed >= 1  # the network list was read again first: new files are known
     assert webui.fake.state.begun == ["lib_trainer-compare"] and webui.fake.state.ended == 1
     assert "Sampler: Euler" in grid.cell(1, 1).infotext and grid.image is not None
+    assert grid.cell(0, 1).infotext.startswith("ltdemo, ball <lora:cmp:0.5>\n")  # which file and weight
+    assert grid.cell(1, 1).infotext.startswith("ltdemo, ball <lora:cmp:1>\n")
     assert not sys.modules["modules.call_queue"].queue_lock.locked()
     with pytest.raises(InvalidInput, match="loaded"):
         service.compare(request_for([files[-1]]), Progress(), "/some/other.safetensors")

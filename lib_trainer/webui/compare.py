@@ -27,8 +27,13 @@ def webui_draw_cell(cell: Cell, request: GridRequest):
         do_not_save_samples=True, do_not_save_grid=True)
     try:
         processed = processing.process_images(p)
+        if not processed.images:  # Interrupt before the image was begun: the WebUI returns none
+            raise CompareStopped("the grid was interrupted")
+        # Without scripts, the WebUI builds an image's infotext from the prompts it took the
+        # <lora:> tags out of (processing.py puts them back only for script runs). Built from
+        # the prompts as given, the infotext says which file and weight the cell has.
+        infotext = processing.create_infotext(p, p.all_prompts, p.all_seeds, p.all_subseeds, index=0,
+                                              all_negative_prompts=p.all_negative_prompts)
     finally:
         p.close()
-    if not processed.images:  # Interrupt before the image was begun: the WebUI returns none
-        raise CompareStopped("the grid was interrupted")
-    return processed.images[0], processed.infotexts[0]
+    return processed.images[0], infotext
