@@ -48,9 +48,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     op("--freq", action="store_true", help="print the tag frequency table (of the selection)")
     op("--caption-ext", default=".txt")
     op("--dry-run", action="store_true", help="print what would change, write nothing")
+    op("--backups", action="store_true", help="list the folder's caption backups, newest first")
+    op("--restore", default="", metavar="BACKUP",
+       help="put a backup's captions back (its name from --backups, or its path); the current ones are "
+            "backed up first")
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..preprocess.captions import backups, restore_backup
+
+    if args.backups:
+        for name in backups(args.folder) or ["(no caption backups)"]:
+            print(name)
+        return 0
+    if args.restore:
+        restored, previous = restore_backup(args.folder, args.restore)
+        print(f"{len(restored)} captions restored from {args.restore}"
+              + (f"; the ones they replaced are in {previous}" if previous else ""))
+        return 0
     editor = TagEditor(args.folder, args.caption_ext)
     split = lambda text: [t.strip() for t in text.split(",") if t.strip()]  # noqa: E731
     selection = editor.filter(split(args.with_tags), "or" if args.any else "and", split(args.without), args.text)

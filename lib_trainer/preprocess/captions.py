@@ -68,13 +68,16 @@ def join_tags(tags: list[str]) -> str:
 class CaptionBackup:
     """Copies each caption file once, before its first overwrite in this session.
 
-    The copies go to `<folder>/.caption_backup/<timestamp>/`, a hidden folder that neither
-    the trainer nor kohya's scripts read (they do not recurse).
+    The copies go to `<folder>/.caption_backup/<time>/`, a hidden folder that neither the
+    trainer nor kohya's scripts read (they do not recurse). Each session gets a folder of its
+    own, claimed when its first copy is made (the time to the microsecond, then `-2`, `-3`...
+    if another edit took that name), so no edit's backup ever replaces another's.
     """
 
     def __init__(self, folder: str) -> None:
         self.folder = folder
-        self.stamp = time.strftime("%Y%m%d-%H%M%S")
+        self.stamp = time.strftime("%Y%m%d-%H%M%S-") + f"{time.time_ns() // 1000 % 1_000_000:06d}"
+        self.claimed = False
         self._saved: set[str] = set()
 
     @property
@@ -87,8 +90,55 @@ class CaptionBackup:
         if key in self._saved or not os.path.isfile(path):
             self._saved.add(key)
             return None
+        self._claim()
         target = os.path.join(self.backup_dir, os.path.relpath(key, os.path.abspath(self.folder)))
         os.makedirs(os.path.dirname(target), exist_ok=True)
         shutil.copy2(path, target)
         self._saved.add(key)
         return target
+
+    def _claim(self) -> None:
+        if self.claimed:
+            return
+        base, counter = self.stamp, 1
+        os.makedirs(os.path.join(self.folder, BACKUP_FOLDER), exist_ok=True)
+        while True:
+            try:
+                os.mkdir(self.backup_dir)
+                break
+            except FileExistsError:
+                counter += 1
+                self.stamp = f"{base}-{counter}"
+        self.claimed = True
+
+
+def backups(folder: str) -> list[str]:
+    """The caption backups of `folder`, newest first (their folder names)."""
+    root = os.path.join(folder, BACKUP_FOLDER)
+    if not os.path.isdir(root):
+        return []
+    return sorted((name for name in os.listdir(root) if os.path.isdir(os.path.join(root, name))), reverse=True)
+
+
+def restore_backup(folder: str, backup: str) -> tuple[list[str], str]:
+    """Put the captions of a backup (its folder name or path) back in `folder`. The captions
+    they replace are backed up first, so a restore can itself be undone. Returns (the caption
+    files restored, the new backup's folder)."""
+    source = backup if os.path.isdir(backup) else os.path.join(folder, BACKUP_FOLDER, backup)
+    if not os.path.isdir(source):
+        known = ", ".join(backups(folder)[:10]) or "none"
+        raise FileNotFoundError(f"no caption backup {backup!r} in {os.path.join(folder, BACKUP_FOLDER)} "
+                                f"(there: {known})")
+    from ..fileio import atomic_path
+
+    before = CaptionBackup(folder)
+    restored = []
+    for root, _, files in os.walk(source):
+        for name in sorted(files):
+            copy = os.path.join(root, name)
+            target = os.path.join(folder, os.path.relpath(copy, source))
+            before.protect(target)
+            with atomic_path(target) as temporary:
+                shutil.copy2(copy, temporary)
+            restored.append(target)
+    return restored, before.backup_dir if before.claimed else ""

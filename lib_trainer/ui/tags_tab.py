@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gradio as gr
 
+from ..preprocess.captions import backups, restore_backup
 from ..preprocess.tag_editor import TagEditor
 from ..preprocess.tags import OPERATIONS, clean_tags
 from .guard import shows_errors
@@ -59,6 +60,9 @@ class TagsTab:
                                       elem_id="lt_tags_summary")
             self.frequency = gr.Dataframe(headers=["tag", "images"], interactive=False, elem_id="lt_tags_frequency")
         self.gallery = gr.Gallery(label="Selection", columns=6, height=360, elem_id="lt_tags_gallery")
+        with gr.Row():
+            self.backup = gr.Dropdown([], label="Caption backups (newest first)", elem_id="lt_tags_backup")
+            self.restore = gr.Button("Restore", elem_id="lt_tags_restore")
 
     def wire(self) -> None:
         view = [self.message, self.editor, self.selection, self.summary, self.frequency, self.gallery]
@@ -72,6 +76,10 @@ class TagsTab:
                          view)
         self.undo.click(self._undo, [self.editor, *filters], view)
         self.save.click(self._save, [self.editor, *filters], view)
+        for event in (self.load.click, self.folder.submit, self.save.click):
+            event(self._backups, [self.folder], [self.backup])
+        self.restore.click(self._restore, [self.folder, self.backup, *filters], view).then(
+            self._backups, [self.folder], [self.backup])
 
     # --- handlers: each returns the whole view -----------------------------------------
     @staticmethod
@@ -128,3 +136,18 @@ class TagsTab:
         text = (f"Saved {len(changes)} captions; the originals are in {editor.backup_dir}" if changes
                 else "Nothing to save.")
         return self._view(editor, filters, message_html(ok=text))
+
+    @staticmethod
+    def _backups(folder):
+        names = backups(str(folder or "").strip()) if str(folder or "").strip() else []
+        return gr.update(choices=names, value=names[0] if names else None)
+
+    @shows_errors(6)
+    def _restore(self, folder, backup, *filters):
+        folder = str(folder or "").strip()
+        if not folder or not backup:
+            raise InvalidInput("Load a folder and choose one of its caption backups.")
+        restored, previous = restore_backup(folder, backup)
+        note = f"; the captions they replaced are in {previous}" if previous else ""
+        return self._view(TagEditor(folder), filters,
+                          message_html(ok=f"Restored {len(restored)} captions from {backup}{note}"))
