@@ -19,8 +19,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from .config import (ConfigError, TrainConfig, coerce_values, field_specs, flatten_sections, load_config_data,
-                     without_kohya_only_options)
+from .config import ConfigError, TrainConfig, coerce_values, field_specs, without_kohya_only_options
+from .config_files import flatten_sections, load_config_data
 from .fileio import write_text_atomic
 
 OURS, SD_SCRIPTS, LORA_SCRIPTS, KOHYA_SS_GUI = "lib_trainer", "sd-scripts", "lora-scripts", "kohya_ss GUI"

@@ -7,7 +7,8 @@ import json
 import pytest
 
 from lib_trainer.cli_args import add_config_arguments, config_from_args
-from lib_trainer.config import ConfigError, TrainConfig, load_config_file, save_config
+from lib_trainer.config import ConfigError, TrainConfig
+from lib_trainer.config_files import load_config_file, save_config
 
 
 def parse(argv: list[str]) -> TrainConfig:

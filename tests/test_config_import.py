@@ -8,7 +8,8 @@ import json
 import pytest
 
 from lib_trainer.cli_args import add_config_arguments, config_from_args
-from lib_trainer.config import ConfigError, TrainConfig, load_config_data
+from lib_trainer.config import ConfigError, TrainConfig
+from lib_trainer.config_files import load_config_data
 from lib_trainer.config_import import KOHYA_SS_GUI, LORA_SCRIPTS, OURS, SD_SCRIPTS, config_format, read_config_file
 
 

@@ -8,7 +8,8 @@ from safetensors.torch import save_file
 
 from conftest import quick_config
 from lib_trainer.__main__ import main
-from lib_trainer.config import ConfigError, TrainConfig, load_config_file
+from lib_trainer.config import ConfigError, TrainConfig
+from lib_trainer.config_files import load_config_file
 from lib_trainer.dataset.folders import DatasetError, scan_dataset
 from lib_trainer.errors import InvalidInput
 from lib_trainer.progress import silent

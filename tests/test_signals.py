@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from lib_trainer.config import save_config
+from lib_trainer.config_files import save_config
 from lib_trainer.formats.lora_file import load_lora
 from tests.conftest import quick_config
 

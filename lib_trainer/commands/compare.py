@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
                           steps=args.steps, sampler=args.sampler, cfg_scale=args.cfg_scale, width=width,
                           height=height).checked()
     # The run's own base model, with its v-prediction, clip skip and VAE, unless --model says otherwise.
-    model, options = base_model_options(GridRequest(files=run_files, prompts=request.prompts), args.model)
+    model, options = base_model_options(run_files, args.model)
     if not model:
         raise InvalidInput(f"no saved config beside {run_files[-1].path} names the base model: give --model")
     print(f"{len(files)} columns x {len(request.weights) * len(request.used_prompts)} rows at {width}x{height} "

@@ -6,7 +6,7 @@ import signal
 import sys
 
 from ..cli_args import add_config_arguments, config_from_args
-from ..config import save_config
+from ..config_files import save_config
 from ..stop_signals import StopOnSignals, exit_status
 
 

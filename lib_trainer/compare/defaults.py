@@ -11,9 +11,8 @@ import os
 from dataclasses import dataclass
 from typing import Sequence
 
-from ..config import ConfigError, load_config_file
 from .grid import Grid, GridRequest, default_grid_path, save_grid
-from .runs import SavedFile, training_model, training_prompt, training_size
+from .runs import SavedFile, training_config, training_model, training_prompt, training_size
 
 DEFAULT_WEIGHTS = (0.6, 0.8, 1.0)
 DEFAULT_WEIGHTS_TEXT = "0.6,0.8,1"
@@ -48,18 +47,12 @@ def default_request(files: Sequence[SavedFile], **changes) -> GridRequest:
     return GridRequest(**values)
 
 
-def base_model_options(request: GridRequest, model: str = "") -> tuple[str, dict]:
-    """(model, load_bundle options) to draw `request` on: `model`, else the base model the
-    run trained on; with the run's v_parameterization, clip_skip and VAE when it is that model
-    (a v-prediction LoRA drawn as epsilon, or at another clip skip, would look broken)."""
-    saved = [file for file in request.files if file is not None]
-    settings: dict = {}
-    for file in reversed(saved):
-        try:
-            settings = load_config_file(os.path.join(os.path.dirname(file.path), f"{file.run}.toml"))
-            break
-        except (ConfigError, OSError):
-            continue
+def base_model_options(files: Sequence[SavedFile | None], model: str = "") -> tuple[str, dict]:
+    """(model, load_bundle options) to draw a grid of `files` on: `model`, else the base model
+    the run trained on; with the run's v_parameterization, clip_skip and VAE when it is that
+    model (a v-prediction LoRA drawn as epsilon, or at another clip skip, would look broken)."""
+    saved = [file for file in files if file is not None]
+    settings = next((found for found in (training_config(file) for file in reversed(saved)) if found), {})
     trained_on = str(settings.get("pretrained_model_name_or_path") or "")
     model = (model or "").strip() or trained_on
     if not model or model != trained_on:

@@ -17,7 +17,8 @@ import threading
 from collections import Counter
 from dataclasses import dataclass
 
-from ..config import ConfigError, load_config_file
+from ..config import ConfigError
+from ..config_files import load_config_file
 from ..formats.lora_file import read_metadata
 from ..formats.metadata import AVERAGE_LOSS_KEY
 
@@ -161,14 +162,19 @@ def training_size(saved: SavedFile, default: tuple[int, int] = (512, 512)) -> tu
         return default
 
 
-def training_model(saved: SavedFile) -> str:
-    """The base model the run trained on, from the config saved beside its files
-    (`name.toml`); "" when there is none (a file from another tool)."""
+def training_config(saved: SavedFile) -> dict:
+    """The options of the run, from the config saved beside its files (`name.toml`); {} when
+    there is none (a file from another tool)."""
     path = os.path.join(os.path.dirname(saved.path), f"{saved.run}.toml")
     try:
-        return str(load_config_file(path).get("pretrained_model_name_or_path") or "")
+        return load_config_file(path)
     except (ConfigError, OSError):
-        return ""
+        return {}
+
+
+def training_model(saved: SavedFile) -> str:
+    """The base model the run trained on; "" when its config is not there."""
+    return str(training_config(saved).get("pretrained_model_name_or_path") or "")
 
 
 def _number(metadata: dict, key: str, kind):

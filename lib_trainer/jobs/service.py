@@ -168,7 +168,7 @@ class LocalTrainService(TrainService):
         from ..compare.standalone import standalone_grid
         from ..hosts import load_bundle
 
-        model, options = base_model_options(request, model)
+        model, options = base_model_options(request.files, model)
         if not model:
             raise InvalidInput("choose the base model to draw the grid on (a checkpoint file, a diffusers folder "
                                "or tiny:sd1): the run's saved config does not say")

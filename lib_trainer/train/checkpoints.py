@@ -11,7 +11,8 @@ import os
 import time
 from typing import Sequence
 
-from ..config import TrainConfig, save_config
+from ..config import TrainConfig
+from ..config_files import save_config
 from ..formats.metadata import AVERAGE_LOSS_KEY, checkpoint_metadata
 from ..networks.trainable import Trainable
 from .precision import SAVE_DTYPES

@@ -22,7 +22,8 @@ from typing import Any
 
 import torch
 
-from ..config import ConfigError, TrainConfig, save_config
+from ..config import ConfigError, TrainConfig
+from ..config_files import save_config
 
 # Not .pt: the WebUI's Lora extension lists every .pt/.ckpt/.safetensors under its folder as a
 # network, and the states sit beside the LoRA files there.

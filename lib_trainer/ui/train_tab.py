@@ -11,7 +11,8 @@ from typing import Callable
 
 import gradio as gr
 
-from ..config import TrainConfig, save_config
+from ..config import TrainConfig
+from ..config_files import save_config
 from ..config_import import read_config_file
 from ..dataset.folders import scan_dataset
 from ..dataset.plan import make_plan
