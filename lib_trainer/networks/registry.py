@@ -58,9 +58,9 @@ def network_targets(config: TrainConfig, bundle) -> tuple[NetworkMethod, dict[st
 
 
 def create_trainable(config: TrainConfig, bundle) -> Trainable:
-    """What this run trains, on this bundle's layers."""
-    method, settings, targets = network_targets(config, bundle)
-    return method.create(targets, settings)
+    """What this run trains, on this bundle."""
+    method = find_method(config)
+    return method.trainable_for(config, bundle, method.settings(config))
 
 
 def create_network(config: TrainConfig, targets: list[TargetLayer]) -> Trainable:
