@@ -7,6 +7,7 @@ Applying a proposal renames the `<repeats>_<concept>` folders, and only on confi
 """
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass, field, replace
@@ -20,7 +21,7 @@ STEP_RANGES = {"character": (1500, 3000), "style": (3000, 5000)}
 RULE_SOURCE = ("the rule of thumb of the common LoRA training guides: total steps = images x repeats x epochs / "
                "batch, about 1,500-3,000 for a character or object and more (3,000-5,000) for a style")
 FILES = (6, 10)  # files saved for the comparison grid
-PREFERRED_EPOCHS = 10
+PREFERRED_EPOCHS, PREFERRED_REPEATS = 12, 10
 MAX_REPEATS, MAX_EPOCHS = 100, 100
 
 
@@ -150,20 +151,21 @@ def _steps_per_epoch_by_base(config: TrainConfig, scan: DatasetScan, most: int) 
 
 
 def _choose(per_epoch: dict[int, int], target: tuple[int, int], epochs: int) -> tuple[int, int]:
-    """(base repeats, epochs): in the target, closest to its middle, epochs near
-    PREFERRED_EPOCHS (at least FILES[0], so the grid gets its files); else the closest total."""
+    """(base repeats, epochs) in the target, closest to the guides' usual 10-ish repeats and
+    10-20 epochs (at least FILES[0], so the grid gets its files), then to the target's middle;
+    when nothing fits, the closest total."""
     low, high = target
     middle = (low + high) / 2
-    epoch_choices = [epochs] if epochs else sorted(range(1, MAX_EPOCHS + 1),
-                                                  key=lambda e: (e < FILES[0], abs(e - PREFERRED_EPOCHS), e))
-    for count in epoch_choices:
-        fitting = [(abs(count * steps - middle), base) for base, steps in per_epoch.items()
-                   if low <= count * steps <= high]
-        if fitting:
-            return min(fitting)[1], count
+    epoch_choices = [epochs] if epochs else range(1, MAX_EPOCHS + 1)
+    fitting = [((count < FILES[0], abs(math.log(count / PREFERRED_EPOCHS)) + abs(math.log(base / PREFERRED_REPEATS)),
+                 abs(count * steps - middle)), base, count)
+               for count in epoch_choices for base, steps in per_epoch.items() if low <= count * steps <= high]
+    if fitting:
+        _, base, count = min(fitting)
+        return base, count
     distance = lambda total: low - total if total < low else total - high  # noqa: E731
-    pairs = [(distance(count * steps), base, count) for count in epoch_choices for base, steps in per_epoch.items()]
-    _, base, count = min(pairs)
+    _, base, count = min((distance(count * steps), base, count)
+                         for count in epoch_choices for base, steps in per_epoch.items())
     return base, count
 
 
