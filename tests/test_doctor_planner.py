@@ -119,3 +119,11 @@ def test_the_command_saves_the_report_and_sets_duplicates_aside_when_asked(tmp_p
     assert done.returncode == 0 and "set aside" in done.stdout
     assert os.path.isfile(os.path.join(folder, "_set_aside", "img03.png")) != os.path.isfile(
         os.path.join(folder, "_set_aside", "again.png"))
+
+
+def test_the_doctor_benchmark_prints_its_throughput_against_decoding():
+    done = subprocess.run([sys.executable, "-m", "lib_trainer", "bench", "--doctor", "12"], capture_output=True,
+                          text=True, cwd=ROOT, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "doctor on 12 drawn pictures" in done.stdout and "decode each picture (floor)" in done.stdout
+    assert "images/s" in done.stdout and "x floor" in done.stdout
