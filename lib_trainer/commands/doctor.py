@@ -44,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..dataset.doctor import PROBLEM, default_token_counter, examine
+    from ..dataset.doctor import default_token_counter, examine
 
     config = _config(args)
     report = examine(config, args.trigger, default_token_counter())

@@ -12,7 +12,7 @@ from typing import Callable
 
 from ..captions import put_trigger_first, split_tags
 from ..folders import Concept, ImageItem
-from .report import FINE, LOOK, PROBLEM, Finding
+from .report import LOOK, PROBLEM, Finding
 
 COMMON_SHARE = 0.9  # a tag in this share of a concept's captions describes the concept itself
 COMMON_MIN_IMAGES = 5
