@@ -19,6 +19,7 @@ COMMANDS = {
     "preprocess": ("lib_trainer.commands.preprocess", "focal-point crop, resize, split and flip a folder of pictures"),
     "tag": ("lib_trainer.commands.tag", "caption pictures with a WD14, deepbooru or BLIP tagger"),
     "tags": ("lib_trainer.commands.tags", "batch edit the tags in a folder's caption files"),
+    "doctor": ("lib_trainer.commands.doctor", "check a dataset folder before training, and plan its steps"),
     "compare": ("lib_trainer.commands.compare", "a run's saved files x weights in one labelled image grid"),
     "ui": ("lib_trainer.commands.ui", "the LoRA Train page in the browser (train, queue, dataset, tags)"),
 }

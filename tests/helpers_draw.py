@@ -22,3 +22,20 @@ def detail_patch_picture(size, box, seed=0) -> Image.Image:
     left, top, right, bottom = box
     array[top:bottom, left:right] = rng.integers(0, 256, (bottom - top, right - left, 3), dtype=np.uint8)
     return Image.fromarray(array)
+
+
+def draw_scene(seed: int, size=(128, 128)) -> Image.Image:
+    """A distinct picture per seed: a coloured background with a dozen random shapes."""
+    rng = np.random.default_rng(seed)
+    width, height = size
+    image = Image.new("RGB", size, tuple(int(v) for v in rng.integers(60, 200, 3)))
+    draw = ImageDraw.Draw(image)
+    for _ in range(12):
+        x0, y0 = rng.uniform(-0.2, 0.9) * width, rng.uniform(-0.2, 0.9) * height
+        x1, y1 = x0 + rng.uniform(0.1, 0.5) * width, y0 + rng.uniform(0.1, 0.5) * height
+        colour = tuple(int(v) for v in rng.integers(0, 256, 3))
+        if rng.random() < 0.5:
+            draw.ellipse([x0, y0, x1, y1], fill=colour)
+        else:
+            draw.rectangle([x0, y0, x1, y1], fill=colour)
+    return image

@@ -6,7 +6,7 @@ Loading the model is timed too, with its peak RAM against the size of the weight
 
 `--make-checkpoint sd1` first writes a full-size SD1.5-architecture checkpoint with random
 weights (fp16, original single-file layout) to the --pretrained_model_name_or_path file
-when that file does not exist yet, so the benchmark needs no download."""
+when that file does not exist yet, so the benchmark needs no download. `--doctor` measures the dataset doctor instead."""
 from __future__ import annotations
 
 import argparse
@@ -24,6 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--make-checkpoint", metavar="ARCHITECTURE", default="",
                         help="write a random-weight checkpoint of this architecture (sd1, sd2, sdxl, tiny-sd1...) "
                              "to --pretrained_model_name_or_path first, unless the file exists")
+    parser.add_argument("--doctor", nargs="?", const=500, type=int, default=0, metavar="IMAGES",
+                        help="instead: the dataset doctor's images/s on this many drawn pictures (500), against "
+                             "decoding them")
     add_config_arguments(parser)
 
 
@@ -32,6 +35,11 @@ def run(args: argparse.Namespace) -> int:
 
     import os
 
+    if args.doctor:
+        from ..dataset.doctor.bench import bench_doctor, report_text
+
+        print(report_text(bench_doctor(args.doctor)))
+        return 0
     config = config_from_args(args, base=BENCH_DEFAULTS)
     if args.make_checkpoint and not os.path.exists(config.pretrained_model_name_or_path):
         from ..bench import write_random_checkpoint

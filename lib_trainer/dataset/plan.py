@@ -10,7 +10,7 @@ from ..config import TrainConfig
 from ..train.schedulers import effective_scheduler, warmup_steps
 from .buckets import BucketAssigner, BucketSettings
 from .captions import CaptionOptions
-from .folders import scan_dataset
+from .folders import DatasetScan, scan_dataset
 from .training_set import TrainingSet, steps_per_epoch
 
 PREVIEW_COUNT = 3
@@ -91,8 +91,17 @@ def caption_options(config: TrainConfig) -> CaptionOptions:
 def make_plan(config: TrainConfig, count_tokens: Callable[[str], int] | None = None) -> TrainingPlan:
     """Scan the dataset and count steps; raises DatasetError / ConfigError with what to fix."""
     config.validate()
-    scan = scan_dataset(config.train_data_dir, config.reg_data_dir, config.caption_extension,
+    return plan_from_scan(config, scan_config_dataset(config), count_tokens)
+
+
+def scan_config_dataset(config: TrainConfig) -> DatasetScan:
+    return scan_dataset(config.train_data_dir, config.reg_data_dir, config.caption_extension,
                         min_side=min(64, config.bucket_reso_steps))
+
+
+def plan_from_scan(config: TrainConfig, scan: DatasetScan,
+                   count_tokens: Callable[[str], int] | None = None) -> TrainingPlan:
+    """`make_plan` over a scan already made (the step planner tries repeats on one scan)."""
     training_set = TrainingSet(scan, BucketAssigner(bucket_settings(config)), config.train_batch_size,
                                config.trigger_word, config.caption_separator, config.prior_loss_weight)
     per_epoch = steps_per_epoch(training_set.batches_per_epoch(), config.gradient_accumulation_steps)

@@ -54,7 +54,7 @@ def build_tab(service: TrainService, defaults: TrainConfig | None = None, notice
                     compare.build()
         train.wire()
         live.wire(blocks)
-        dataset.wire()
+        dataset.wire(train.form.components)
         tags.wire()
         compare.wire(compare_tab)
     return blocks

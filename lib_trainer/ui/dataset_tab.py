@@ -1,5 +1,5 @@
 """The "Dataset" sub-tab: crop and resize pictures into a training folder
-(`preprocess_folder`), then caption them with a tagger (`tag_folder`).
+(`preprocess_folder`), then caption them with a tagger (`tag_folder`), then check the result (doctor_panel.py).
 
 Both run in the request that asked for them (the queue has room for the progress poll
 meanwhile) and end with a summary; problems are shown as messages. WD14 models are
@@ -17,6 +17,7 @@ from ..preprocess.focal import FocalSettings
 from ..preprocess.pipeline import SIZE_MODES, PreprocessOptions, preprocess_folder
 from ..preprocess.tagging import MERGE_MODES, TAGGERS, TagOptions, make_tagger, tag_folder
 from ..preprocess.tags import clean_tags
+from .doctor_panel import DoctorPanel
 from .guard import shows_errors
 from .render import message_html
 from ..errors import InvalidInput
@@ -86,8 +87,13 @@ class DatasetTab:
             self.max_tags = gr.Number(0, precision=0, label="Max tags (0: all)")
         self.run_tag = gr.Button("Caption", variant="primary", elem_id="lt_tag_run")
         self.tag_result = gr.Textbox(label="Result", lines=4, interactive=False, elem_id="lt_tag_result")
+        self.doctor = DoctorPanel()
+        self.doctor.build()
 
-    def wire(self) -> None:
+    def wire(self, train_fields: dict | None = None) -> None:
+        """`train_fields`: the Train form's components by config name, which the step
+        planner's Apply fills in."""
+        self.doctor.wire(train_fields)
         self.run_prep.click(self._preprocess,
                             [self.source, self.destination, self.size_mode, self.width, self.height, self.crop,
                              self.face, self.entropy, self.edges, self.split, self.flip, self.debug, self.repeats,

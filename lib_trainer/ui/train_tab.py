@@ -20,6 +20,7 @@ from ..train.memory import memory_summary
 from ..jobs.service import TrainService
 from ..networks.registry import ui_network_type_of, ui_network_types
 from .compat import uploaded_path
+from .doctor_panel import doctor_line
 from .form import ConfigForm
 from .guard import shows_errors
 from .presets import CUSTOM, PRESETS
@@ -152,7 +153,8 @@ class TrainTab:
         def check():
             config = self._read(values)
             plan = make_plan(config)
-            return message_html(ok=f"{plan.total_steps} steps; the plan is below."), self._plan_text(config, plan)
+            return (message_html(ok=f"{plan.total_steps} steps; the plan is below."),
+                    f"{doctor_line(config)}\n{self._plan_text(config, plan)}")
         return check()
 
     def _enqueue(self, start: bool, *values, compare_when_done: bool = False):
