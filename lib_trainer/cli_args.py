@@ -26,15 +26,17 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         kind = str(spec.type)
         default_text = f" (default: {spec.default!r})" if not kind.startswith("list") else ""
         arguments = dict(dest=spec.name, default=argparse.SUPPRESS, help=meta["help"] + default_text)
+        # Other tools' names for the same option (the WebUI's --init_text for init_word).
+        names = (f"--{spec.name}", *meta.get("aliases", ()))
         if kind.startswith("bool"):
-            group.add_argument(f"--{spec.name}", action=argparse.BooleanOptionalAction, **arguments)
+            group.add_argument(*names, action=argparse.BooleanOptionalAction, **arguments)
         elif kind.startswith("list"):
-            group.add_argument(f"--{spec.name}", nargs="*", metavar="KEY=VALUE", **arguments)
+            group.add_argument(*names, nargs="*", metavar="KEY=VALUE", **arguments)
         else:
             if meta.get("choices"):
                 arguments["choices"] = meta["choices"]
             arguments["type"] = {"int": int, "float": float}.get(kind.split(" ")[0], str)
-            group.add_argument(f"--{spec.name}", **arguments)
+            group.add_argument(*names, **arguments)
 
 
 def config_from_args(args: argparse.Namespace, base: TrainConfig | None = None) -> TrainConfig:

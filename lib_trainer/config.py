@@ -110,6 +110,32 @@ class TrainConfig:
     network_train_unet_only: bool = option(False, "Train only the UNet LoRA.", "network")
     network_train_text_encoder_only: bool = option(False, "Train only the text-encoder LoRA.", "network")
 
+    # --- embedding (textual inversion) ---
+    embedding_name: str = option("", "The word typed in prompts to use the embedding (network_module embedding: also "
+                                 "its file name; empty = output_name).", "embedding")
+    token_string: str = option("", "The word in the captions the embedding replaces (sd-scripts' token_string; empty "
+                               "= trigger_word); captions without it get the embedding's name put first.", "embedding")
+    init_word: str = option("*", "Text whose token vectors start the embedding, repeated or cut to the vector count "
+                            "(* = zeros).", "embedding", aliases=("--init_text",))
+    num_vectors_per_token: int = option(1, "Vectors (prompt tokens) the embedding takes.", "embedding",
+                                        minimum=1, maximum=75)
+    embedding_template: str = option("captions", "Prompts an embedding trains with: captions, subject, style, "
+                                     "subject_filewords, style_filewords, or a .txt file of lines with [name] and "
+                                     "[filewords].", "embedding", aliases=("--template",))
+    use_object_template: bool = option(False, "sd-scripts' flag: the subject template instead of captions.", "embedding")
+    use_style_template: bool = option(False, "sd-scripts' flag: the style template instead of captions.", "embedding")
+    embedding_overwrite: bool = option(False, "Replace an embedding of the same name that already exists.",
+                                       "embedding")
+    embedding_format: str = option("safetensors", "File format of the embedding.", "embedding",
+                                   choices=("safetensors", "pt"))
+    embedding_output_dir: str = option("", "Folder of the embedding file of a pivotal run (empty = output_dir).",
+                                       "embedding")
+    embedding_lr: float | None = option(None, "Learning rate of the embedding's vectors (empty = learning_rate).",
+                                        "embedding", minimum=0.0)
+    pivotal_tuning: bool = option(False, "Train an embedding together with the LoRA-family network of "
+                                  "network_module; the LoRA file bundles it, and it is saved as its own file too.",
+                                  "embedding")
+
     # --- optimizer ---
     learning_rate: float = option(1e-4, "Learning rate used where unet_lr / text_encoder_lr are not set.",
                                   "optimizer", minimum=0.0)

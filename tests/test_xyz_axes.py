@@ -121,14 +121,14 @@ UNET, TE = xyz_axes.WEIGHT_AXES["unet"], xyz_axes.WEIGHT_AXES["te"]
 def test_axes_are_appended_once_at_the_end_and_shown_in_both_tabs(folder):
     module = fake_xyz_module()
     data = scripts_data(module)
-    ours = [FILE, WEIGHT, UNET, TE]
-    assert xyz_axes.register_axes(data, lambda: folder) == 4
+    ours = [FILE, WEIGHT, UNET, TE, xyz_axes.EMBEDDING_AXIS]
+    assert xyz_axes.register_axes(data, lambda: folder) == len(ours)
     assert xyz_axes.register_axes(data, lambda: folder) == 0   # "Reload UI" keeping the same module
     assert [option.label for option in module.axis_options][3:] == ours
     for is_img2img in (False, True):
-        assert shown_in_tab(module, is_img2img)[-4:] == ours
+        assert shown_in_tab(module, is_img2img)[-len(ours):] == ours
     reloaded = fake_xyz_module()                                # "Reload UI" loading the script again
-    assert xyz_axes.register_axes(scripts_data(reloaded), lambda: folder) == 4
+    assert xyz_axes.register_axes(scripts_data(reloaded), lambda: folder) == len(ours)
     assert xyz_axes.register_axes(scripts_data(reloaded), lambda: folder) == 0
     assert [option.label for option in reloaded.axis_options].count(FILE) == 1
     assert all(type(option) is reloaded.AxisOption for option in reloaded.axis_options[3:])

@@ -18,6 +18,7 @@ weight axis that applies before the file axis (weight on X, file on Y) knows to 
 """
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, replace
 
@@ -211,3 +212,40 @@ def parse_weights(text: str) -> list[float]:
 def weight_label(part: str, value: float) -> str:
     name = {"weight": "weight", "te": "TE weight", "unet": "UNet weight"}[part]
     return f"{name} {round(float(value), 8):g}"
+
+
+# --- the embedding file axis ---------------------------------------------------------------------
+# A run's embedding files are named by its word: `word.safetensors`, `word-000002.pt` after
+# epoch 2, `word-step00000100.safetensors`; the WebUI names each embedding after its file.
+_SAVE_SUFFIX = re.compile(r"-(?:\d{6}|step\d{8})$")
+EMBEDDING_EXTENSIONS = (".safetensors", ".pt")
+
+
+def embedding_word(name: str) -> str:
+    """The word a run's prompts use for the embedding saved as `name`."""
+    return _SAVE_SUFFIX.sub("", name)
+
+
+def apply_embedding_file(p, name: str) -> None:
+    """The embedding file axis: the run's word in the prompts becomes this file's name, so the
+    cell uses that file's vectors (weights do not apply to an embedding)."""
+    word = embedding_word(name)
+    pattern = re.compile(rf"(?<![\w-]){re.escape(word)}(?![\w-])")
+    if not pattern.search(getattr(p, "prompt", "") or ""):
+        raise AxisError(f"the embedding file axis replaces the embedding's word {word!r} in the prompt by the "
+                        f"file's name ({name}): put {word} in the prompt")
+    for field in PROMPT_FIELDS:
+        text = getattr(p, field, None)
+        if isinstance(text, str) and text:
+            setattr(p, field, pattern.sub(name, text))
+
+
+def embedding_file_choices(folder: str) -> list[str]:
+    """The embedding names (file stems) in `folder` and below, by word, then in saving order."""
+    names = []
+    for root, _, files in os.walk(folder):
+        for file in files:
+            stem, extension = os.path.splitext(file)
+            if extension.lower() in EMBEDDING_EXTENSIONS and not stem.endswith(".preview"):
+                names.append((embedding_word(stem), os.path.getmtime(os.path.join(root, file)), stem))
+    return [stem for _, _, stem in sorted(names)]

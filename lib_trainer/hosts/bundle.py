@@ -99,6 +99,28 @@ class ModelBundle:
     def set_gradient_checkpointing(self, enabled: bool) -> None:
         raise NotImplementedError
 
+    # --- textual-inversion embeddings ----------------------------------------------------
+    def token_embeddings(self) -> list[nn.Embedding]:
+        """Each text encoder's token-embedding table (SDXL: CLIP-L's, then OpenCLIP's)."""
+        raise NotImplementedError
+
+    def token_ids(self, text: str) -> list[int]:
+        """The CLIP token ids of `text`, without start and end tokens."""
+        raise NotImplementedError
+
+    def embedding_widths(self) -> list[int]:
+        return [table.weight.shape[1] for table in self.token_embeddings()]
+
+    def token_vectors(self, text: str) -> list[torch.Tensor]:
+        """The vectors the text's tokens have in each text encoder (an embedding's start)."""
+        ids = torch.tensor(self.token_ids(text), dtype=torch.long)
+        return [table.weight.detach()[ids.to(table.weight.device)].float().cpu() for table in self.token_embeddings()]
+
+    def prompt_embeddings(self, embeddings: dict[str, list[torch.Tensor]]) -> contextlib.AbstractContextManager:
+        """A context in which a prompt naming one of `embeddings` (name -> one [n, width] tensor
+        per text encoder) is conditioned on its vectors, gradients flowing to them."""
+        raise NotImplementedError
+
     def modules(self) -> list[nn.Module]:
         return [self.denoiser(), *self.text_encoders(), self.vae()]
 

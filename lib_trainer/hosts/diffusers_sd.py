@@ -16,7 +16,8 @@ from torch import nn
 from ..formats.kohya_names import clip_text_encoder_targets, diffusers_unet_targets
 from .bundle import Conditioning, ModelBundle, latent_sizes, module_fingerprint, scaled_linear_alphas_cumprod
 from .components import ModelComponents
-from .prompt_chunks import batch_chunk_ids
+from .prompt_chunks import batch_chunks_with_embeddings
+from .prompt_embeddings import PromptEmbeddings, vectors_in_slots
 from ..errors import InvalidInput
 
 # kohya's key prefix of each text encoder in the LoRA file.
@@ -36,6 +37,7 @@ class DiffusersSDBundle(ModelBundle):
         # Every SD text encoder uses the same CLIP BPE vocabulary; they differ in padding.
         self._comma_id = self.tokenizers[0].convert_tokens_to_ids(",</w>")
         self._fingerprint: str | None = None
+        self.embeddings = PromptEmbeddings(self.token_ids)
 
     def denoiser(self) -> nn.Module:
         return self.unet
@@ -72,18 +74,31 @@ class DiffusersSDBundle(ModelBundle):
     def count_tokens(self, prompt: str) -> int:
         return len(self.tokenize([prompt])[0])
 
+    def token_ids(self, text: str) -> list[int]:
+        return self.tokenize([text])[0]
+
+    def token_embeddings(self) -> list[nn.Embedding]:
+        return [encoder.get_input_embeddings() for encoder in self.encoders]
+
+    def prompt_embeddings(self, embeddings):
+        return self.embeddings.using(embeddings)
+
     def encode_prompts(self, prompts: list[str], max_token_length: int = 75) -> Conditioning:
         """The WebUI's long prompts: 75-token chunks encoded apart and concatenated; SDXL's
         pooled embedding comes from the first chunk, as in the WebUI."""
         token_ids = self.tokenize(prompts)
+        find = self.embeddings.find if self.embeddings.vectors else None
         contexts, pooled = [], None
         for index, (encoder, tokenizer) in enumerate(zip(self.encoders, self.tokenizers)):
-            chunks = batch_chunk_ids(token_ids, self._comma_id, max_token_length // 75, bos_id=tokenizer.bos_token_id,
-                                     eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id)
+            chunks, fixes = batch_chunks_with_embeddings(
+                token_ids, self._comma_id, max_token_length // 75, bos_id=tokenizer.bos_token_id,
+                eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id, find_embedding=find)
             device = next(encoder.parameters()).device
             hidden = []
             for chunk_index, ids in enumerate(chunks):
-                states, chunk_pooled = self._encode_chunk(index, torch.tensor(ids, device=device))
+                vectors = [(row, slot, self.embeddings.vectors[name][index]) for row, slot, name in fixes[chunk_index]]
+                with vectors_in_slots(encoder.get_input_embeddings(), vectors):
+                    states, chunk_pooled = self._encode_chunk(index, torch.tensor(ids, device=device))
                 hidden.append(states)
                 if chunk_index == 0 and chunk_pooled is not None:
                     pooled = chunk_pooled

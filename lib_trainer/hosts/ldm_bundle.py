@@ -236,8 +236,30 @@ class LiveSDBundle(ModelBundle):
         return module_fingerprint(self.vae())
 
     def count_tokens(self, prompt: str) -> int:
+        return len(self.token_ids(prompt))
+
+    def token_ids(self, text: str) -> list[int]:
         if self._tokenizer is None:
             from .clip_tokenizer import load_clip_tokenizer
 
             self._tokenizer = load_clip_tokenizer()  # every SD text encoder uses this vocabulary
-        return len(self._tokenizer(prompt, add_special_tokens=False, truncation=False, verbose=False)["input_ids"])
+        return self._tokenizer(text, add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
+
+    def token_embeddings(self) -> list[nn.Embedding]:
+        """The encoders' token tables: HF CLIP's `...token_embedding`, OpenCLIP's `token_embedding`;
+        in the WebUI each is wrapped by its embedding hijack (`.wrapped`)."""
+        tables = []
+        for encoder in self.text_encoders():
+            found = [module for path, module in encoder.named_modules() if isinstance(module, nn.Embedding)
+                     and path.endswith(("token_embedding", "token_embedding.wrapped")) and ".visual." not in path]
+            if not found:
+                raise UnsupportedModel(f"the loaded {self.family.upper()} text encoder has no token embedding table "
+                                       "this trainer recognises, so no embedding can be trained on it")
+            tables.append(found[0])
+        return tables
+
+    def prompt_embeddings(self, embeddings):
+        """The text here is the host's own (get_learned_conditioning): only the WebUI's, with its
+        embedding database, knows embeddings (webui/model.py)."""
+        raise UnsupportedModel("training an embedding on a live ldm/sgm model needs the WebUI's prompt handling "
+                               "(its embedding database); outside the WebUI, train on the checkpoint file instead")

@@ -48,6 +48,12 @@ class NetworkMethod:
     def parameter_count(self, targets: list[TargetLayer], settings: dict[str, Any]) -> int:
         raise NotImplementedError
 
+    def parameters_on(self, config, bundle, settings: dict[str, Any]) -> int:
+        """The parameters a run of this method trains on `bundle`: on the layers it adapts."""
+        targets = bundle.target_layers(include_conv=self.adapts_conv(settings), train_unet=config.train_unet(),
+                                       train_text_encoder=config.train_text_encoder())
+        return self.parameter_count(targets, settings)
+
     def file_metadata(self, settings: dict[str, Any]) -> dict[str, str]:
         """ss_network_module, ss_network_dim, ss_network_alpha, ss_network_args."""
         raise NotImplementedError

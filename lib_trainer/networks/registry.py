@@ -11,7 +11,7 @@ from ..config import ConfigError, TrainConfig
 from ..errors import InvalidInput
 from ..formats.lora_file import load_lora, read_metadata
 from ..formats.kohya_names import TargetLayer
-from . import full, ia3, locon, loha, lokr, lora
+from . import embedding, full, ia3, locon, loha, lokr, lora
 from .method import NetworkMethod
 from .trainable import Trainable
 
@@ -22,6 +22,7 @@ METHODS: dict[tuple[str, str | None], NetworkMethod] = {method.key: method for m
     ia3.METHOD,
     locon.METHOD, locon.LORA,
     full.METHOD,
+    embedding.METHOD,
 )}
 # The algo LyCORIS uses when network_args names none.
 DEFAULT_ALGO = {"lycoris.kohya": "lora"}
@@ -45,7 +46,7 @@ def method_problems(config: TrainConfig) -> list[str]:
         find_method(config).settings(config)
     except ConfigError as error:
         return str(error).splitlines()
-    return []
+    return embedding.embedding_problems(config) if embedding.is_embedding_run(config) else []
 
 
 def network_targets(config: TrainConfig, bundle) -> tuple[NetworkMethod, dict[str, Any], list[TargetLayer]]:
@@ -60,7 +61,17 @@ def network_targets(config: TrainConfig, bundle) -> tuple[NetworkMethod, dict[st
 def create_trainable(config: TrainConfig, bundle) -> Trainable:
     """What this run trains, on this bundle."""
     method = find_method(config)
-    return method.trainable_for(config, bundle, method.settings(config))
+    trainable = method.trainable_for(config, bundle, method.settings(config))
+    return embedding.pivotal_trainable(config, bundle, trainable) if config.pivotal_tuning else trainable
+
+
+def trainable_parameter_count(config: TrainConfig, bundle) -> int:
+    """The parameters a run of this config trains on `bundle` (for the memory estimate)."""
+    method = find_method(config)
+    count = method.parameters_on(config, bundle, method.settings(config))
+    if config.pivotal_tuning:
+        count += embedding.METHOD.parameters_on(config, bundle, {})
+    return count
 
 
 def create_network(config: TrainConfig, targets: list[TargetLayer]) -> Trainable:
@@ -76,6 +87,8 @@ def network_from_file(path: str, bundle) -> Trainable:
     InvalidInput when no method knows the file, or when some of its keys name no layer of this
     model (a file of another model family)."""
     state, metadata = load_lora(path), read_metadata(path)
+    # A pivotal run's LoRA bundles its embedding; the layers are the rest.
+    state = {key: value for key, value in state.items() if not key.startswith(f"{embedding.BUNDLE_PREFIX}.")}
     file_config = config_of_file(metadata)
     method = _method_of(file_config) or next((m for m in METHODS.values() if m.recognises(state)), None)
     if method is None:
@@ -116,11 +129,15 @@ def _method_of(config: TrainConfig) -> NetworkMethod | None:
 
 def ui_network_types() -> dict[str, dict[str, Any]]:
     """The UI's network type list: label -> the config values it sets."""
-    return {label: values for method in METHODS.values() for label, values in method.ui_types.items()}
+    # An entry that does not train an embedding with its network turns pivotal tuning off.
+    return {label: {"pivotal_tuning": False, **values} for method in METHODS.values()
+            for label, values in method.ui_types.items()}
 
 
 def ui_network_type_of(values: dict[str, Any]) -> str | None:
     """The UI label of a config's network settings (None when no entry describes them)."""
+    if str(values.get("pivotal_tuning", False)).lower() in ("true", "1"):
+        return embedding.METHOD.ui_type_of(values)
     for method in METHODS.values():
         label = method.ui_type_of(values)
         if label:

@@ -53,6 +53,11 @@ class Trainable(nn.Module):
         """The `ss_*` keys that describe what was trained (ss_network_module, dims, args)."""
         raise NotImplementedError
 
+    def file_path(self, path: str) -> str:
+        """The path of the file saved for `path` (a .safetensors name): a kind whose files have
+        another extension says so."""
+        return path
+
     def write_file(self, path: str, metadata: dict[str, str], dtype: torch.dtype | None) -> None:
         """Write the file users load (atomically), in `dtype` where given."""
         raise NotImplementedError

@@ -47,6 +47,7 @@ class CheckpointWriter:
         self.saved: list[str] = []
 
     def save(self, path: str, epoch: int, step: int, interrupted: bool = False) -> str:
+        path = self.trainable.file_path(path)
         if not self.trainable.all_finite():
             raise UnsafeToSave(f"not writing {path}: the trained weights are not finite")
         metadata = checkpoint_metadata(self.base_metadata, epoch, step, time.time(), interrupted)

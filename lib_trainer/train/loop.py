@@ -24,7 +24,9 @@ from ..dataset.captions import training_caption
 from ..errors import InvalidInput, UserError
 from ..formats.metadata import training_metadata
 from ..hosts.bundle import ModelBundle
+from ..networks.embedding import embedding_prompts, embedding_run_config, is_embedding_run, refuse_existing
 from ..networks.registry import create_trainable
+from ..networks.trainable import TEXT_ENCODER, TOKEN_EMBEDDINGS
 from ..progress import Progress
 from . import noise as diffusion
 from .checkpoints import CheckpointWriter, epoch_path, final_path, step_path
@@ -54,6 +56,9 @@ class TrainResult:
 def train(config: TrainConfig, bundle: ModelBundle | None = None, progress: Progress | None = None) -> TrainResult:
     progress = progress or Progress()
     config.validate()
+    if is_embedding_run(config):
+        config = embedding_run_config(config)
+        refuse_existing(config)
     saved_state = read_state(config.resume) if config.resume else None  # a bad folder fails before loading
     # --- set-up: seeds, model, plan, what is trained ---
     torch.manual_seed(config.seed)
@@ -90,7 +95,8 @@ def train(config: TrainConfig, bundle: ModelBundle | None = None, progress: Prog
 def _run(config, bundle, plan, trainable, device, progress, data_rng, noise_rng, saved_state) -> TrainResult:
     if config.xformers and device.type == "cuda" and hasattr(bundle, "set_xformers"):
         bundle.set_xformers(True)
-    trains_text = "text_encoder" in trainable.conditioned()
+    # An embedding's gradients flow through the (frozen) text encoders too.
+    trains_text = bool({TEXT_ENCODER, TOKEN_EMBEDDINGS} & set(trainable.conditioned()))
     if trains_text and config.gradient_checkpointing:
         for encoder in bundle.text_encoders():
             encoder.train()  # transformers checkpoints only in train mode
@@ -284,8 +290,12 @@ def _prompt_source(config, bundle, plan, captions, trains_text, device, progress
         cache.fill((training_caption(e.caption, captions, None) for e in plan.training_set.examples), progress)
         return lambda batch, rng: cache.get([training_caption(e.caption, captions, None) for e in batch], device)
 
+    rewrite = embedding_prompts(config) if is_embedding_run(config) else None
+
     def encode_each_step(batch, rng):
         prompts = [training_caption(example.caption, captions, rng) for example in batch]
+        if rewrite is not None:  # the embedding's name in its captions, or its template
+            prompts = [rewrite(prompt, rng) for prompt in prompts]
         with contextlib.nullcontext() if trains_text else torch.no_grad():
             return bundle.encode_prompts(prompts, config.max_token_length)
 
@@ -361,7 +371,7 @@ def _report(progress, steps_now, step, epoch, total, window, optimizer, started)
     rate = steps_now / elapsed if elapsed > 0 else 0.0
     lrs = {group.get("name"): group["lr"] for group in optimizer.param_groups}
     info = {"epoch": epoch, "loss": window[-1], "avg_loss": sum(window) / len(window),
-            "lr": lrs.get("unet", lrs.get("text_encoder")), "it_per_s": rate,
+            "lr": lrs.get("unet", lrs.get("text_encoder", next(iter(lrs.values())))), "it_per_s": rate,
             "eta_s": (total - step) / rate if rate else math.inf}
     if "text_encoder" in lrs:
         info["lr_te"] = lrs["text_encoder"]

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from ..config import TrainConfig
 from ..formats.kohya_names import TargetLayer
 from ..hosts.bundle import ModelBundle
-from ..networks.registry import find_method, network_targets
+from ..networks.registry import find_method, network_targets, trainable_parameter_count
 from .precision import compute_dtype
 
 GB = 1024 ** 3
@@ -52,8 +52,9 @@ def network_parameters(targets: list[TargetLayer], config: TrainConfig) -> int:
 
 
 def estimate_memory(config: TrainConfig, family: str, weight_bytes: int, targets: list[TargetLayer],
-                    where: str = "GPU") -> MemoryEstimate:
-    trainable = network_parameters(targets, config)
+                    where: str = "GPU", parameters: int | None = None) -> MemoryEstimate:
+    """`parameters`: what the run trains when the bundle counted it (an embedding adapts no layer)."""
+    trainable = network_parameters(targets, config) if parameters is None else parameters
     state_bytes = 8 + OPTIMIZER_STATE_BYTES.get(config.optimizer_type, 8)
     width, height = config.resolution_wh()
     megapixels = width * height / 1e6 * config.train_batch_size
@@ -72,7 +73,7 @@ def bundle_memory(config: TrainConfig, bundle: ModelBundle, where: str) -> Memor
     will hold them (the bundle says in which dtype), the network on its real layers."""
     _, _, targets = network_targets(config, bundle)
     weights = bundle.held_weight_bytes(compute_dtype(config.mixed_precision))
-    return estimate_memory(config, bundle.family, weights, targets, where)
+    return estimate_memory(config, bundle.family, weights, targets, where, trainable_parameter_count(config, bundle))
 
 
 def memory_summary(config: TrainConfig) -> str:

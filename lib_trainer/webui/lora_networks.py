@@ -66,8 +66,13 @@ class ReadBack:
         self.progress = progress
 
     def __call__(self, event: ProgressEvent) -> None:
-        if event.kind != SAVED or not event.text:
+        if event.kind != SAVED or not event.text or not event.text.endswith(".safetensors"):
             return
+        from ..formats.lora_file import read_tensor_names
+        from ..networks.registry import METHODS
+
+        if METHODS[("embedding", None)].recognises(read_tensor_names(event.text)):
+            return  # an embedding file: webui/embeddings.py reads it back
         matched, problem = check_with_webui_loader(event.text)
         if problem:
             log.warning(problem)
@@ -94,7 +99,8 @@ def check_with_webui_loader(path: str) -> tuple[int, str]:
     name = os.path.splitext(os.path.basename(path))[0]
     loaded = networks.load_network(name, network.NetworkOnDisk(name, path))
     with safe_open(path, "pt") as handle:
-        layers = {key.partition(".")[0] for key in handle.keys()}
+        # A pivotal run's bundled embedding is not a layer (the loader keeps it apart).
+        layers = {key.partition(".")[0] for key in handle.keys()} - {"bundle_emb"}
     matched = {module.network_key.partition(".")[0] for module in loaded.modules.values()}
     missing = sorted(layers - matched)
     if not missing:

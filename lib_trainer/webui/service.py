@@ -26,6 +26,7 @@ from ..errors import InvalidInput
 from ..jobs.queue import QueueItem, TrainQueue
 from ..jobs.service import LocalTrainService
 from ..progress import END, IMAGE, START, STEP, Commands, Progress, ProgressEvent
+from .embeddings import EmbeddingReadBack, embeddings_folder
 from .lora_networks import ReadBack, refresh_network_list
 from .model import borrowed_model, loaded_bundle
 
@@ -125,10 +126,22 @@ def webui_trainer(config: TrainConfig, progress: Progress):
         # fp16 weights without autocast would train the LoRA with unscaled fp16 gradients.
         changes["mixed_precision"] = "fp16"
         progress.status("the loaded model is in fp16: training with mixed_precision=fp16")
+    changes.update(_embedding_folders(config))
     config = config.replace(**changes)
     progress.sinks.append(ReadBack(progress))
+    progress.sinks.append(EmbeddingReadBack(bundle, progress))
     with borrowed_model(bundle, config.clip_skip):
         return train(config, bundle=bundle, progress=progress)
+
+
+def _embedding_folders(config: TrainConfig) -> dict:
+    """Embeddings go to the WebUI's embeddings folder (--embeddings-dir) unless another folder
+    was chosen: an embedding run's output, a pivotal run's embedding file."""
+    if config.network_module == "embedding" and config.output_dir in ("", lora_folder()):
+        return {"output_dir": embeddings_folder()}
+    if config.pivotal_tuning and not config.embedding_output_dir:
+        return {"embedding_output_dir": embeddings_folder()}
+    return {}
 
 
 class WebUITrainService(LocalTrainService):

@@ -22,8 +22,9 @@ import logging
 import os
 from typing import Callable
 
-from ..compare.axes import (NONE, AxisError, apply_file, apply_weight, file_choices, file_label,
-                            lora_tags, mark_file_axis, parse_weights, weight_label)
+from ..compare.axes import (NONE, AxisError, apply_embedding_file, apply_file, apply_weight,
+                            embedding_file_choices, file_choices, file_label, lora_tags, mark_file_axis,
+                            parse_weights, weight_label)
 from .lora_networks import lora_extension
 
 log = logging.getLogger("lib_trainer")
@@ -36,6 +37,7 @@ WEIGHT_AXES = {"weight": "LoRA Train: LoRA weight", "unet": "LoRA Train: UNet we
 # The grid draws the costliest axis outermost: files change least often, so each is read from
 # disk once per row or column, not once per cell (a checkpoint, at 1.0, still goes first).
 FILE_COST = 0.4
+EMBEDDING_AXIS = "LoRA Train: Embedding file"
 
 
 def webui_lora_dir() -> str:
@@ -43,6 +45,12 @@ def webui_lora_dir() -> str:
     from modules import paths_internal, shared  # on use: this module is imported by tests too
 
     return getattr(shared.cmd_opts, "lora_dir", "") or os.path.join(paths_internal.models_path, "Lora")
+
+
+def webui_embeddings_dir() -> str:
+    from modules import shared  # on use, as above
+
+    return shared.cmd_opts.embeddings_dir
 
 
 def xyz_module(scripts_data):
@@ -68,9 +76,11 @@ def register_axes(scripts_data, folder: Callable[[], str]) -> int:
     return len(options)
 
 
-def build_axes(axis_option: type, folder: Callable[[], str]) -> list:
-    """The file axis and the three weight axes as `axis_option` records; `folder` gives the
-    Lora folder each time it is read."""
+def build_axes(axis_option: type, folder: Callable[[], str],
+               embedding_folder: Callable[[], str] = webui_embeddings_dir) -> list:
+    """The file axis, the three weight axes and the embedding file axis as `axis_option`
+    records; `folder` gives the Lora folder each time it is read, `embedding_folder` the
+    embeddings folder."""
     # `prepare` (the values' own parser) came with WebUI 1.6; without it the script's float
     # ranges are used, which can add one step past the end.
     has_prepare = "prepare" in inspect.signature(axis_option).parameters
@@ -84,6 +94,9 @@ def build_axes(axis_option: type, folder: Callable[[], str]) -> list:
         options.append(axis_option(
             WEIGHT_AXES[part], float, _weight_apply(part), format_value=_weight_format(part),
             confirm=confirm_weights, **extra))
+    options.append(axis_option(
+        EMBEDDING_AXIS, str, lambda p, x, xs: apply_embedding_file(p, x), cost=FILE_COST,
+        choices=lambda: embedding_file_choices(embedding_folder())))
     for option in options:
         setattr(option, MARK, True)
     return options

@@ -1,0 +1,88 @@
+"""The WebUI's textual-inversion embedding database (`sd_hijack.model_hijack.embedding_db`),
+seen from training.
+
+- While an embedding trains, its vectors (the trainable parameters themselves) are
+  registered in the database, so the WebUI's own prompt handling puts them into prompts that
+  name it, and gradients reach them; afterwards the database is read from the embedding
+  folders again, as the WebUI would, so it holds what is on disk and nothing of the run.
+- After each save the database is reloaded, so the name works in a prompt at once, and the
+  save is read back through the WebUI's own loader: one it skipped (a width that does not
+  fit the loaded model) is reported. The run's vectors are then registered again.
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+from modules import shared, sd_hijack  # ImportError outside the WebUI
+from modules.textual_inversion import textual_inversion
+
+from ..progress import SAVED, Progress, ProgressEvent
+
+log = logging.getLogger("lib_trainer")
+
+
+def embeddings_folder() -> str:
+    return shared.cmd_opts.embeddings_dir
+
+
+def database():
+    return sd_hijack.model_hijack.embedding_db
+
+
+class TrainingEmbeddings:
+    """Context manager: `embeddings` (name -> vectors per text encoder) in the database."""
+
+    def __init__(self, sd_model, embeddings: dict) -> None:
+        self.sd_model, self.embeddings = sd_model, embeddings
+
+    def register(self) -> None:
+        for name, vectors in self.embeddings.items():
+            vec = dict(zip(("clip_l", "clip_g"), vectors)) if len(vectors) == 2 else vectors[0]
+            embedding = textual_inversion.Embedding(vec, name)
+            embedding.vectors = vectors[0].shape[0]
+            embedding.shape = sum(v.shape[-1] for v in vectors)
+            database().register_embedding_by_name(embedding, self.sd_model, name)
+
+    def __enter__(self):
+        self.register()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for name in self.embeddings:
+            database().register_embedding_by_name(None, self.sd_model, name)
+        reload_database()
+
+    def after_save(self, progress: Progress) -> None:
+        reload_database()
+        db = database()
+        for name in self.embeddings:
+            if name in db.skipped_embeddings:
+                problem = (f"the WebUI skipped the saved embedding {name!r}: its width "
+                           f"{db.skipped_embeddings[name].shape} does not fit the loaded model's {db.expected_shape}")
+                log.warning(problem)
+                progress.status("WARNING: " + problem)
+            elif name in db.word_embeddings:
+                loaded = db.word_embeddings[name]
+                progress.status(f"checked with the WebUI's embedding loader: {name!r} ({loaded.vectors} vectors, "
+                                f"{os.path.basename(loaded.filename or '')}) is in its list")
+        self.register()  # the reload replaced the run's vectors with the file's copy
+
+
+def reload_database() -> None:
+    try:
+        database().load_textual_inversion_embeddings(force_reload=True)
+    except Exception as error:  # the WebUI's own loader failing must not end the run
+        log.warning("reloading the WebUI's embeddings failed: %s", error)
+
+
+class EmbeddingReadBack:
+    """A progress sink: after each save, `after_save` of the bundle's registered embeddings."""
+
+    def __init__(self, bundle, progress: Progress) -> None:
+        self.bundle, self.progress = bundle, progress
+
+    def __call__(self, event: ProgressEvent) -> None:
+        registered = getattr(self.bundle, "training_embeddings", None)
+        if event.kind == SAVED and registered is not None:
+            registered.after_save(self.progress)
