@@ -20,6 +20,7 @@ UNET, TEXT_ENCODER, TOKEN_EMBEDDINGS = "unet", "text_encoder", "token_embeddings
 
 class Trainable(nn.Module):
     kind: str = ""  # "lora", "embedding", "hypernetwork": shown to the user
+    file_extension: str = ".safetensors"  # of the files it writes (the WebUI's hypernetworks are .pt)
 
     # --- training ----------------------------------------------------------------------
     def parameter_groups(self, unet_lr: float, text_encoder_lr: float) -> list[dict]:

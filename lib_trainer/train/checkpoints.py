@@ -3,7 +3,7 @@
 `name-000002.safetensors` after epoch 2, `name-step00000100.safetensors` after step 100
 (and when a run is stopped early), `name.safetensors` at the end. A file is only written
 when every weight is finite, and always atomically, so a good file is never replaced by
-a broken or half-written one.
+a broken or half-written one. The extension is the trainable's: `.pt` for hypernetworks.
 """
 from __future__ import annotations
 
@@ -47,6 +47,8 @@ class CheckpointWriter:
         self.saved: list[str] = []
 
     def save(self, path: str, epoch: int, step: int, interrupted: bool = False) -> str:
+        # The trainable says what kind of file it writes (hypernetworks are the WebUI's .pt).
+        path = os.path.splitext(path)[0] + self.trainable.file_extension
         if not self.trainable.all_finite():
             raise UnsafeToSave(f"not writing {path}: the trained weights are not finite")
         metadata = checkpoint_metadata(self.base_metadata, epoch, step, time.time(), interrupted)
