@@ -39,6 +39,15 @@ SAVE_PRECISIONS = ("fp16", "bf16", "float")
 KOHYA_SAMPLERS = ("ddim", "pndm", "lms", "euler", "euler_a", "heun", "dpm_2", "dpm_2_a", "dpmsolver", "dpmsolver++",
                   "dpmsingle", "k_lms", "k_euler", "k_euler_a", "k_dpm_2", "k_dpm_2_a")
 
+# The WebUI's hypernetwork activations (modules/hypernetworks: its own names, then every torch
+# activation class by its lower-case name), as its Create tab offers them, less the ones that
+# cannot work there: threshold needs arguments and glu halves the features.
+HYPERNETWORK_ACTIVATIONS = (
+    "linear", "relu", "leakyrelu", "elu", "swish", "tanh", "sigmoid", "celu", "gelu", "hardshrink", "hardsigmoid",
+    "hardtanh", "logsigmoid", "logsoftmax", "mish", "prelu", "relu6", "rrelu", "selu", "silu", "softmax", "softmax2d",
+    "softmin", "softplus", "softshrink", "softsign", "tanhshrink")
+HYPERNETWORK_INITS = ("Normal", "XavierUniform", "XavierNormal", "KaimingUniform", "KaimingNormal")
+
 
 @dataclass
 class TrainConfig:
@@ -198,6 +207,31 @@ class TrainConfig:
                                  "prompt, --w width, --h height, --s steps, --l CFG scale, --d seed.", "sampling")
     sample_sampler: str = option("ddim", "Sampler of the sample images (ddim, euler and euler_a work here; "
                                  "k_euler and k_euler_a are the same two).", "sampling", choices=KOHYA_SAMPLERS)
+
+    # --- hypernetwork ---
+    hypernetwork_layer_structure: str = option(
+        "1, 2, 1", "Hypernetwork (network_module hypernetwork): the widths of its layers as multiples of the "
+        "attention's width; the first and last must be 1 (the WebUI's default 1, 2, 1).", "hypernetwork")
+    hypernetwork_activation_func: str = option(
+        "linear", "Activation after each hidden layer (linear: none; swish is the WebUI's hardswish).",
+        "hypernetwork", choices=HYPERNETWORK_ACTIVATIONS)
+    hypernetwork_layer_norm: bool = option(False, "Add a layer normalisation after each layer.", "hypernetwork")
+    hypernetwork_use_dropout: bool = option(False, "Use dropout in the hypernetwork's hidden layers.",
+                                            "hypernetwork")
+    hypernetwork_dropout_structure: str = option(
+        "", "Dropout after each layer, one number per layer structure entry, first and last 0 (e.g. 0, 0.05, 0); "
+        "empty with use_dropout: 0.3 after the hidden layers, as the WebUI does.", "hypernetwork")
+    hypernetwork_last_layer_dropout: bool = option(
+        False, "Without a dropout structure: also drop out after the last hidden layer.", "hypernetwork")
+    hypernetwork_weight_init: str = option("Normal", "Initialisation of the layers' weights (Kaiming suits relu-like "
+                                           "activations, Xavier sigmoid-like ones).", "hypernetwork",
+                                           choices=HYPERNETWORK_INITS)
+    hypernetwork_activate_output: bool = option(False, "Apply the activation after the last layer too.",
+                                                "hypernetwork")
+    hypernetwork_sizes: str = option(
+        "context", "Which attention widths get a hypernetwork, as the WebUI's Modules checkboxes: context (the "
+        "model's cross-attention width: SD1 768, SD2 1024, SDXL 2048), self (the self-attention widths too: "
+        "320, 640, 1280; SDXL 640, 1280), or numbers, e.g. 768, 320, 640, 1280.", "hypernetwork")
 
     config_version: int = option(CONFIG_VERSION, "Version of this config's layout.", "meta")
 

@@ -19,7 +19,7 @@ from webui_models import webui_model
 from test_webui_host import assert_same_state, model_state
 
 
-WEBUI_MODULES = ("lora_networks", "model", "sampling", "service", "taggers")
+WEBUI_MODULES = ("hypernetworks", "lora_networks", "model", "sampling", "service", "taggers")
 
 
 class FakeState:

@@ -184,7 +184,7 @@ def file_choices(folder: str) -> list[str]:
     order; read from the folder each time, so a run's new files show at once."""
     names = []
     for saved in saved_files(folder):
-        if saved.name not in names:
+        if saved.name not in names and not saved.is_hypernetwork:  # those have axes of their own
             names.append(saved.name)
     return [NONE, *names]
 

@@ -7,8 +7,8 @@ Cells are drawn file by file, so each file is loaded once; the base model's colu
 once per prompt, since no weight changes it.
 
 Who draws a cell is the host's business (a `CellDrawer`): the standalone drawer applies the
-file to our own model (compare/standalone.py); the WebUI's adds `<lora:name:w>` to the prompt
-of its own txt2img (lib_trainer/webui/compare.py). The grid's PNG carries the first cell's
+file to our own model (compare/standalone.py); the WebUI's adds `<lora:name:w>` (a
+hypernetwork's `<hypernet:name:w>`) to the prompt of its own txt2img (lib_trainer/webui/compare.py). The grid's PNG carries the first cell's
 infotext as `parameters` (the WebUI's PNG Info tab reads it, as for its own grids) and every
 cell's in `lib_trainer_grid` (JSON), beside a folder with each cell's own PNG.
 """
@@ -119,6 +119,14 @@ def lora_tag(name: str, text_encoder: float, unet: float) -> str:
     if text_encoder == unet:
         return f"<lora:{name}:{unet:g}>"
     return f"<lora:{name}:{text_encoder:g}:{unet:g}>"
+
+
+def network_tag(file: SavedFile, text_encoder: float, unet: float) -> str:
+    """The tag that applies `file` in a WebUI prompt: `<hypernet:name:strength>` for a
+    hypernetwork (only the UNet's weight means anything to it), the LoRA tag otherwise."""
+    if file.is_hypernetwork:
+        return f"<hypernet:{file.name}:{unet:g}>"
+    return lora_tag(file.name, text_encoder, unet)
 
 
 def column_label(file: SavedFile | None) -> str:

@@ -5,7 +5,8 @@ step save or a stop, and `name.safetensors` at the end (train/checkpoints.py), e
 `ss_output_name`, `ss_epoch`, `ss_steps` and our `lib_trainer_average_loss` in its metadata.
 Files are grouped by run (their `ss_output_name`, or their own name when they have none, as
 for a file another tool wrote) and ordered by step, then epoch, so a run's files read in the
-order they were trained. Metadata is read from the header only and cached by file size and
+order they were trained. Hypernetworks (`.pt`, the WebUI's layout) carry the same keys in
+a plain field of the file (formats/hypernetwork_file.py). Metadata is read from the header only and cached by file size and
 modification time: a Lora folder of hundreds of files lists in milliseconds.
 """
 from __future__ import annotations
@@ -19,10 +20,11 @@ from dataclasses import dataclass
 
 from ..config import ConfigError
 from ..config_files import load_config_file
+from ..formats.hypernetwork_file import is_hypernetwork_path, read_hypernetwork_metadata
 from ..formats.lora_file import read_metadata
 from ..formats.metadata import AVERAGE_LOSS_KEY
 
-NETWORK_EXTENSIONS = (".safetensors",)
+NETWORK_EXTENSIONS = (".safetensors", ".pt")
 
 
 @dataclass(frozen=True)
@@ -36,8 +38,12 @@ class SavedFile:
 
     @property
     def name(self) -> str:
-        """The name the WebUI's Lora network knows the file by (`<lora:name:1>`)."""
+        """The name the WebUI knows the file by (`<lora:name:1>`, `<hypernet:name:1>`)."""
         return os.path.splitext(os.path.basename(self.path))[0]
+
+    @property
+    def is_hypernetwork(self) -> bool:
+        return is_hypernetwork_path(self.path)
 
     @property
     def label(self) -> str:
@@ -69,14 +75,14 @@ _cache_lock = threading.Lock()
 
 def read_saved_file(path: str) -> SavedFile:
     """The file's run, epoch, step and loss from its metadata; raises OSError/ValueError for a
-    file that is not a readable safetensors file."""
+    file that is not a readable safetensors file or hypernetwork."""
     stat = os.stat(path)
     stamp = (stat.st_size, stat.st_mtime_ns)
     with _cache_lock:
         cached = _cache.get(path)
     if cached and cached[0] == stamp:
         return cached[1]
-    metadata = read_metadata(path)
+    metadata = read_hypernetwork_metadata(path) if is_hypernetwork_path(path) else read_metadata(path)
     stem = os.path.splitext(os.path.basename(path))[0]
     saved = SavedFile(path=path, run=metadata.get("ss_output_name") or stem, epoch=_number(metadata, "ss_epoch", int),
                       step=_number(metadata, "ss_steps", int),

@@ -4,7 +4,7 @@ A file is read into the network it describes (networks.registry.network_from_fil
 attached with the cell's weight as its multiplier, the same forward hooks training used, so a
 weight of 0 and the base model's column give the base model's image bit for bit. The image is
 train/txt2img.py's, from a CPU generator seeded with the grid's seed (the same noise on every
-device). The infotext says `<lora:name:w>` as the WebUI would, so a cell pasted into the
+device). The infotext says `<lora:name:w>` (`<hypernet:name:w>`) as the WebUI would, so a cell pasted into the
 WebUI's prompt gives the same file at the same weight.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ from ..train.precision import autocast, resolve_device
 from ..train.sample_prompts import SamplePrompt
 from ..train.sampling import eval_mode, infotext
 from ..train.txt2img import txt2img
-from .grid import Cell, Grid, GridRequest, lora_tag, make_grid
+from .grid import Cell, Grid, GridRequest, make_grid, network_tag
 
 
 class StandaloneDrawer:
@@ -39,7 +39,7 @@ class StandaloneDrawer:
         network.set_multipliers(cell.weight, cell.weight)
         with network.attached(self.bundle):
             image = txt2img(self.bundle, prompt, request.sampler, generator)
-        tagged = SamplePrompt(f"{cell.prompt}, {lora_tag(cell.file.name, cell.weight, cell.weight)}",
+        tagged = SamplePrompt(f"{cell.prompt}, {network_tag(cell.file, cell.weight, cell.weight)}",
                               request.negative_prompt, request.width, request.height, request.steps, request.cfg_scale)
         return image, infotext(tagged, request.sampler, request.seed)
 

@@ -78,6 +78,10 @@ def network_file_problems(path: str) -> list[str]:
         return ["no such file"]
     if os.path.isdir(path):
         return ["is a folder; give the .safetensors file"]
+    if path.lower().endswith(".pt"):  # the WebUI's hypernetworks (a LoRA is a .safetensors file)
+        from .hypernetwork_file import hypernetwork_file_problems
+
+        return hypernetwork_file_problems(path)
     try:
         names = read_tensor_names(path)
     except (OSError, ValueError) as error:

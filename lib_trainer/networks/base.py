@@ -119,6 +119,9 @@ class Network(Trainable):
         save_lora(path, self.file_state_dict(dtype), metadata)
 
     def load_weights(self, path: str) -> None:
+        if path.lower().endswith(".pt"):
+            raise InvalidInput(f"network_weights {path}: a .pt file is a hypernetwork (network_module hypernetwork); "
+                               f"a {self.method.label} starts from a .safetensors file")
         state = load_lora(path)
         if not state:
             raise InvalidInput(f"network_weights {path}: the file holds no tensors")

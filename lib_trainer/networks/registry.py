@@ -9,9 +9,10 @@ from typing import Any
 
 from ..config import ConfigError, TrainConfig
 from ..errors import InvalidInput
+from ..formats.hypernetwork_file import is_hypernetwork_path
 from ..formats.lora_file import load_lora, read_metadata
 from ..formats.kohya_names import TargetLayer
-from . import embedding, full, ia3, locon, loha, lokr, lora
+from . import embedding, full, hypernetwork, ia3, locon, loha, lokr, lora
 from .method import NetworkMethod
 from .trainable import Trainable
 
@@ -23,6 +24,7 @@ METHODS: dict[tuple[str, str | None], NetworkMethod] = {method.key: method for m
     locon.METHOD, locon.LORA,
     full.METHOD,
     embedding.METHOD,
+    hypernetwork.METHOD,
 )}
 # The algo LyCORIS uses when network_args names none.
 DEFAULT_ALGO = {"lycoris.kohya": "lora"}
@@ -86,6 +88,8 @@ def network_from_file(path: str, bundle) -> Trainable:
     the first whose keys it has (a file another tool wrote without metadata). Raises
     InvalidInput when no method knows the file, or when some of its keys name no layer of this
     model (a file of another model family)."""
+    if is_hypernetwork_path(path):  # the WebUI's .pt layout, not a safetensors LoRA
+        return hypernetwork.hypernetwork_from_file(path, bundle)
     state, metadata = load_lora(path), read_metadata(path)
     # A pivotal run's LoRA bundles its embedding; the layers are the rest.
     state = {key: value for key, value in state.items() if not key.startswith(f"{embedding.BUNDLE_PREFIX}.")}

@@ -9,6 +9,7 @@ asks which kind it has.
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Iterator
 
 import torch
@@ -20,6 +21,7 @@ UNET, TEXT_ENCODER, TOKEN_EMBEDDINGS = "unet", "text_encoder", "token_embeddings
 
 class Trainable(nn.Module):
     kind: str = ""  # "lora", "embedding", "hypernetwork": shown to the user
+    file_extension: str = ".safetensors"  # of the files it writes (the WebUI's hypernetworks are .pt)
 
     # --- training ----------------------------------------------------------------------
     def parameter_groups(self, unet_lr: float, text_encoder_lr: float) -> list[dict]:
@@ -54,9 +56,8 @@ class Trainable(nn.Module):
         raise NotImplementedError
 
     def file_path(self, path: str) -> str:
-        """The path of the file saved for `path` (a .safetensors name): a kind whose files have
-        another extension says so."""
-        return path
+        """The path of the file saved for `path` (a .safetensors name), with this kind's extension."""
+        return os.path.splitext(path)[0] + self.file_extension
 
     def write_file(self, path: str, metadata: dict[str, str], dtype: torch.dtype | None) -> None:
         """Write the file users load (atomically), in `dtype` where given."""

@@ -3,7 +3,7 @@
 `name-000002.safetensors` after epoch 2, `name-step00000100.safetensors` after step 100
 (and when a run is stopped early), `name.safetensors` at the end. A file is only written
 when every weight is finite, and always atomically, so a good file is never replaced by
-a broken or half-written one.
+a broken or half-written one. The extension is the trainable's: `.pt` for hypernetworks.
 """
 from __future__ import annotations
 

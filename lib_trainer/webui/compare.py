@@ -1,19 +1,19 @@
 """Grid cells drawn by the WebUI's own txt2img, the network applied by its built-in Lora.
 
-Each cell's prompt gets `<lora:name:te:unet>`, so the grid shows exactly what the user gets
+Each cell's prompt gets `<lora:name:te:unet>` (a hypernetwork's `<hypernet:name:w>`), so the grid shows exactly what the user gets
 when typing that tag later, and each image's infotext (with its `Lora hashes`) carries it.
 The WebUI's sampler of the same name draws it; the base model's column has no tag.
 """
 from __future__ import annotations
 
-from ..compare.grid import Cell, CompareStopped, GridRequest, lora_tag
+from ..compare.grid import Cell, CompareStopped, GridRequest, network_tag
 from ..train.samplers import SAMPLERS
 
 
 def webui_cell_prompt(cell: Cell) -> str:
     if cell.file is None:
         return cell.prompt
-    return f"{cell.prompt} {lora_tag(cell.file.name, cell.weight, cell.weight)}"
+    return f"{cell.prompt} {network_tag(cell.file, cell.weight, cell.weight)}"
 
 
 def webui_draw_cell(cell: Cell, request: GridRequest):

@@ -5,7 +5,8 @@ module adds what needs the WebUI around it while a run trains:
 - --medvram/--lowvram: their hooks move one module at a time to the GPU, which would move
   weights out from under a backward pass, so they are suspended and the modules go back
   where they were;
-- the built-in Lora extension's merged networks are taken out (lora_networks.py);
+- the built-in Lora extension's merged networks are taken out (lora_networks.py), and the
+  last generation's hypernetworks too (hypernetworks.py);
 - clip skip is the run's own while it trains, the user's setting after.
 """
 from __future__ import annotations
@@ -19,6 +20,7 @@ from modules import devices, lowvram, shared  # ImportError outside the WebUI
 from ..errors import Unavailable
 from ..hosts.bundle import ModuleState
 from ..hosts.ldm_bundle import LiveSDBundle
+from .hypernetworks import loaded_hypernetworks_cleared
 from .lora_networks import lora_networks_cleared
 
 
@@ -57,7 +59,8 @@ def loaded_bundle() -> WebUIBundle:
 @contextlib.contextmanager
 def borrowed_model(bundle: LiveSDBundle, clip_skip: int) -> Iterator[None]:
     """The loaded model ready for training, and exactly as before afterwards."""
-    with _lowvram_suspended(bundle.sd_model), lora_networks_cleared(bundle.sd_model), _clip_skip(clip_skip, bundle):
+    with _lowvram_suspended(bundle.sd_model), lora_networks_cleared(bundle.sd_model), \
+            loaded_hypernetworks_cleared(), _clip_skip(clip_skip, bundle):
         yield
 
 

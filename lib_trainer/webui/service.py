@@ -4,7 +4,8 @@ Training is a WebUI job: it waits for and blocks generation through `queue_lock`
 `shared.state` (job, steps, loss and it/s as textinfo, samples as the live preview) and stops
 after the current step, saving what it has, when Interrupt is pressed. The model is borrowed
 through model.py and given back as it was; each saved file is read back through the WebUI's
-Lora loader (lora_networks.py).
+Lora loader (lora_networks.py); a hypernetwork goes to the WebUI's hypernetworks folder and is
+read back by its hypernetwork loader (hypernetworks.py).
 
 Grids are WebUI jobs the same way: under the same lock and shared.state, drawn by the WebUI's
 own txt2img with `<lora:name:w>` (compare.py), so they show what the user gets later, and
@@ -27,6 +28,7 @@ from ..jobs.queue import QueueItem, TrainQueue
 from ..jobs.service import LocalTrainService
 from ..progress import END, IMAGE, START, STEP, Commands, Progress, ProgressEvent
 from .embeddings import EmbeddingReadBack, embeddings_folder
+from .hypernetworks import HypernetworkReadBack, hypernetwork_folder, refresh_hypernetwork_list
 from .lora_networks import ReadBack, refresh_network_list
 from .model import borrowed_model, loaded_bundle
 
@@ -127,8 +129,13 @@ def webui_trainer(config: TrainConfig, progress: Progress):
         changes["mixed_precision"] = "fp16"
         progress.status("the loaded model is in fp16: training with mixed_precision=fp16")
     changes.update(_embedding_folders(config))
+    hypernetwork = config.network_module == "hypernetwork"
+    if hypernetwork and config.output_dir in ("", lora_folder()):
+        # The WebUI lists hypernetworks from its own folder only: <hypernet:name> must find the file.
+        changes["output_dir"] = hypernetwork_folder()
+        progress.status(f"hypernetworks are saved in the WebUI's hypernetworks folder: {changes['output_dir']}")
     config = config.replace(**changes)
-    progress.sinks.append(ReadBack(progress))
+    progress.sinks.append(HypernetworkReadBack(progress) if hypernetwork else ReadBack(progress))
     progress.sinks.append(EmbeddingReadBack(bundle, progress))
     with borrowed_model(bundle, config.clip_skip):
         return train(config, bundle=bundle, progress=progress)
@@ -170,6 +177,7 @@ class WebUITrainService(LocalTrainService):
             # Files saved since the WebUI last listed its Lora folder are unknown to <lora:name>
             # until it lists it again.
             refresh_network_list()
+            refresh_hypernetwork_list()
             return make_grid(request, webui_draw_cell, progress)
 
 

@@ -25,6 +25,7 @@ from typing import Callable
 from ..compare.axes import (NONE, AxisError, apply_embedding_file, apply_file, apply_weight,
                             embedding_file_choices, file_choices, file_label, lora_tags, mark_file_axis,
                             parse_weights, weight_label)
+from ..compare import hypernetwork_axes
 from .lora_networks import lora_extension
 
 log = logging.getLogger("lib_trainer")
@@ -38,6 +39,9 @@ WEIGHT_AXES = {"weight": "LoRA Train: LoRA weight", "unet": "LoRA Train: UNet we
 # disk once per row or column, not once per cell (a checkpoint, at 1.0, still goes first).
 FILE_COST = 0.4
 EMBEDDING_AXIS = "LoRA Train: Embedding file"
+HYPERNETWORK_MARK = "lib_trainer_hypernetwork_axis"
+HYPERNETWORK_FILE_AXIS = "LoRA Train: Hypernetwork file"
+HYPERNETWORK_STRENGTH_AXIS = "LoRA Train: Hypernetwork strength"
 
 
 def webui_lora_dir() -> str:
@@ -149,3 +153,56 @@ def unknown_networks(names: list[str], folder: str | None) -> list[str]:
     if missing() and hasattr(networks, "list_available_networks"):
         networks.list_available_networks()
     return missing()
+
+
+# --- the hypernetwork axes (compare/hypernetwork_axes.py) -------------------------------------------
+
+def webui_hypernetwork_dir() -> str:
+    """The folder the WebUI lists hypernetworks from (`--hypernetwork-dir`)."""
+    from modules import paths_internal, shared
+
+    return getattr(shared.cmd_opts, "hypernetwork_dir", "") or os.path.join(paths_internal.models_path,
+                                                                            "hypernetworks")
+
+
+def register_hypernetwork_axes(scripts_data, folder: Callable[[], str]) -> int:
+    """Append the Hypernetwork file and strength axes unless they are there; how many were added."""
+    module = xyz_module(scripts_data)
+    if module is None or any(getattr(option, HYPERNETWORK_MARK, False) for option in module.axis_options):
+        return 0
+    options = build_hypernetwork_axes(module.AxisOption, folder)
+    module.axis_options.extend(options)
+    return len(options)
+
+
+def build_hypernetwork_axes(axis_option: type, folder: Callable[[], str]) -> list:
+    has_prepare = "prepare" in inspect.signature(axis_option).parameters
+    extra = {"prepare": weight_values} if has_prepare else {}
+    options = [
+        axis_option(HYPERNETWORK_FILE_AXIS, str, lambda p, x, xs: hypernetwork_axes.apply_file(p, x),
+                    format_value=lambda p, opt, x: file_label(folder(), x),
+                    confirm=lambda p, xs: confirm_hypernetwork_files(p, xs, folder()), cost=FILE_COST,
+                    choices=lambda: hypernetwork_axes.file_choices(folder())),
+        axis_option(HYPERNETWORK_STRENGTH_AXIS, float, lambda p, x, xs: hypernetwork_axes.apply_strength(p, x),
+                    format_value=lambda p, opt, x: hypernetwork_axes.strength_label(x),
+                    confirm=lambda p, xs: unknown_hypernetworks(hypernetwork_axes.hypernetwork_names(
+                        getattr(p, "prompt", "") or "")), **extra)]
+    for option in options:
+        setattr(option, HYPERNETWORK_MARK, True)
+    return options
+
+
+def confirm_hypernetwork_files(p, names, folder: str) -> None:
+    hypernetwork_axes.mark_file_axis(p)
+    missing = unknown_hypernetworks([name for name in names if name != NONE])
+    if missing:
+        raise AxisError(f"no hypernetwork {', '.join(missing)} in the hypernetworks folder {folder}")
+
+
+def unknown_hypernetworks(names: list[str]) -> list[str]:
+    """The names the WebUI's list of hypernetworks lacks, after reloading it for any it did not know."""
+    from modules import shared
+
+    if any(name not in shared.hypernetworks for name in names):
+        shared.reload_hypernetworks()
+    return [name for name in names if name not in shared.hypernetworks]
