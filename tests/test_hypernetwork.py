@@ -208,15 +208,13 @@ def test_a_stopped_run_resumed_equals_the_uninterrupted_run(small_root, tmp_path
 
 
 def test_webui_shaped_models_are_given_back_exactly_after_train_fail_and_stop(small_root, tmp_path):
-    from test_webui_host import FailsAtStep, assert_same_state, model_state
+    from test_webui_host import FailsAtStep, assert_same_state, model_state, settled_state
     from lib_trainer.hosts.ldm_bundle import LiveSDBundle
     from webui_models import webui_model
 
     for family in FAMILIES:
         model, _ = webui_model(family, tmp_path / family)
-        # transformers installs its output-capturing hooks on the first forward: not ours to undo
-        LiveSDBundle(model).encode_prompts(["warm up"])
-        before = model_state(model)
+        before = settled_state(model)
         settings = dict(network_module="hypernetwork", hypernetwork_sizes="context, self",
                         gradient_checkpointing=True, max_train_steps=2)
         out = tmp_path / family
