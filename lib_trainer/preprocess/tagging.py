@@ -21,6 +21,7 @@ from ..dataset.images import ImageReadError, list_images, load_rgb
 from ..fileio import write_text_atomic
 from ..progress import Progress, silent
 from . import tags as tag_ops
+from ..dataset import encodings
 from .captions import DEFAULT_CAPTION_EXTENSION, CaptionBackup, caption_path, join_tags, read_caption, split_tags
 from ..errors import InvalidInput, Unavailable
 
@@ -151,6 +152,10 @@ def tag_folder(folder: str, tagger: Tagger, options: TagOptions, progress: Progr
 def _write_caption(path, new_tags, options, backup, result, dry_run) -> None:
     target = caption_path(path, options.caption_extension)
     existing = read_caption(target)
+    if existing.exists and existing.encoding not in encodings.UTF8:  # merging would rewrite it unasked
+        result.skipped.append((target, f"caption is {encodings.display_name(existing.encoding)}, not UTF-8: convert "
+                                       "it first (tags FOLDER --convert-encoding)"))
+        return
     old = split_tags(existing.text)
     tags = merge_caption(old, new_tags, options)
     if existing.exists and tags == old:
