@@ -23,9 +23,13 @@ from .captions import (
     DEFAULT_CAPTION_EXTENSION, CaptionBackup, CaptionEncodingError, caption_path, convert_to_utf8, encoding_problems,
     join_tags, read_captions, split_tags,
 )
-from ..errors import InvalidInput
+from ..errors import InvalidInput, UserError
 
 UNDO_DEPTH = 50
+
+
+class CaptionWriteError(UserError, OSError):
+    """Some captions could not be written; the message names them."""
 
 
 @dataclass
@@ -212,15 +216,30 @@ class TagEditor:
         return "\n".join(lines)
 
     def save(self) -> list[Change]:
-        """Back up, then atomically write every changed caption. Returns what was written."""
+        """Back up, then atomically write every changed caption. Returns what was written.
+
+        A caption that cannot be written (read-only, immutable, a full disk) is left as it was
+        and its edit stays pending; the others are written, and CaptionWriteError names it."""
         changes = self.pending()
         by_file = {entry.caption_file: entry for entry in self.entries}
+        written, failed = [], []
         for change in changes:
-            self._backup.protect(change.caption_file)
-            write_text_atomic(change.caption_file, join_tags(change.after))
+            try:
+                self._backup.protect(change.caption_file)
+                write_text_atomic(change.caption_file, join_tags(change.after))
+            except OSError as error:
+                failed.append(f"{change.caption_file} ({error.strerror or error})")
+                continue
             entry = by_file[change.caption_file]
             entry.saved_tags, entry.encoding, entry.caption_exists = list(change.after), "utf-8", True
-        return changes
+            written.append(change)
+        if failed:
+            raise CaptionWriteError(
+                f"could not write {len(failed)} captions, left as they were: {', '.join(failed[:10])}"
+                + (f" and {len(failed) - 10} more" if len(failed) > 10 else "")
+                + f". {len(written)} others were saved (originals in {self.backup_dir}). Make the files writable "
+                "(chmod u+w; chattr -i for an immutable one) and save again: their edits are still pending")
+        return written
 
     @property
     def backup_dir(self) -> str:

@@ -188,7 +188,7 @@ class WD14Tagger:
 
 def make_wd14(options: TagOptions, model: str | None = None, model_path: str | None = None,
               models_dir: str | None = None, download: bool = False, use_gpu: bool = True,
-              models_file: str | None = None, notice=print, **_) -> WD14Tagger:
+              models_file: str | None = None, notice=print, download_hint: str | None = None, **_) -> WD14Tagger:
     """`model_path`: a folder with the two files (used as is); else `model` from the list."""
     from . import wd14
 
@@ -202,7 +202,8 @@ def make_wd14(options: TagOptions, model: str | None = None, model_path: str | N
             raise InvalidInput(f"unknown WD14 model {name!r}; known: {', '.join(catalogue)} "
                                f"(add others to {models_file or wd14.MODEL_LIST})")
         info = catalogue[name]
-        folder = wd14.ensure_model(info, models_dir or wd14.default_models_dir(), download)
+        folder = wd14.ensure_model(info, models_dir or wd14.default_models_dir(), download,
+                                   download_hint or wd14.CLI_DOWNLOAD)
     loaded = wd14.WD14Model(folder, use_gpu, notice)
     general = info.general_threshold if options.general_threshold is None else options.general_threshold
     character = info.character_threshold if options.character_threshold is None else options.character_threshold
