@@ -6,7 +6,8 @@ module adds what needs the WebUI around it while a run trains:
   weights out from under a backward pass, so they are suspended and the modules go back
   where they were;
 - the built-in Lora extension's merged networks are taken out (lora_networks.py);
-- clip skip is the run's own while it trains, the user's setting after.
+- clip skip is the run's own while it trains, the user's setting after;
+- the "Original" emphasis holds its mean constant (emphasis.py), so it cannot blow up a gradient.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from modules import devices, lowvram, shared  # ImportError outside the WebUI
 from ..errors import Unavailable
 from ..hosts.bundle import ModuleState
 from ..hosts.ldm_bundle import LiveSDBundle
+from .emphasis import emphasis_for_training
 from .lora_networks import lora_networks_cleared
 
 
@@ -43,7 +45,8 @@ def loaded_bundle() -> WebUIBundle:
 @contextlib.contextmanager
 def borrowed_model(bundle: LiveSDBundle, clip_skip: int) -> Iterator[None]:
     """The loaded model ready for training, and exactly as before afterwards."""
-    with _lowvram_suspended(bundle.sd_model), lora_networks_cleared(bundle.sd_model), _clip_skip(clip_skip, bundle):
+    with _lowvram_suspended(bundle.sd_model), lora_networks_cleared(bundle.sd_model), _clip_skip(clip_skip, bundle), \
+            emphasis_for_training():
         yield
 
 
