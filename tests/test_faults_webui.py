@@ -12,6 +12,7 @@ import torch
 from lib_trainer.config import TrainConfig
 from lib_trainer.train.loop import _diverged_message
 from lib_trainer.webui.emphasis import emphasis_for_training, emphasis_keeping_mean
+from test_webui_jobs import webui  # noqa: F401  (the stand-in WebUI modules)
 
 
 def webui_original(z: torch.Tensor, multipliers: torch.Tensor) -> torch.Tensor:
@@ -111,3 +112,78 @@ def test_the_nan_message_fits_the_run():
     assert "bf16" not in fp32 and "max_grad_norm" not in fp32 and "lower the learning rate" in fp32
     fp16 = _diverged_message(nan, 1, 1, [], TrainConfig().replace(mixed_precision="fp16", max_grad_norm=0.0))
     assert "mixed_precision=bf16" in fp16 and "set max_grad_norm=1" in fp16
+
+
+# --- the base-model field, Check, resolution ---------------------------------------------------
+
+def test_resolution_is_suggested_from_the_pictures_capped_by_the_family():
+    from lib_trainer.dataset.plan import suggested_resolution
+
+    small = [(64, 64)] * 3 + [(100, 80)]
+    assert suggested_resolution(small, "sd1") == 64
+    large = [(2000, 3000)] * 2
+    assert [suggested_resolution(large, family) for family in ("sd1", "sd2", "sdxl", None)] == [512, 768, 1024, 512]
+    assert suggested_resolution([(700, 700), (700, 700), (512, 512)], "sdxl") == 704  # rounded to the step
+
+
+def test_the_plan_warns_when_pictures_are_upscaled(small_root, tmp_path):
+    from conftest import quick_config
+    from lib_trainer.dataset.plan import make_plan
+
+    blown_up = make_plan(quick_config(small_root, str(tmp_path), resolution="512", max_bucket_reso=1024)).summary()
+    assert "4 of 4 pictures are smaller than their bucket and are upscaled" in blown_up and "64x64 -> 512x512" in blown_up
+    assert "upscaled" not in make_plan(quick_config(small_root, str(tmp_path), resolution="64")).summary()
+
+
+def build_tab(service, defaults):
+    import gradio as gr
+
+    from lib_trainer.ui.train_tab import TrainTab
+
+    with gr.Blocks():
+        tab = TrainTab(service, defaults, memory=lambda config: "memory estimate")
+        tab.build()
+        tab.wire()
+    return tab
+
+
+def test_the_beginner_view_has_resolution_filled_in_from_the_dataset(small_root):
+    from lib_trainer.jobs.queue import TrainQueue
+    from lib_trainer.jobs.service import LocalTrainService
+
+    tab = build_tab(LocalTrainService(TrainQueue(None)), TrainConfig())
+    names = list(tab.form.components)
+    assert names.index("resolution") == names.index("max_train_epochs") + 1  # in the beginner row, not under Expert
+    summary, update = tab._dataset_changed(small_root, "tiny:sdxl")
+    assert "4 images" in summary and update["value"] == "64"
+
+
+def test_in_the_webui_the_base_model_field_and_check_speak_of_the_loaded_checkpoint(webui, small_root, tmp_path):
+    from conftest import quick_config
+    from lib_trainer.jobs.queue import TrainQueue
+
+    service = webui.service.WebUITrainService(TrainQueue(str(tmp_path / "queue.json")))
+    tab = build_tab(service, webui.service.webui_defaults())
+    help_text = tab.form.components["pretrained_model_name_or_path"].info
+    assert "checkpoint list at the top" in help_text and "tiny:sd1" not in help_text
+    config = quick_config(small_root, str(tmp_path / "out"))  # tiny:sd1
+    values = [update["value"] for update in tab.form.updates(config)]
+    message, plan = tab._check(*values)
+    assert "lt-error" in message and "tiny:sd1 are for the standalone trainer" in message
+    assert plan.get("value") is None and "memory estimate" not in str(plan)  # no estimate of the loaded model
+    message, _ = tab._enqueue(True, *values)
+    assert "lt-error" in message and service.queue.snapshot() == []
+    loaded = config.replace(pretrained_model_name_or_path=webui.service.LOADED_MODEL)
+    assert service.host_problems(loaded) == []
+
+
+def test_the_tabs_missing_wd14_message_points_to_its_checkbox(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from lib_trainer.ui.dataset_tab import DatasetTab
+
+    monkeypatch.setenv("LIB_TRAINER_WD14_DIR", str(tmp_path / "models"))
+    Image.new("RGB", (64, 64)).save(tmp_path / "a.png")
+    message, _ = DatasetTab._tag(str(tmp_path), "wd14", None, "", False, 0.35, 0.85, "overwrite", "", "", 0)
+    assert "is not downloaded" in message and "Download the model if it is missing" in message
+    assert "--download" not in message and not (tmp_path / "a.txt").exists()
