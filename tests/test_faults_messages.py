@@ -118,7 +118,7 @@ def diffusers_model(tmp_path_factory):
 
     from lib_trainer.hosts.components import build_components
 
-    parts = build_components("sd1")
+    parts = build_components("tiny-sd1")
     folder = tmp_path_factory.mktemp("diffusers") / "model"
     StableDiffusionPipeline(vae=parts.vae, unet=parts.unet, scheduler=EulerDiscreteScheduler(),
                             text_encoder=parts.text_encoders[0], tokenizer=parts.tokenizers[0], safety_checker=None,
