@@ -1,14 +1,15 @@
 """Which encoding a folder's caption files are in: UTF-8, or GBK/GB18030, Big5, Shift-JIS,
 EUC-KR, UTF-16 and the like, as other tools and older systems save them.
 
-A detector guesses poorly on one short caption (three GBK tags are "UTF-16" to it), so the
-captions of a folder that are not UTF-8 are judged together: their bytes, joined, are long
-enough for a sure verdict, and a file that the folder's verdict cannot decode gets a guess of
-its own. Some GBK text happens to be valid UTF-8 (`微笑, 猫, 学校` reads as `Ϣ…Ц, è, ѧУ`):
-such a file is flagged when its UTF-8 reading is a mess of unrelated scripts and a CJK
-encoding reads it cleanly. Each candidate reading is scored by charset-normalizer's mess ratio (a small pure-Python
-package the WebUI already has through requests) plus its share of characters that such text
-seldom holds; without the package, other encodings are reported as unknown.
+A single short caption is too little to tell (three GBK tags look like UTF-16 to a
+detector), so the captions of a folder that are not UTF-8 are judged together: their bytes,
+joined, are long enough for a sure verdict, and a file that verdict does not read cleanly gets
+a guess of its own. Each candidate reading is scored by charset-normalizer's mess ratio (a
+small pure-Python package the WebUI already has through requests) plus its share of characters
+such text seldom holds; without the package, other encodings are reported as unknown.
+
+Some GBK text happens to be valid UTF-8 (`微笑, 猫, 学校` reads as `Ϣ…Ц, è, ѧУ`): such a file
+is flagged when its UTF-8 reading is garbled and a CJK encoding reads it cleanly.
 """
 from __future__ import annotations
 
