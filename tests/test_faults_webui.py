@@ -154,8 +154,10 @@ def test_the_beginner_view_has_resolution_filled_in_from_the_dataset(small_root)
     tab = build_tab(LocalTrainService(TrainQueue(None)), TrainConfig())
     names = list(tab.form.components)
     assert names.index("resolution") == names.index("max_train_epochs") + 1  # in the beginner row, not under Expert
-    summary, update = tab._dataset_changed(small_root, "tiny:sdxl")
-    assert "4 images" in summary and update["value"] == "64"
+    summary, update, seen = tab._dataset_changed(small_root, "tiny:sdxl", "")
+    assert "4 images" in summary and update["value"] == "64" and seen == small_root
+    _, update, _ = tab._dataset_changed(small_root, "tiny:sdxl", seen)  # the same folder again: left as typed
+    assert "value" not in update
 
 
 def test_in_the_webui_the_base_model_field_and_check_speak_of_the_loaded_checkpoint(webui, small_root, tmp_path):

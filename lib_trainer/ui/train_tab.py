@@ -125,10 +125,12 @@ class TrainTab:
         form, inputs = self.form, self.form.inputs
         type_fields = [form.components[name] for name in NETWORK_TYPE_FIELDS]
         data_dir = form.components["train_data_dir"]
-        # Leaving the dataset field shows its concepts and fills in a resolution that fits its pictures.
+        # Leaving the dataset field shows its concepts and, for a folder not seen before, fills in
+        # a resolution that fits its pictures (tabbing through keeps the one the user typed).
         model, resolution = form.components["pretrained_model_name_or_path"], form.components["resolution"]
+        seen = gr.State(self.defaults.train_data_dir)
         for event in (data_dir.blur, data_dir.submit):
-            event(self._dataset_changed, [data_dir, model], [self.dataset_info, resolution])
+            event(self._dataset_changed, [data_dir, model, seen], [self.dataset_info, resolution, seen])
         self.network_type.change(_network_type_changed, [self.network_type, *type_fields], type_fields)
         for component in type_fields:
             component.change(_network_type_shown, [self.network_type, *type_fields], self.network_type)
@@ -147,17 +149,17 @@ class TrainTab:
                                [self.message, self.network_type, *inputs])
         self.upload.upload(self._import_config, [self.upload, *inputs], [self.message, self.network_type, *inputs])
 
-    def _dataset_changed(self, folder, model):
+    def _dataset_changed(self, folder, model, seen=""):
         summary, scan = _scanned(str(folder or ""))
-        if scan is None or not scan.train_items():
-            return summary, gr.update()
+        if scan is None or not scan.train_items() or str(folder or "").strip() == str(seen or "").strip():
+            return summary, gr.update(), seen
         try:
             family = self.service.base_family(str(model or "").strip())
         except Exception as error:  # noqa: BLE001 - a suggestion never blocks the form
             log_unexpected(error, "the base model's family")
             family = None
         side = suggested_resolution([item.size for item in scan.train_items()], family)
-        return summary, gr.update(value=str(side))
+        return summary, gr.update(value=str(side)), str(folder).strip()
 
     def _preset_changed(self, name):
         if name == CUSTOM:
