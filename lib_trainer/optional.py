@@ -15,6 +15,8 @@ OPTIONAL_PACKAGES = {
     "onnxruntime": ("onnxruntime", "the WD14 tagger"),
     "tensorboard": ("tensorboard", "TensorBoard logs"),
     "cv2": ("opencv-python-headless<5", "face detection in the focal-point crop"),
+    # the WebUI has it through requests; without it captions in other encodings are "unknown"
+    "charset_normalizer": ("charset-normalizer", "telling the encoding of GBK, Big5 or Shift-JIS captions"),
 }
 
 # Useful only with CUDA: install.py leaves them out elsewhere.

@@ -1,13 +1,14 @@
 """The TagEditor session: batch operations, filters, undo, backup, atomic save."""
 import os
-import re
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from lib_trainer.preprocess.tag_editor import TagEditor
+from lib_trainer.errors import InvalidInput
+from lib_trainer.preprocess.captions import CaptionEncodingError
+from lib_trainer.preprocess.tag_editor import TagEditor, convert_encodings
 
 CAPTIONS = {
     "a": "trig, 1girl, long hair, smile",
@@ -76,7 +77,7 @@ def test_batch_operations_on_a_selection_and_undo(editor):
 
 
 def test_a_bad_regex_changes_nothing(editor):
-    with pytest.raises(re.error):
+    with pytest.raises(InvalidInput, match="'\\(unclosed' is not a valid regular expression"):
         editor.apply("replace", None, old="(unclosed", new="x", regex=True)
     assert editor.pending() == [] and editor.undo_names == []
 
@@ -124,20 +125,21 @@ def test_failed_write_leaves_the_caption_intact(editor, tmp_path, monkeypatch):
     assert not [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]
 
 
-def test_captions_in_other_encodings_are_read_and_reported(tmp_path):
+def test_captions_in_other_encodings_are_refused_until_converted(tmp_path):
     make_dataset(tmp_path, {"u16": None, "latin": None, "bom": None})
     (tmp_path / "u16.txt").write_bytes("café, ß".encode("utf-16"))
     (tmp_path / "latin.txt").write_bytes("naïve, tag".encode("cp1252"))
     (tmp_path / "bom.txt").write_bytes(b"\xef\xbb\xbfsolo, smile\n")
+    with pytest.raises(CaptionEncodingError, match=r"2 captions in .* are not UTF-8: .*latin.txt \(Windows-1252\), "
+                                                   r".*u16.txt \(UTF-16\)") as refused:
+        TagEditor(str(tmp_path))
+    assert "--convert-encoding" in str(refused.value) and (tmp_path / "u16.txt").read_bytes() == "café, ß".encode("utf-16")
+    converted, backup = convert_encodings(str(tmp_path))
+    assert sorted(os.path.basename(path) for path in converted) == ["latin.txt", "u16.txt"]
     editor = TagEditor(str(tmp_path))
     assert [editor.caption(i) for i in range(3)] == ["solo, smile", "naïve, tag", "café, ß"]
-    assert [e.encoding for e in editor.entries] == ["utf-8-sig", "cp1252", "utf-16"]
-    editor.apply("add", None, new="x")
-    assert "2 captions read as another encoding will be saved as UTF-8" in editor.summary()
-    editor.save()
-    assert (tmp_path / "u16.txt").read_text(encoding="utf-8") == "café, ß, x"
-    assert (open(os.path.join(editor.backup_dir, "u16.txt"), "rb").read()
-            == "café, ß".encode("utf-16"))  # original bytes kept
+    assert (tmp_path / "u16.txt").read_text(encoding="utf-8") == "café, ß"
+    assert open(os.path.join(backup, "u16.txt"), "rb").read() == "café, ß".encode("utf-16")  # original bytes kept
 
 
 tag = st.sampled_from(["a", "b", "c", "d", "e", "long hair", "x_y"])

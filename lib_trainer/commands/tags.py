@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..preprocess.tag_editor import TagEditor
+from ..dataset.encodings import display_name
+from ..preprocess.tag_editor import TagEditor, convert_encodings
 
 
 class _Operation(argparse.Action):
@@ -49,6 +50,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     op("--caption-ext", default=".txt")
     op("--dry-run", action="store_true", help="print what would change, write nothing")
     op("--backups", action="store_true", help="list the folder's caption backups, newest first")
+    op("--convert-encoding", action="store_true",
+       help="rewrite the captions that are not UTF-8 (GBK, Big5, Shift-JIS, UTF-16...) as UTF-8, each backed "
+            "up first; the tag editor refuses a folder until then")
     op("--restore", default="", metavar="BACKUP",
        help="put a backup's captions back (its name from --backups, or its path); the current ones are "
             "backed up first")
@@ -66,6 +70,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"{len(restored)} captions restored from {args.restore}"
               + (f"; the ones they replaced are in {previous}" if previous else ""))
         return 0
+    if args.convert_encoding:
+        if args.dry_run:
+            TagEditor(args.folder, args.caption_ext)  # the refusal lists what would be converted
+            print("all captions are UTF-8")
+            return 0
+        converted, backup = convert_encodings(args.folder, args.caption_ext)
+        for path, encoding in sorted(converted.items()):
+            print(f"{path}: {display_name(encoding)} -> UTF-8")
+        print(f"{len(converted)} captions converted to UTF-8" + (f"; the originals are in {backup}" if backup else ""))
     editor = TagEditor(args.folder, args.caption_ext)
     split = lambda text: [t.strip() for t in text.split(",") if t.strip()]  # noqa: E731
     selection = editor.filter(split(args.with_tags), "or" if args.any else "and", split(args.without), args.text)

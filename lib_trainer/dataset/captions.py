@@ -26,6 +26,38 @@ def read_caption(path: str) -> str:
     return ", ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
+def _convert_hint(folder: str) -> str:
+    return (f"convert them (the originals are backed up first): python -m lib_trainer tags {folder} "
+            "--convert-encoding, or \"Convert captions to UTF-8\" in the Tags sub-tab")
+
+
+def encoding_report(folder: str, not_utf8: list[str], non_ascii: list[str]) -> tuple[str, str]:
+    """(the refusal for captions that are not UTF-8, the warning for UTF-8 captions that look
+    like GBK & co. read as UTF-8), "" for none, for one folder: its captions' encodings are
+    judged together (dataset/encodings.py), which a single short caption is too short for."""
+    from . import encodings
+
+    def read(paths):
+        data = {}
+        for path in paths:
+            with open(path, "rb") as handle:
+                data[path] = handle.read()
+        return data
+
+    refusal = warning = ""
+    if not_utf8:
+        found = encodings.detect_encodings(read(not_utf8))
+        refusal = (f"{folder}: {len(found)} captions are not UTF-8 ({encodings.describe(found)}); the trainer reads "
+                   f"UTF-8 only: {_convert_hint(folder)}")
+    suspects = {path: encoding for path, data in read(non_ascii).items()
+                if (encoding := encodings.misread_utf8(data))}
+    if suspects:
+        warning = (f"{folder}: {len(suspects)} captions read as UTF-8 look like text in another encoding "
+                   f"({encodings.describe(suspects)}), so they would train garbled: check them, and "
+                   f"{_convert_hint(folder)}")
+    return refusal, warning
+
+
 def split_tags(caption: str, separator: str = ",") -> list[str]:
     return [tag.strip() for tag in caption.split(separator) if tag.strip()]
 

@@ -10,7 +10,7 @@ import os
 import re
 from dataclasses import dataclass, field
 
-from .captions import CaptionError, read_caption
+from .captions import CaptionError, encoding_report, read_caption
 from .images import ImageReadError, decoded_sizes, hidden_images, is_image_file, list_images, unusable_files
 from ..errors import UserError
 
@@ -131,6 +131,7 @@ def _scan_concept(concept: Concept, caption_extension: str, min_side: int, scan:
         scan.warnings.append(f"{concept.folder} has no images (png, jpg, jpeg, webp, bmp, tif, gif)")
         return
     found_captions = 0
+    not_utf8, non_ascii = [], []
     for path, size in zip(images, decoded_sizes(images)):
         if isinstance(size, ImageReadError):
             scan.skipped.append((path, str(size).split(": ", 1)[-1]))
@@ -147,9 +148,14 @@ def _scan_concept(concept: Concept, caption_extension: str, min_side: int, scan:
                 found_captions += 1
                 if not caption:
                     scan.warnings.append(f"{caption_path} is empty: the image trains with an empty caption")
-            except CaptionError as error:
-                caption_problems.append(str(error))
+                elif not caption.isascii():
+                    non_ascii.append(caption_path)
+            except CaptionError:
+                not_utf8.append(caption_path)
         scan.items.append(ImageItem(path, caption, concept, (width, height), from_file))
+    refusal, warning = encoding_report(concept.folder, not_utf8, non_ascii)
+    caption_problems.extend([refusal] if refusal else [])
+    scan.warnings.extend([warning] if warning else [])
     if found_captions == 0:
         _explain_missing_captions(concept, caption_extension, caption_problems, scan)
 

@@ -14,6 +14,8 @@ from .folders import DatasetScan, scan_dataset
 from .training_set import TrainingSet, steps_per_epoch
 
 PREVIEW_COUNT = 3
+# The side each family was trained at: a suggested resolution never goes above it.
+NATIVE_SIDE = {"sd1": 512, "sd2": 768, "sdxl": 1024}
 # sd-scripts' default --max_train_steps, used when neither length option is set.
 KOHYA_DEFAULT_MAX_TRAIN_STEPS = 1600
 
@@ -55,6 +57,7 @@ class TrainingPlan:
             lines.append(f"  warning: {warning}")
         buckets = ", ".join(f"{w}x{h}: {n}" for (w, h), n in ts.bucket_counts().items())
         lines.append(f"Buckets (images x repeats): {buckets}")
+        lines += [f"  warning: {text}" for text in upscale_warning(ts)]
         lines.append(
             f"Steps: {ts.num_train_images + ts.num_reg_images} examples / batch {c.train_batch_size} = "
             f"{ts.batches_per_epoch()} batches per epoch; / gradient accumulation {c.gradient_accumulation_steps} "
@@ -74,6 +77,35 @@ class TrainingPlan:
             lines.append("Prompt previews (as trained):")
         lines += [f"  {os.path.basename(path)}: {prompt!r}" for path, prompt in self.previews]
         return "\n".join(lines)
+
+
+def upscale_warning(training_set: TrainingSet) -> list[str]:
+    """One line when pictures are smaller than their bucket and would be blown up to fill it."""
+    upscaled = {}
+    for example in training_set.examples:
+        (width, height), (wide, high) = example.item.size, example.placement.resized
+        if wide > width or high > height:
+            upscaled[example.path] = (example.item.size, example.placement.bucket)
+    if not upscaled:
+        return []
+    path, ((width, height), (bucket_w, bucket_h)) = next(iter(upscaled.items()))
+    total = len({example.path for example in training_set.examples})
+    return [f"{len(upscaled)} of {total} pictures are smaller than their bucket and are upscaled (e.g. "
+            f"{os.path.basename(path)}: {width}x{height} -> {bucket_w}x{bucket_h}), which trains blur: lower "
+            "resolution towards their size, or set bucket_no_upscale"]
+
+
+def suggested_resolution(sizes: list[tuple[int, int]], family: str | None, step: int = 64) -> int:
+    """A resolution for a dataset: the side of its most common picture size (by area), rounded to
+    the bucket step, at least 64, and at most the family's native side (512 when not known)."""
+    if not sizes:
+        return NATIVE_SIDE.get(family or "", 512)
+    counts: dict[tuple[int, int], int] = {}
+    for size in sizes:
+        counts[size] = counts.get(size, 0) + 1
+    width, height = max(counts, key=lambda size: (counts[size], size))
+    side = max(64, step, round(math.sqrt(width * height) / step) * step)
+    return min(side, NATIVE_SIDE.get(family or "", 512))
 
 
 def bucket_settings(config: TrainConfig) -> BucketSettings:

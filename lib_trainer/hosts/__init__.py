@@ -50,6 +50,25 @@ def _load_checkpoint_file(path: str, v_parameterization: bool, clip_skip: int, v
     return bundle
 
 
+def model_family(model: str) -> str | None:
+    """"sd1", "sd2" or "sdxl" for a base model value, read from its keys or configs without
+    loading it; None when it is not there or cannot be read."""
+    import os
+
+    try:
+        if model.startswith("tiny:"):
+            return model.split(":", 1)[1]
+        if os.path.isfile(model):
+            from .single_file import detect_checkpoint
+
+            return detect_checkpoint(model).family
+        if os.path.isdir(model):
+            return _diffusers_folder_architecture(model)
+    except Exception:  # noqa: BLE001 - a suggestion only; loading says what is wrong with the file
+        return None
+    return None
+
+
 def meta_bundle(model: str):
     """A bundle of the architecture `model` would load, built on the meta device (no memory,
     no weights read; a second or two the first time): what the memory estimate counts before

@@ -177,25 +177,50 @@ def load_diffusers_folder(folder: str, v_parameterization: bool = False, clip_sk
     index_path = os.path.join(folder, "model_index.json")
     if not os.path.isfile(index_path):
         raise InvalidInput(f"{folder} is not a diffusers model folder (no model_index.json)")
-    with open(index_path, encoding="utf-8") as handle:
-        index = json.load(handle)
-    unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet")
+    index = _part(folder, "model_index.json", lambda: _read_index(index_path))
     is_xl = "text_encoder_2" in index
     encoder_folders = ["text_encoder", "text_encoder_2"] if is_xl else ["text_encoder"]
+    needed = ["unet", "vae", *encoder_folders, *(name.replace("text_encoder", "tokenizer") for name in encoder_folders)]
+    missing = [name for name in needed if not os.path.isdir(os.path.join(folder, name))]
+    if missing:
+        raise InvalidInput(f"{folder} is an incomplete diffusers model folder: it has no {', '.join(missing)} "
+                           "subfolder; download the whole model again (or use a single-file checkpoint)")
+    unet = _part(folder, "unet", lambda: UNet2DConditionModel.from_pretrained(folder, subfolder="unet"))
     encoders, tokenizers = [], []
     for name in encoder_folders:
         class_name = index[name][1]  # e.g. ["transformers", "CLIPTextModelWithProjection"]
-        encoders.append(getattr(transformers, class_name).from_pretrained(folder, subfolder=name))
-        tokenizers.append(transformers.CLIPTokenizer.from_pretrained(folder, subfolder=name.replace("text_encoder",
-                                                                                                   "tokenizer")))
+        encoders.append(_part(folder, name, lambda: getattr(transformers, class_name).from_pretrained(
+            folder, subfolder=name)))
+        tokenizer = name.replace("text_encoder", "tokenizer")
+        tokenizers.append(_part(folder, tokenizer, lambda: transformers.CLIPTokenizer.from_pretrained(
+            folder, subfolder=tokenizer)))
     # SD2's OpenCLIP text encoder is the one with plain GELU (CLIP-L uses quick_gelu).
     family = "sdxl" if is_xl else "sd2" if encoders[0].config.hidden_act == "gelu" else "sd1"
-    components = ModelComponents(family, unet, AutoencoderKL.from_pretrained(folder, subfolder="vae"), encoders,
-                                 tokenizers)
+    vae = _part(folder, "vae", lambda: AutoencoderKL.from_pretrained(folder, subfolder="vae"))
+    components = ModelComponents(family, unet, vae, encoders, tokenizers)
     for module in (unet, components.vae, *encoders):
         module.eval()
     return DiffusersSDBundle(components, prediction_type=_prediction_type(folder, v_parameterization),
                              clip_skip=clip_skip, model_name=os.path.basename(os.path.normpath(folder)))
+
+
+def _read_index(path: str) -> dict:
+    with open(path, encoding="utf-8") as handle:
+        index = json.load(handle)
+    if not isinstance(index, dict) or not isinstance(index.get("text_encoder"), list):
+        raise ValueError("expected a table naming text_encoder, unet and vae")
+    return index
+
+
+def _part(folder: str, name: str, load):
+    """One part of a diffusers folder; whatever its loader raises on a damaged or missing file
+    (OSError, ValueError, a pickle or safetensors error...) becomes one message naming it."""
+    try:
+        return load()
+    except Exception as error:  # noqa: BLE001 - every loader failure is the folder's, said as such
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:240]
+        raise InvalidInput(f"{folder}: its {name} cannot be loaded ({reason}); a file there is damaged or "
+                           "missing: download the model again (or use a single-file checkpoint)") from error
 
 
 def _prediction_type(folder: str, v_parameterization: bool) -> str:

@@ -245,6 +245,8 @@ def _read_queue_file(path: str) -> dict[str, Any]:
             data = json.load(handle)
         except json.JSONDecodeError as error:
             raise _BrokenQueueFile(f"not valid JSON: {error}") from error
+        except UnicodeDecodeError as error:  # damaged, or saved by an editor in another encoding
+            raise _BrokenQueueFile(f"not UTF-8 text (byte {error.start})") from error
     if not isinstance(data, dict):
         raise _BrokenQueueFile(f"a JSON {type(data).__name__} instead of an object with the items")
     entries, next_id = data.get("items", []), data.get("next_id", 1)

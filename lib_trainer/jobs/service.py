@@ -49,6 +49,20 @@ class TrainService:
     # True where grids are drawn on the model the host has loaded (the WebUI's checkpoint):
     # the Compare sub-tab then has no model field.
     compares_on_loaded_model = False
+    # The host's own words for a form field where the config's help does not fit it
+    # (the WebUI trains its loaded checkpoint: no file paths, no tiny:sd1).
+    field_help: dict[str, str] = {}
+
+    def base_family(self, model: str) -> str | None:
+        """The family ("sd1", "sd2", "sdxl") a base model value trains, None when not known."""
+        from ..hosts import model_family
+
+        return model_family(model)
+
+    def host_problems(self, config: TrainConfig) -> list[str]:
+        """What this host refuses in a config that is otherwise valid (Check says it, and a run
+        is not queued with it)."""
+        return []
 
     def enqueue(self, config: TrainConfig, start: bool = False, compare_when_done: bool = False) -> QueueItem:
         """Queue a run; `compare_when_done`: draw its epoch x weight grid when it ends done."""
@@ -111,6 +125,9 @@ class LocalTrainService(TrainService):
     # --- the interface -----------------------------------------------------------------
     def enqueue(self, config: TrainConfig, start: bool = False, compare_when_done: bool = False) -> QueueItem:
         config.validate()
+        problems = self.host_problems(config)
+        if problems:
+            raise InvalidInput("\n".join(problems))
         item = self.queue.add(config, total_steps=_planned_steps(config), compare_when_done=compare_when_done)
         if start:
             self.start_queue()

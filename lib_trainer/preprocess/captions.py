@@ -1,25 +1,25 @@
 """Caption files: one comma-separated `.txt` next to each image, as the tagger and
 tag-editor extensions write them.
 
-Reading never loses text: files in another encoding (UTF-16 from Notepad, cp1252 from old
-tools) are decoded and the encoding is remembered, so the caller can say that saving will
-rewrite them as UTF-8. Before a caption is first overwritten, the original bytes are copied
-into a timestamped backup folder next to the images.
+Reading never loses text: a folder's captions in another encoding (GBK, Big5, Shift-JIS,
+UTF-16...) are detected together (dataset/encodings.py) and remembered, so an editor can refuse
+to rewrite them until `convert_to_utf8` has converted them, on the user's word, after a backup.
+Before a caption is first overwritten, the original bytes are copied into a timestamped backup
+folder next to the images.
 """
 from __future__ import annotations
 
-import codecs
 import os
 import shutil
 import time
 from dataclasses import dataclass
 
+from ..dataset import encodings
+from ..errors import InvalidInput
+
 DEFAULT_CAPTION_EXTENSION = ".txt"
 BACKUP_FOLDER = ".caption_backup"
 
-# Tried in order after the byte-order marks; latin-1 decodes any byte so it is the last resort.
-_FALLBACK_ENCODINGS = ("utf-8", "cp1252", "latin-1")
-_BOMS = ((codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
 
 
 @dataclass
@@ -35,25 +35,65 @@ def caption_path(image_path: str, extension: str = DEFAULT_CAPTION_EXTENSION) ->
     return os.path.splitext(image_path)[0] + extension
 
 
-def decode_caption_bytes(data: bytes) -> tuple[str, str]:
-    """(text, encoding) for the bytes of a caption file."""
-    for bom, encoding in _BOMS:
-        if data.startswith(bom):
-            return data.decode(encoding), encoding
-    for encoding in _FALLBACK_ENCODINGS:
-        try:
-            return data.decode(encoding), encoding
-        except UnicodeDecodeError:
-            continue
-    raise AssertionError("latin-1 decodes every byte string")
+def _text(data: bytes, encoding: str) -> str:
+    try:
+        return encodings.decode(data, encoding)
+    except (UnicodeDecodeError, LookupError):
+        return data.decode("latin-1")  # shown only: an editor refuses to save such a file
+
+
+def read_captions(paths: list[str]) -> dict[str, Caption]:
+    """The captions of one folder, their encodings judged together (see dataset/encodings.py)."""
+    raw = {}
+    for path in paths:
+        if os.path.isfile(path):
+            with open(path, "rb") as handle:
+                raw[path] = handle.read()
+    found = encodings.detect_encodings(raw)
+    return {path: Caption(_text(raw[path], found[path]).strip(), found[path]) if path in raw
+            else Caption("", encoding="", exists=False) for path in paths}
 
 
 def read_caption(path: str) -> Caption:
-    if not os.path.isfile(path):
-        return Caption("", encoding="", exists=False)
-    with open(path, "rb") as handle:
-        text, encoding = decode_caption_bytes(handle.read())
-    return Caption(text.strip(), encoding)
+    return read_captions([path])[path]
+
+
+class CaptionEncodingError(InvalidInput):
+    """Captions that are not UTF-8: rewriting them as they read would garble them."""
+
+    def __init__(self, folder: str, problems: dict[str, str]):
+        self.folder, self.problems = folder, problems
+        super().__init__(
+            f"{len(problems)} captions in {folder} are not UTF-8: {encodings.describe(problems)}. Saving them "
+            f"as they are would garble them (the trainer reads UTF-8 only). Convert them to UTF-8 first; the "
+            f"originals are backed up: `python -m lib_trainer tags {folder} --convert-encoding`, or "
+            "\"Convert captions to UTF-8\" in the Tags sub-tab.")
+
+
+def encoding_problems(captions: dict[str, Caption]) -> dict[str, str]:
+    """path -> detected encoding, for the captions that are not UTF-8."""
+    return {path: caption.encoding for path, caption in captions.items()
+            if caption.exists and caption.encoding not in encodings.UTF8}
+
+
+def convert_to_utf8(folder: str, caption_files: list[str]) -> tuple[dict[str, str], str]:
+    """Rewrite the captions among `caption_files` that are not UTF-8 as UTF-8, each backed up
+    first. Returns (path -> the encoding it was in, the backup folder). Refuses, changing
+    nothing, when an encoding could not be detected."""
+    from ..fileio import write_text_atomic
+
+    captions = read_captions(caption_files)
+    problems = encoding_problems(captions)
+    unknown = sorted(path for path, encoding in problems.items() if encoding == encodings.UNKNOWN)
+    if unknown:
+        raise InvalidInput(f"cannot tell the encoding of {', '.join(unknown[:10])}"
+                           + ("" if encodings.detector_available() else " (pip install charset-normalizer)")
+                           + ": open them in a text editor and save them as UTF-8")
+    backup = CaptionBackup(folder)
+    for path in sorted(problems):
+        backup.protect(path)
+        write_text_atomic(path, captions[path].text)
+    return problems, backup.backup_dir if backup.claimed else ""
 
 
 def split_tags(text: str) -> list[str]:

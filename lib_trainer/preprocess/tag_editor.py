@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import collections
 import os
-import re
 from dataclasses import dataclass, field
 
 from PIL import Image
@@ -20,10 +19,17 @@ from PIL import Image
 from ..dataset.images import ImageReadError, list_images, load_rgb
 from ..fileio import write_text_atomic
 from . import tags as tag_ops
-from .captions import DEFAULT_CAPTION_EXTENSION, CaptionBackup, caption_path, join_tags, read_caption, split_tags
-from ..errors import InvalidInput
+from .captions import (
+    DEFAULT_CAPTION_EXTENSION, CaptionBackup, CaptionEncodingError, caption_path, convert_to_utf8, encoding_problems,
+    join_tags, read_captions, split_tags,
+)
+from ..errors import InvalidInput, UserError
 
 UNDO_DEPTH = 50
+
+
+class CaptionWriteError(UserError, OSError):
+    """Some captions could not be written; the message names them."""
 
 
 @dataclass
@@ -50,10 +56,18 @@ class Change:
     removed: list[str] = field(default_factory=list)
 
 
+def convert_encodings(folder: str, caption_extension: str = DEFAULT_CAPTION_EXTENSION) -> tuple[dict[str, str], str]:
+    """Convert the folder's captions that are not UTF-8 (each backed up first); returns
+    (path -> the encoding it was in, the backup folder). Only on the user's word."""
+    if not os.path.isdir(folder):
+        raise InvalidInput(f"{folder}: no such folder")
+    return convert_to_utf8(folder, [caption_path(image, caption_extension) for image in list_images(folder)])
+
+
 class TagEditor:
     def __init__(self, folder: str, caption_extension: str = DEFAULT_CAPTION_EXTENSION, thumbnail_size: int = 256):
         if not os.path.isdir(folder):
-            raise FileNotFoundError(f"{folder}: not a folder")
+            raise InvalidInput(f"{folder}: no such folder" if not os.path.exists(folder) else f"{folder}: not a folder")
         self.folder = folder
         self.caption_extension = caption_extension
         self.thumbnail_size = thumbnail_size
@@ -65,15 +79,26 @@ class TagEditor:
 
     # --- loading and looking -------------------------------------------------------------
     def reload(self) -> None:
-        """Read (again) every caption from disk; unsaved edits and undo history are dropped."""
+        """Read (again) every caption from disk; unsaved edits and undo history are dropped.
+
+        Refuses (CaptionEncodingError, naming the files and their encodings) a folder with
+        captions that are not UTF-8: `convert_encodings()` converts them once the user agrees."""
+        images = list_images(self.folder)
+        captions = read_captions(self.caption_files(images))
+        problems = encoding_problems(captions)
+        if problems:
+            raise CaptionEncodingError(self.folder, problems)
         self.entries = []
-        for image in list_images(self.folder):
+        for image in images:
             path = caption_path(image, self.caption_extension)
-            caption = read_caption(path)
+            caption = captions[path]
             tags = split_tags(caption.text)
             self.entries.append(Entry(image, path, tags, list(tags), caption.encoding or "utf-8", caption.exists))
         self._undo.clear()
         self._thumbnails.clear()
+
+    def caption_files(self, images: list[str] | None = None) -> list[str]:
+        return [caption_path(image, self.caption_extension) for image in (images or list_images(self.folder))]
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -109,7 +134,7 @@ class TagEditor:
         include, exclude = set(tag_ops.clean_tags(list(include))), set(tag_ops.clean_tags(list(exclude)))
         if mode not in ("and", "or"):
             raise InvalidInput(f"filter mode must be 'and' or 'or', not {mode!r}")
-        pattern = re.compile(text) if (text and regex) else None
+        pattern = tag_ops.compile_pattern(text) if (text and regex) else None
         result = []
         for index, entry in enumerate(self.entries):
             present = set(entry.tags)
@@ -187,22 +212,34 @@ class TagEditor:
             lines.append("removed: " + ", ".join(f"{tag} (x{n})" for tag, n in removed.most_common()))
         if reordered:
             lines.append(f"reordered only: {reordered}")
-        recoded = [e for e in self.entries if e.changed and e.caption_exists and e.encoding not in ("utf-8", "utf-8-sig")]
-        if recoded:
-            lines.append(f"{len(recoded)} captions read as another encoding will be saved as UTF-8")
         lines.append(f"saving first backs up the original captions to {self._backup.backup_dir}")
         return "\n".join(lines)
 
     def save(self) -> list[Change]:
-        """Back up, then atomically write every changed caption. Returns what was written."""
+        """Back up, then atomically write every changed caption. Returns what was written.
+
+        A caption that cannot be written (read-only, immutable, a full disk) is left as it was
+        and its edit stays pending; the others are written, and CaptionWriteError names it."""
         changes = self.pending()
         by_file = {entry.caption_file: entry for entry in self.entries}
+        written, failed = [], []
         for change in changes:
-            self._backup.protect(change.caption_file)
-            write_text_atomic(change.caption_file, join_tags(change.after))
+            try:
+                self._backup.protect(change.caption_file)
+                write_text_atomic(change.caption_file, join_tags(change.after))
+            except OSError as error:
+                failed.append(f"{change.caption_file} ({error.strerror or error})")
+                continue
             entry = by_file[change.caption_file]
             entry.saved_tags, entry.encoding, entry.caption_exists = list(change.after), "utf-8", True
-        return changes
+            written.append(change)
+        if failed:
+            raise CaptionWriteError(
+                f"could not write {len(failed)} captions, left as they were: {', '.join(failed[:10])}"
+                + (f" and {len(failed) - 10} more" if len(failed) > 10 else "")
+                + f". {len(written)} others were saved (originals in {self.backup_dir}). Make the files writable "
+                "(chmod u+w; chattr -i for an immutable one) and save again: their edits are still pending")
+        return written
 
     @property
     def backup_dir(self) -> str:

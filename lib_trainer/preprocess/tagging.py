@@ -21,6 +21,7 @@ from ..dataset.images import ImageReadError, list_images, load_rgb
 from ..fileio import write_text_atomic
 from ..progress import Progress, silent
 from . import tags as tag_ops
+from ..dataset import encodings
 from .captions import DEFAULT_CAPTION_EXTENSION, CaptionBackup, caption_path, join_tags, read_caption, split_tags
 from ..errors import InvalidInput, Unavailable
 
@@ -151,6 +152,10 @@ def tag_folder(folder: str, tagger: Tagger, options: TagOptions, progress: Progr
 def _write_caption(path, new_tags, options, backup, result, dry_run) -> None:
     target = caption_path(path, options.caption_extension)
     existing = read_caption(target)
+    if existing.exists and existing.encoding not in encodings.UTF8:  # merging would rewrite it unasked
+        result.skipped.append((target, f"caption is {encodings.display_name(existing.encoding)}, not UTF-8: convert "
+                                       "it first (tags FOLDER --convert-encoding)"))
+        return
     old = split_tags(existing.text)
     tags = merge_caption(old, new_tags, options)
     if existing.exists and tags == old:
@@ -183,7 +188,7 @@ class WD14Tagger:
 
 def make_wd14(options: TagOptions, model: str | None = None, model_path: str | None = None,
               models_dir: str | None = None, download: bool = False, use_gpu: bool = True,
-              models_file: str | None = None, notice=print, **_) -> WD14Tagger:
+              models_file: str | None = None, notice=print, download_hint: str | None = None, **_) -> WD14Tagger:
     """`model_path`: a folder with the two files (used as is); else `model` from the list."""
     from . import wd14
 
@@ -197,7 +202,8 @@ def make_wd14(options: TagOptions, model: str | None = None, model_path: str | N
             raise InvalidInput(f"unknown WD14 model {name!r}; known: {', '.join(catalogue)} "
                                f"(add others to {models_file or wd14.MODEL_LIST})")
         info = catalogue[name]
-        folder = wd14.ensure_model(info, models_dir or wd14.default_models_dir(), download)
+        folder = wd14.ensure_model(info, models_dir or wd14.default_models_dir(), download,
+                                   download_hint or wd14.CLI_DOWNLOAD)
     loaded = wd14.WD14Model(folder, use_gpu, notice)
     general = info.general_threshold if options.general_threshold is None else options.general_threshold
     character = info.character_threshold if options.character_threshold is None else options.character_threshold

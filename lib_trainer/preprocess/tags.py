@@ -39,6 +39,14 @@ def remove(tags: list[str], unwanted: list[str] | str) -> list[str]:
     return [tag for tag in tags if tag not in unwanted]
 
 
+def compile_pattern(text: str) -> "re.Pattern[str]":
+    """A regular expression typed by the user; a bad one is a message, not a traceback."""
+    try:
+        return re.compile(text)
+    except re.error as error:
+        raise InvalidInput(f"{text!r} is not a valid regular expression: {error}") from None
+
+
 def replace(tags: list[str], old: str, new: str, regex: bool = False) -> list[str]:
     """Replace a whole tag (plain) or every regex match inside each tag.
 
@@ -46,8 +54,11 @@ def replace(tags: list[str], old: str, new: str, regex: bool = False) -> list[st
     tags); duplicates created by the replacement are merged, first position kept.
     """
     if regex:
-        pattern = re.compile(old)
-        result = [part for tag in tags for part in clean_tags(pattern.sub(new, tag))]
+        pattern = compile_pattern(old)
+        try:
+            result = [part for tag in tags for part in clean_tags(pattern.sub(new, tag))]
+        except re.error as error:  # a bad group reference in the replacement
+            raise InvalidInput(f"replacement {new!r} for the regular expression {old!r}: {error}") from None
     else:
         old = old.strip()
         result = [part for tag in tags for part in (clean_tags(new) if tag == old else [tag])]

@@ -54,7 +54,11 @@ def default_models_dir() -> str:
     return os.environ.get("LIB_TRAINER_WD14_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "lib_trainer", "wd14")
 
 
-def ensure_model(info: ModelInfo, models_dir: str, download: bool = False) -> str:
+CLI_DOWNLOAD = "--download on the command line"
+UI_DOWNLOAD = "tick \"Download the model if it is missing\" above"
+
+
+def ensure_model(info: ModelInfo, models_dir: str, download: bool = False, download_hint: str = CLI_DOWNLOAD) -> str:
     """The folder holding the model's two files; downloads them only if `download` and missing."""
     folder = os.path.join(models_dir, info.name)
     missing = [name for name in (MODEL_FILE, TAGS_FILE) if not os.path.isfile(os.path.join(folder, name))]
@@ -63,7 +67,7 @@ def ensure_model(info: ModelInfo, models_dir: str, download: bool = False) -> st
     how_to = (f"put {MODEL_FILE} and {TAGS_FILE} from https://huggingface.co/{info.repo} into {folder}")
     if not download:
         raise ModelMissing(f"WD14 model {info.name} is not downloaded: {how_to}, or ask for the download "
-                           f"(--download on the command line)")
+                           f"({download_hint})")
     try:
         from huggingface_hub import hf_hub_download
     except ImportError as error:
@@ -83,11 +87,15 @@ class Labels:
 
     @classmethod
     def read(cls, path: str) -> "Labels":
-        with open(path, newline="", encoding="utf-8") as handle:
-            rows = list(csv.DictReader(handle))
-        if not rows or not {"name", "category"} <= set(rows[0]):
-            raise InvalidInput(f"{path}: expected the columns tag_id,name,category,count")
-        return cls([row["name"] for row in rows], np.array([int(row["category"]) for row in rows]))
+        try:
+            with open(path, newline="", encoding="utf-8") as handle:
+                rows = list(csv.DictReader(handle))
+            if rows and {"name", "category"} <= set(rows[0]):
+                return cls([row["name"] for row in rows], np.array([int(row["category"]) for row in rows]))
+        except (UnicodeDecodeError, ValueError, TypeError, csv.Error):
+            pass
+        raise InvalidInput(f"{path}: not a WD14 {TAGS_FILE} (expected UTF-8 text with the columns "
+                           "tag_id,name,category,count): download it again")
 
 
 def create_session(model_path: str, use_gpu: bool = True, notice=print):
@@ -108,7 +116,12 @@ def create_session(model_path: str, use_gpu: bool = True, notice=print):
             return session
         except Exception as error:  # e.g. CUDA/cuDNN version mismatch
             notice(f"onnxruntime GPU provider failed ({error}); tagging on the CPU (slower)")
-    return ort.InferenceSession(model_path, providers=["CPUExecutionProvider"])
+    try:
+        return ort.InferenceSession(model_path, providers=["CPUExecutionProvider"])
+    except Exception as error:  # onnxruntime's own types (InvalidProtobuf, Fail...) for a damaged file
+        reason = str(error).strip().splitlines()[-1][:200] if str(error).strip() else type(error).__name__
+        raise InvalidInput(f"{model_path}: onnxruntime cannot load it ({reason}); the file is damaged or not "
+                           "an ONNX model: download it again") from error
 
 
 def prepare(image: Image.Image, size: int) -> np.ndarray:
@@ -131,6 +144,11 @@ class WD14Model:
 
     def __init__(self, folder: str, use_gpu: bool = True, notice=print):
         self.folder = folder
+        missing = [name for name in (MODEL_FILE, TAGS_FILE) if not os.path.isfile(os.path.join(folder, name))]
+        if missing:
+            where = "is not a folder" if not os.path.isdir(folder) else f"has no {' and no '.join(missing)}"
+            raise InvalidInput(f"{folder} {where}: a WD14 model folder holds two files, {MODEL_FILE} and "
+                               f"{TAGS_FILE}, from the model's Hugging Face page")
         self.labels = Labels.read(os.path.join(folder, TAGS_FILE))
         self.session = create_session(os.path.join(folder, MODEL_FILE), use_gpu, notice)
         model_input = self.session.get_inputs()[0]

@@ -4,10 +4,15 @@
 (and when a run is stopped early), `name.safetensors` at the end. A file is only written
 when every weight is finite, and always atomically, so a good file is never replaced by
 a broken or half-written one. The extension is the trainable's: `.pt` for hypernetworks.
+
+A save that fails anyway (the folder became read-only, the disk filled up during the run)
+does not lose the run: the file, its config and its state go to a rescue folder in the
+user's home (or the temporary folder) instead, and the run says where.
 """
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 from typing import Sequence
 
@@ -18,9 +23,22 @@ from ..networks.trainable import Trainable
 from .precision import SAVE_DTYPES
 from ..errors import UserError
 
+RESCUE_FOLDER = "lib_trainer-rescued"
+
 
 class UnsafeToSave(UserError, RuntimeError):
     pass
+
+
+class SaveFailed(UserError, OSError):
+    """Neither the output folder nor a rescue folder could take a trained file."""
+
+
+def rescue_folders(output_name: str) -> list[str]:
+    """Where a file goes when output_dir refuses it: the home folder first, then the temp folder."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    homes = [os.path.expanduser("~"), tempfile.gettempdir()]
+    return [os.path.join(home, RESCUE_FOLDER, f"{output_name}-{stamp}") for home in homes]
 
 
 def epoch_path(output_dir: str, name: str, epoch: int) -> str:
@@ -37,8 +55,10 @@ def final_path(output_dir: str, name: str) -> str:
 
 class CheckpointWriter:
     def __init__(self, config: TrainConfig, trainable: Trainable, base_metadata: dict[str, str],
-                 recent_losses: Sequence[float] = ()) -> None:
+                 recent_losses: Sequence[float] = (), progress=None) -> None:
         self.config = config
+        self.progress = progress
+        self.rescue_dir: str | None = None  # where files go once output_dir has refused one
         self.trainable = trainable
         self.base_metadata = base_metadata
         # The loop's window of recent losses: each file records their mean, which the
@@ -53,10 +73,41 @@ class CheckpointWriter:
         metadata = checkpoint_metadata(self.base_metadata, epoch, step, time.time(), interrupted)
         if self.recent_losses:
             metadata[AVERAGE_LOSS_KEY] = f"{sum(self.recent_losses) / len(self.recent_losses):.6g}"
+        if self.rescue_dir is not None:
+            path = os.path.join(self.rescue_dir, os.path.basename(path))
+        try:
+            self._write(path, metadata, interrupted)
+        except OSError as error:
+            path = self._rescue(path, metadata, interrupted, error)
+        self.saved.append(path)
+        return path
+
+    def _write(self, path: str, metadata: dict[str, str], interrupted: bool) -> None:
         self.trainable.write_file(path, metadata, SAVE_DTYPES[self.config.save_precision])
         # The config goes next to the files it produced, so a run can be repeated. A stopped
         # run's goes beside its own name-stepN file: it must not replace a finished run's.
         config_name = os.path.splitext(os.path.basename(path))[0] if interrupted else self.config.output_name
         save_config(self.config, os.path.join(os.path.dirname(path), f"{config_name}.toml"))
-        self.saved.append(path)
-        return path
+
+    def _rescue(self, path: str, metadata: dict[str, str], interrupted: bool, error: OSError) -> str:
+        """Write the file to a rescue folder after `path` failed; later files go there too."""
+        reason = error.strerror or str(error)
+        # A name the file system refused (too long) is shortened; the file keeps its step/epoch suffix.
+        name = os.path.basename(path)
+        if len(name.encode("utf-8")) > 200:
+            name = name[:40] + name[-60:]
+        tried = rescue_folders(self.config.output_name[:40])
+        for folder in tried:
+            target = os.path.join(folder, name)
+            try:
+                os.makedirs(folder, exist_ok=True)
+                self._write(target, metadata, interrupted)
+            except OSError:
+                continue
+            self.rescue_dir = folder
+            if self.progress is not None:
+                self.progress.status(f"could not write {path} ({reason}): the trained weights were saved to "
+                                     f"{target} instead; later files of this run go there too")
+            return target
+        raise SaveFailed(f"could not write {path} ({reason}), nor into {' or '.join(tried)}: free some space or "
+                         "fix the folders' permissions") from error

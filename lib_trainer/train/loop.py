@@ -129,7 +129,7 @@ def _run(config, bundle, plan, trainable, device, progress, data_rng, noise_rng,
     metadata["ss_trained_parts"] = json.dumps(trainable.conditioned())
     losses: list[float] = list(run.losses)
     window: deque[float] = deque(losses[-plan.steps_per_epoch:], maxlen=max(1, plan.steps_per_epoch))
-    writer = CheckpointWriter(config, trainable, metadata, recent_losses=window)
+    writer = CheckpointWriter(config, trainable, metadata, recent_losses=window, progress=progress)
     states = StateWriter(config, trainable, optimizer, scheduler, scaler, checks, progress)
     samples = SampleMaker(config, bundle, trainable, device, progress)
     params = [p for group in optimizer.param_groups for p in group["params"]]

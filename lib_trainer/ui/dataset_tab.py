@@ -17,6 +17,7 @@ from ..preprocess.focal import FocalSettings
 from ..preprocess.pipeline import SIZE_MODES, PreprocessOptions, preprocess_folder
 from ..preprocess.tagging import MERGE_MODES, TAGGERS, TagOptions, make_tagger, tag_folder
 from ..preprocess.tags import clean_tags
+from ..preprocess.wd14 import UI_DOWNLOAD
 from .doctor_panel import DoctorPanel
 from .guard import shows_errors
 from .render import message_html
@@ -129,6 +130,6 @@ class DatasetTab:
                              max_tags=int(max_tags or 0), trigger=trigger.strip(), merge=merge)
         notices: list[str] = []
         made = make_tagger(tagger, options, model=model, model_path=model_path.strip() or None, download=download,
-                           notice=notices.append)
+                           notice=notices.append, download_hint=UI_DOWNLOAD)
         result = tag_folder(folder.strip(), made, options)
         return message_html(ok="Captions written.", notes=notices), result.summary()

@@ -64,11 +64,11 @@ def from_widget_value(spec: dataclasses.Field, value: Any) -> Any:
     return value
 
 
-def make_component(spec: dataclasses.Field, value: Any = None) -> gr.components.Component:
-    """One component for one config field."""
+def make_component(spec: dataclasses.Field, value: Any = None, info: str | None = None) -> gr.components.Component:
+    """One component for one config field; `info`: the host's help instead of the config's."""
     meta, kind = spec.metadata, _kind(spec)
     value = to_widget_value(spec, _default(spec) if value is None else value)
-    common = dict(label=spec.name, info=meta["help"], elem_id=elem_id(spec.name))
+    common = dict(label=spec.name, info=info or meta["help"], elem_id=elem_id(spec.name))
     if kind == "bool":
         return gr.Checkbox(value=bool(value), **common)
     if meta.get("choices"):
@@ -90,8 +90,8 @@ class ConfigForm:
         self.components: dict[str, gr.components.Component] = {}
         self.network_type: gr.Dropdown | None = None
 
-    def add(self, name: str, value: Any = None) -> gr.components.Component:
-        component = make_component(self.specs[name], value)
+    def add(self, name: str, value: Any = None, info: str | None = None) -> gr.components.Component:
+        component = make_component(self.specs[name], value, info)
         self.components[name] = component
         return component
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import gradio as gr
 
 from ..preprocess.captions import backups, restore_backup
-from ..preprocess.tag_editor import TagEditor
+from ..dataset import encodings
+from ..preprocess.tag_editor import TagEditor, convert_encodings
 from ..preprocess.tags import OPERATIONS, clean_tags
 from .guard import shows_errors
 from .render import message_html
@@ -63,6 +64,8 @@ class TagsTab:
         with gr.Row():
             self.backup = gr.Dropdown([], label="Caption backups (newest first)", elem_id="lt_tags_backup")
             self.restore = gr.Button("Restore", elem_id="lt_tags_restore")
+            # Load refuses captions that are not UTF-8 and lists them; this is the user's go-ahead.
+            self.convert = gr.Button("Convert captions to UTF-8", elem_id="lt_tags_convert")
 
     def wire(self) -> None:
         view = [self.message, self.editor, self.selection, self.summary, self.frequency, self.gallery]
@@ -76,7 +79,8 @@ class TagsTab:
                          view)
         self.undo.click(self._undo, [self.editor, *filters], view)
         self.save.click(self._save, [self.editor, *filters], view)
-        for event in (self.load.click, self.folder.submit, self.save.click):
+        self.convert.click(self._convert, [self.folder, *filters], view)
+        for event in (self.load.click, self.folder.submit, self.save.click, self.convert.click):
             event(self._backups, [self.folder], [self.backup])
         self.restore.click(self._restore, [self.folder, self.backup, *filters], view).then(
             self._backups, [self.folder], [self.backup])
@@ -136,6 +140,16 @@ class TagsTab:
         text = (f"Saved {len(changes)} captions; the originals are in {editor.backup_dir}" if changes
                 else "Nothing to save.")
         return self._view(editor, filters, message_html(ok=text))
+
+    @shows_errors(6)
+    def _convert(self, folder, *filters):
+        folder = str(folder or "").strip()
+        if not folder:
+            raise InvalidInput("Enter the folder whose captions to convert.")
+        converted, backup = convert_encodings(folder)
+        text = (f"Converted {len(converted)} captions to UTF-8 ({encodings.describe(converted)}); the originals "
+                f"are in {backup}" if converted else "All captions are UTF-8: nothing to convert.")
+        return self._view(TagEditor(folder), filters, message_html(ok=text))
 
     @staticmethod
     def _backups(folder):

@@ -15,7 +15,7 @@ from ..config import TrainConfig
 from ..config_files import save_config
 from ..config_import import read_config_file
 from ..dataset.folders import scan_dataset
-from ..dataset.plan import make_plan
+from ..dataset.plan import make_plan, suggested_resolution
 from ..train.memory import memory_summary
 from ..jobs.service import TrainService
 from ..networks.registry import ui_network_type_of, ui_network_types
@@ -44,15 +44,24 @@ def absolute_paths(config: TrainConfig) -> TrainConfig:
 
 def dataset_summary(folder: str) -> str:
     """The concepts of a dataset folder with their repeats, from the N_concept folder names."""
+    return _scanned(folder)[0]
+
+
+def _scanned(folder: str):
+    """(the summary, the scan or None)."""
     if not folder.strip():
-        return "Choose the folder that holds `<repeats>_<concept>` folders (e.g. `10_sks dog`)."
+        return "Choose the folder that holds `<repeats>_<concept>` folders (e.g. `10_sks dog`).", None
     try:
         scan = scan_dataset(folder.strip())
     except Exception as error:  # noqa: BLE001 - runs on leaving the field, outside the handlers' guard
         if not is_expected(error):
             log_unexpected(error, "reading the dataset folder")
         text = " ".join(error_lines(error)) if is_expected(error) else user_message(error)
-        return "<span class='lt-error-text'>" + html.escape(text) + "</span>"
+        return "<span class='lt-error-text'>" + html.escape(text) + "</span>", None
+    return _summary(scan), scan
+
+
+def _summary(scan) -> str:
     lines = []
     for concept in scan.concepts:
         count = sum(1 for item in scan.items if item.concept is concept)
@@ -79,14 +88,14 @@ class TrainTab:
         for row in BEGINNER_FIELDS:
             with gr.Row():
                 for name in row:
-                    form.add(name, getattr(d, name))
+                    form.add(name, getattr(d, name), info=self.service.field_help.get(name))
         self.dataset_info = gr.Markdown(dataset_summary(d.train_data_dir), elem_id="lt_dataset_info")
         with gr.Row():
             self.network_type = gr.Dropdown([*ui_network_types(), CUSTOM], value=_network_type(d),
                                             label="Network type", elem_id="lt_network_type",
                                             info="LoCon also trains the 3x3 convolutions (conv_dim); LoHa, LoKr, IA3, "
                                                  "DoRA and full are LyCORIS' methods (lycoris.kohya).")
-            for name in ("network_dim", "network_alpha", "max_train_epochs"):
+            for name in ("network_dim", "network_alpha", "max_train_epochs", "resolution"):
                 form.add(name, getattr(d, name))
         with gr.Accordion("Expert: every option", open=False, elem_id="lt_expert"):
             form.build_expert(d)
@@ -117,8 +126,12 @@ class TrainTab:
         form, inputs = self.form, self.form.inputs
         type_fields = [form.components[name] for name in NETWORK_TYPE_FIELDS]
         data_dir = form.components["train_data_dir"]
-        data_dir.blur(dataset_summary, data_dir, self.dataset_info)
-        data_dir.submit(dataset_summary, data_dir, self.dataset_info)
+        # Leaving the dataset field shows its concepts and, for a folder not seen before, fills in
+        # a resolution that fits its pictures (tabbing through keeps the one the user typed).
+        model, resolution = form.components["pretrained_model_name_or_path"], form.components["resolution"]
+        seen = gr.State(self.defaults.train_data_dir)
+        for event in (data_dir.blur, data_dir.submit):
+            event(self._dataset_changed, [data_dir, model, seen], [self.dataset_info, resolution, seen])
         self.network_type.change(_network_type_changed, [self.network_type, *type_fields], type_fields)
         for component in type_fields:
             component.change(_network_type_shown, [self.network_type, *type_fields], self.network_type)
@@ -137,6 +150,18 @@ class TrainTab:
                                [self.message, self.network_type, *inputs])
         self.upload.upload(self._import_config, [self.upload, *inputs], [self.message, self.network_type, *inputs])
 
+    def _dataset_changed(self, folder, model, seen=""):
+        summary, scan = _scanned(str(folder or ""))
+        if scan is None or not scan.train_items() or str(folder or "").strip() == str(seen or "").strip():
+            return summary, gr.update(), seen
+        try:
+            family = self.service.base_family(str(model or "").strip())
+        except Exception as error:  # noqa: BLE001 - a suggestion never blocks the form
+            log_unexpected(error, "the base model's family")
+            family = None
+        side = suggested_resolution([item.size for item in scan.train_items()], family)
+        return summary, gr.update(value=str(side)), str(folder).strip()
+
     def _preset_changed(self, name):
         if name == CUSTOM:
             return self.form.updates(TrainConfig(), only=set())
@@ -152,6 +177,9 @@ class TrainTab:
         @shows_errors(2)
         def check():
             config = self._read(values)
+            problems = self.service.host_problems(config)  # what Start would refuse, refused now
+            if problems:
+                raise InvalidInput("\n".join(problems))
             plan = make_plan(config)
             return (message_html(ok=f"{plan.total_steps} steps; the plan is below."),
                     f"{doctor_line(config)}\n{self._plan_text(config, plan)}")

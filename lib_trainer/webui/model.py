@@ -7,7 +7,8 @@ module adds what needs the WebUI around it while a run trains:
   where they were;
 - the built-in Lora extension's merged networks are taken out (lora_networks.py), and the
   last generation's hypernetworks too (hypernetworks.py);
-- clip skip is the run's own while it trains, the user's setting after.
+- clip skip is the run's own while it trains, the user's setting after;
+- the "Original" emphasis holds its mean constant (emphasis.py), so it cannot blow up a gradient.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from ..errors import Unavailable
 from ..hosts.bundle import ModuleState
 from ..hosts.ldm_bundle import LiveSDBundle
 from .hypernetworks import loaded_hypernetworks_cleared
+from .emphasis import emphasis_for_training
 from .lora_networks import lora_networks_cleared
 
 
@@ -60,7 +62,7 @@ def loaded_bundle() -> WebUIBundle:
 def borrowed_model(bundle: LiveSDBundle, clip_skip: int) -> Iterator[None]:
     """The loaded model ready for training, and exactly as before afterwards."""
     with _lowvram_suspended(bundle.sd_model), lora_networks_cleared(bundle.sd_model), \
-            loaded_hypernetworks_cleared(), _clip_skip(clip_skip, bundle):
+            loaded_hypernetworks_cleared(), _clip_skip(clip_skip, bundle), emphasis_for_training():
         yield
 
 

@@ -117,10 +117,8 @@ def webui_trainer(config: TrainConfig, progress: Progress):
     """Train one queued config on the loaded model, as a WebUI job."""
     from ..train.loop import train
 
-    if config.pretrained_model_name_or_path not in ("", LOADED_MODEL):
-        raise InvalidInput(f"pretrained_model_name_or_path={config.pretrained_model_name_or_path!r}: in the WebUI, "
-                           "training uses the checkpoint the WebUI has loaded; pick it in the checkpoint list at the "
-                           f"top and set the base model to {LOADED_MODEL!r} (other paths are for the standalone trainer)")
+    for problem in webui_problems(config):
+        raise InvalidInput(problem)
     bundle = loaded_bundle()
     changes = {"device": str(devices.device)}
     unet_dtype = next(bundle.denoiser().parameters()).dtype
@@ -151,10 +149,27 @@ def _embedding_folders(config: TrainConfig) -> dict:
     return {}
 
 
+def webui_problems(config: TrainConfig) -> list[str]:
+    """What a WebUI run refuses: another base model than the loaded checkpoint."""
+    if config.pretrained_model_name_or_path in ("", LOADED_MODEL):
+        return []
+    return [f"pretrained_model_name_or_path={config.pretrained_model_name_or_path!r}: in the WebUI, training uses "
+            "the checkpoint the WebUI has loaded; pick it in the checkpoint list at the top and set the base model "
+            f"to {LOADED_MODEL!r} (other paths and tiny:sd1 are for the standalone trainer)"]
+
+
 class WebUITrainService(LocalTrainService):
     """The standalone service's queue and worker, with each run and grid taken as a WebUI job."""
 
     compares_on_loaded_model = True
+    field_help = {"pretrained_model_name_or_path": f"Base model: {LOADED_MODEL}, the one picked in the checkpoint "
+                                                   "list at the top of the page (switch it there to train on another)."}
+
+    def host_problems(self, config: TrainConfig) -> list[str]:
+        return webui_problems(config)
+
+    def base_family(self, model: str) -> str | None:
+        return loaded_bundle().family if model in ("", LOADED_MODEL) and shared.sd_model is not None else None
 
     def __init__(self, queue: TrainQueue) -> None:
         super().__init__(queue, trainer=webui_trainer)
