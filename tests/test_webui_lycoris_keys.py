@@ -41,6 +41,8 @@ METHODS = {
     "dora": (["algo=locon", "dora_wd=True"], "network_lora"),
     "locon-tucker": (["algo=locon", "use_tucker=True"], "network_lora"),
     "full": (["algo=full"], "network_full"),
+    "oft": (["algo=diag-oft", "constraint=0.01", "rescaled=True"], "network_oft"),
+    "boft": (["algo=boft", "rescaled=True"], "network_oft"),
 }
 
 
@@ -84,6 +86,9 @@ def test_every_key_maps_to_a_live_layer_of_the_type_the_webui_picks(models, fami
             assert shape[0] == 1 and shape[1] == weight.shape[1] and shape.numel() == weight.shape[1]
         if "lora_mid.weight" in keys:  # network_lora builds lora_mid as a conv of the layer's kernel
             assert isinstance(module, nn.Conv2d) and module.kernel_size != (1, 1)
+        if "oft_blocks" in keys:  # network_oft: blocks x size (BOFT: x stages) = the layer's outputs
+            blocks = network.adapters[name].file_tensors()["oft_blocks"]
+            assert blocks.shape[-3] * blocks.shape[-1] == weight.shape[0]
         if "diff_b" in keys:
             assert module.bias is not None and getattr(module, "separate_bias", True)
     if family != "sd1" and method == "full":

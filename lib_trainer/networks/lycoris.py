@@ -1,4 +1,4 @@
-"""What the LyCORIS methods (loha.py, lokr.py, ia3.py, locon.py, full.py) share: their
+"""What the LyCORIS methods (loha.py, lokr.py, ia3.py, locon.py, oft.py, full.py) share: their
 network_args as LyCORIS' `lycoris.kohya` reads them, their `ss_*` metadata as it writes them,
 and an adapter base for methods that change the layer's weight by a computed delta.
 
@@ -57,6 +57,7 @@ ARGUMENTS: dict[str, tuple[Any, Any]] = {
     "factor": (int, -1), "decompose_both": (_bool, False), "full_matrix": (_bool, False),
     "unbalanced_factorization": (_bool, False),
     "train_on_input": (_bool, False),
+    "constraint": (float, 0.0), "rescaled": (_bool, False),
 }
 TUCKER_ALIASES = ("use_cp", "use_conv_cp")
 COMMON = ("algo", "conv_dim", "conv_alpha", "dropout", "rank_dropout", "module_dropout", "rank_dropout_scale",

@@ -11,7 +11,7 @@ from ..config import ConfigError, TrainConfig
 from ..errors import InvalidInput
 from ..formats.lora_file import load_lora, read_metadata
 from ..formats.kohya_names import TargetLayer
-from . import full, ia3, locon, loha, lokr, lora
+from . import full, ia3, locon, loha, lokr, lora, oft
 from .method import NetworkMethod
 from .trainable import Trainable
 
@@ -22,6 +22,7 @@ METHODS: dict[tuple[str, str | None], NetworkMethod] = {method.key: method for m
     ia3.METHOD,
     locon.METHOD, locon.LORA,
     full.METHOD,
+    oft.METHOD, oft.BOFT,
 )}
 # The algo LyCORIS uses when network_args names none.
 DEFAULT_ALGO = {"lycoris.kohya": "lora"}
