@@ -53,9 +53,7 @@ def network_targets(config: TrainConfig, bundle) -> tuple[NetworkMethod, dict[st
     """The method, its settings and the layers of `bundle` a run of this config adapts."""
     method = find_method(config)
     settings = method.settings(config)
-    targets = bundle.target_layers(include_conv=method.adapts_conv(settings), train_unet=config.train_unet(),
-                                   train_text_encoder=config.train_text_encoder())
-    return method, settings, targets
+    return method, settings, method.target_layers(bundle, config, settings)
 
 
 def create_trainable(config: TrainConfig, bundle) -> Trainable:
@@ -82,7 +80,8 @@ def network_from_file(path: str, bundle) -> Trainable:
     if method is None:
         raise InvalidInput(f"{path}: not a network file this trainer knows (keys like {next(iter(state), 'none')})")
     try:
-        network, unmatched = method.from_file(bundle.target_layers(include_conv=True), state, file_config)
+        network, unmatched = method.from_file(bundle.target_layers(include_conv=True, top_level=True, norms=True),
+                                             state, file_config)
     except ConfigError as error:
         raise InvalidInput(f"{path}: its metadata describes no network this trainer can build: {error}") from None
     if unmatched:
