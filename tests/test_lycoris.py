@@ -252,9 +252,13 @@ def test_bad_lycoris_arguments_name_the_key_and_what_is_accepted():
             config_for("loha", network_args=["algo=loha", "factor=4"]))
     problems = config_for("loha", network_args=["algo=loha", "use_tucker=maybe", "preset=most"]).problems()
     assert any("use_tucker='maybe' must be true or false" in p for p in problems)
-    assert any("preset='most' is not one of: full" in p for p in problems)
-    problems = config_for("loha", network_args=["algo=loha", "preset=attn-mlp"]).problems()
-    assert any("preset=attn-mlp is not supported yet; use preset=full" in p for p in problems)
+    assert any("preset='most' is not one of LyCORIS' presets here: full, full-lin, attn-mlp, attn-only" in p
+               for p in problems)
+    assert config_for("loha", network_args=["algo=loha", "preset=attn-mlp"]).problems() == []
+    problems = config_for("loha", network_args=["algo=loha", "preset=unet-convblock-only"], conv_dim=0).problems()
+    assert any("preset=unet-convblock-only adapts the conv blocks only: it needs conv_dim > 0" in p for p in problems)
+    problems = config_for("loha", network_args=["algo=loha", "weight_decompose=True"]).problems()
+    assert any("weight_decompose is spelled dora_wd in LyCORIS' network_args (dora_wd=True)" in p for p in problems)
 
 
 def test_kohya_module_names_are_accepted():
@@ -440,3 +444,30 @@ def test_the_memory_estimate_and_the_run_name_the_method_and_its_parameters(bund
     assert f"network (LoKr, {count:,} parameters) and optimizer" in estimate_memory(config, "sd1", 0, targets).summary()
     line = trained_parts_line(config, method.create(targets, settings))
     assert line.startswith(f"Trains (LoKr, {count:,} parameters): UNet ✔")
+
+
+@pytest.mark.parametrize("case", ["loha", "lokr", "locon", "locon-tucker", "full", "ia3"])
+def test_bypass_mode_is_what_the_hook_computes_anyway(case):
+    """LyCORIS' bypass_mode runs the change beside the base layer, as every adapter here does:
+    accepted, recorded, and the same network."""
+    kind = "linear" if case == "ia3" else "conv3x3"
+    root, target = one_layer(kind)
+    plain = registry.create_network(config_for(case), [target]).eval()
+    randomise(plain)
+    bypass = registry.create_network(config_for(case, network_args=[*CASES[case][0], "bypass_mode=True"]),
+                                     [target]).eval()
+    bypass.load_state_dict(plain.state_dict())
+    x = sample_input(kind)
+    with torch.no_grad():
+        with plain.attached():
+            expected = root.layer(x)
+        with bypass.attached():
+            assert torch.equal(root.layer(x), expected)
+    assert json.loads(bypass.file_metadata()["ss_network_args"])["bypass_mode"] == "True"
+
+
+def test_bypass_mode_is_refused_where_lycoris_bypass_differs_from_the_webui():
+    problems = config_for("dora-webui", network_args=["algo=locon", "dora_wd=True", "bypass_mode=True"]).problems()
+    assert any("bypass_mode cannot go with dora_wd" in p for p in problems)
+    problems = config_for("boft", network_args=["algo=boft", "bypass_mode=True"]).problems()
+    assert any("bypass_mode is not supported with algo=boft" in p for p in problems)
