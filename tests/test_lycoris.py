@@ -410,6 +410,7 @@ RUNS = {
     "full": (["algo=full"], 1e-3),
     "oft": (["algo=diag-oft"], 1e-2),
     "boft": (["algo=boft"], 1e-2),
+    "locon-preset-norm": (["algo=locon", "preset=attn-mlp", "train_norm=True"], 3e-3),
 }
 
 
