@@ -371,7 +371,8 @@ def test_oft_files_apply_in_the_webui_as_trained(case, kind, tmp_path):
     network.write_file(path, network.file_metadata(), torch.float32)
     weights = {key.partition(".")[2]: tensor for key, tensor in load_lora(path).items()}
     assert weights["oft_blocks"].dim() == (4 if "boft" in case else 3)
-    assert float(weights["alpha"]) == pytest.approx(float(dict(arg.split("=") for arg in CASES[case][0]).get("constraint", 0)))
+    typed = dict(arg.split("=") for arg in CASES[case][0])
+    assert float(weights["alpha"]) == pytest.approx(float(typed.get("constraint", 0)))  # alpha is the constraint
     with torch.no_grad():
         expected = network.adapters["lora_unet_layer"].delta_weight()
         webui = webui_oft_updown(root.layer.weight, weights["oft_blocks"], weights["alpha"], weights.get("rescale"))

@@ -33,7 +33,7 @@ from .base import AdapterModule, Network
 from .functional import dora_magnitude, weight_decompose
 from .method import NetworkMethod
 from .norm import NormModule
-from .presets import PRESETS, RESNET, SAMPLER, preset_targets
+from .presets import PRESETS, preset_targets
 
 MODULE = "lycoris.kohya"
 TRUE, FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
@@ -128,7 +128,7 @@ class LycorisMethod(NetworkMethod):
         if settings["preset"] not in PRESETS:
             problems.append(f"network_args: preset={settings['preset']!r} is not one of LyCORIS' presets here: "
                             f"{', '.join(PRESETS)}")
-        elif PRESETS[settings["preset"]].unet == {RESNET, SAMPLER} and not self.adapts_conv(settings):
+        elif PRESETS[settings["preset"]].conv_blocks_only and not self.adapts_conv(settings):
             problems.append(f"network_args: preset={settings['preset']} adapts the conv blocks only: it needs "
                             f"conv_dim > 0{'' if self.algo != 'ia3' else ' and an algo that adapts convolutions'}")
         if settings.get("dora_wd") and settings["bypass_mode"]:

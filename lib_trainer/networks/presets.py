@@ -43,6 +43,11 @@ class Preset:
     conv: bool                # whether 3x3 convs are adapted (with conv_dim)
 
     @property
+    def conv_blocks_only(self) -> bool:
+        """Adapts nothing but conv blocks, so nothing at all without conv_dim."""
+        return self.conv and not self.unet & {TRANSFORMER, ATTENTION} and not self.text_encoder
+
+    @property
     def needs_conv_blocks(self) -> bool:
         return bool(self.unet & {RESNET, SAMPLER} or self.top_level)
 
