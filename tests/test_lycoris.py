@@ -384,6 +384,12 @@ def test_oft_files_apply_in_the_webui_as_trained(case, kind, tmp_path):
     assert relative_error(expected, webui) < 1e-5
 
 
+def test_kohyas_networks_oft_points_to_lycoris_oft():
+    problems = TrainConfig().replace(network_module="networks.oft").problems()
+    assert any("network_module 'networks.oft' is unknown; use lycoris.kohya with algo=diag-oft" in p
+               for p in problems), problems
+
+
 def test_oft_arguments_are_checked():
     problems = config_for("oft", network_args=["algo=diag-oft", "constraint=-1", "bypass_mode=True"]).problems()
     assert any("constraint=-1.0 must not be negative" in p for p in problems)

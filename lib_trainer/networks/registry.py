@@ -26,6 +26,9 @@ METHODS: dict[tuple[str, str | None], NetworkMethod] = {method.key: method for m
 )}
 # The algo LyCORIS uses when network_args names none.
 DEFAULT_ALGO = {"lycoris.kohya": "lora"}
+# Modules of other tools that are not offered, and what to use instead.
+INSTEAD = {"networks.oft": "lycoris.kohya with algo=diag-oft (kohya's networks.oft names its keys oft_unet_..., "
+                           "which the WebUI 1.10 finds on SDXL only)"}
 
 
 def find_method(config: TrainConfig) -> NetworkMethod:
@@ -35,8 +38,10 @@ def find_method(config: TrainConfig) -> NetworkMethod:
     method = METHODS.get((config.network_module, algo)) or METHODS.get((config.network_module, None))
     if method is None:
         known = ", ".join(module if algo is None else f"{module} algo={algo}" for module, algo in METHODS)
+        instead = INSTEAD.get(config.network_module)
         raise ConfigError(f"network_module {config.network_module!r}"
-                          f"{f' with algo={algo}' if algo else ''} is unknown; available: {known}")
+                          f"{f' with algo={algo}' if algo else ''} is unknown; "
+                          + (f"use {instead}" if instead else f"available: {known}"))
     return method
 
 
