@@ -217,6 +217,8 @@ LYCORIS_TYPES = {
     "DoRA": dict(network_module="lycoris.kohya", network_args=["algo=locon", "dora_wd=True"]),
     "Tucker": dict(network_module="lycoris.kohya", network_args=["algo=locon", "use_tucker=True", "conv_dim=2"]),
     "full": dict(network_module="lycoris.kohya", network_args=["algo=full"]),
+    "OFT": dict(network_module="lycoris.kohya", network_args=["algo=diag-oft", "constraint=0.01", "rescaled=True"]),
+    "BOFT": dict(network_module="lycoris.kohya", network_args=["algo=boft"]),
 }
 
 

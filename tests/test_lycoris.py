@@ -48,6 +48,12 @@ CASES = {
     # but is handed `on_input` as well): test_ia3_in_lycoris_own_module checks it instead.
     "ia3": (["algo=ia3"], NONE, ("linear",)),
     "ia3-input": (["algo=ia3", "train_on_input=True"], NONE, ("linear",)),
+    # OFT / BOFT: blocks of at most 4 channels (network_dim, conv_dim); 16 outputs = 4 x 4,
+    # BOFT in 3 butterfly stages. constraint is stored as alpha.
+    "oft": (["algo=diag-oft"], ALL_KINDS, ALL_KINDS),
+    "oft-constraint-rescaled": (["algo=diag-oft", "constraint=0.01", "rescaled=True"], ALL_KINDS, ALL_KINDS),
+    "boft": (["algo=boft"], ALL_KINDS, ALL_KINDS),
+    "boft-constraint-rescaled": (["algo=boft", "constraint=0.05", "rescaled=True"], ALL_KINDS, ALL_KINDS),
 }
 # Dims other than 4 / 4, where a layout needs them (LoKr factors are decomposed below half
 # their size).
@@ -246,9 +252,13 @@ def test_bad_lycoris_arguments_name_the_key_and_what_is_accepted():
             config_for("loha", network_args=["algo=loha", "factor=4"]))
     problems = config_for("loha", network_args=["algo=loha", "use_tucker=maybe", "preset=most"]).problems()
     assert any("use_tucker='maybe' must be true or false" in p for p in problems)
-    assert any("preset='most' is not one of: full" in p for p in problems)
-    problems = config_for("loha", network_args=["algo=loha", "preset=attn-mlp"]).problems()
-    assert any("preset=attn-mlp is not supported yet; use preset=full" in p for p in problems)
+    assert any("preset='most' is not one of LyCORIS' presets here: full, full-lin, attn-mlp, attn-only" in p
+               for p in problems)
+    assert config_for("loha", network_args=["algo=loha", "preset=attn-mlp"]).problems() == []
+    problems = config_for("loha", network_args=["algo=loha", "preset=unet-convblock-only"], conv_dim=0).problems()
+    assert any("preset=unet-convblock-only adapts the conv blocks only: it needs conv_dim > 0" in p for p in problems)
+    problems = config_for("loha", network_args=["algo=loha", "weight_decompose=True"]).problems()
+    assert any("weight_decompose is spelled dora_wd in LyCORIS' network_args (dora_wd=True)" in p for p in problems)
 
 
 def test_kohya_module_names_are_accepted():
@@ -320,6 +330,82 @@ def test_dora_is_saved_along_the_axis_its_metadata_names(case, kind):
     assert args["dora_wd"] == "True" and args["wd_on_output"] == str(on_output)
 
 
+def webui_oft_updown(weight: torch.Tensor, oft_blocks: torch.Tensor, alpha: torch.Tensor | None,
+                     rescale: torch.Tensor | None) -> torch.Tensor:
+    """The WebUI 1.10's rule (extensions-builtin/Lora/network_oft.py, calc_updown) for a file's
+    `oft_blocks` (3-D: OFT, the first axis the block count; 4-D: BOFT stages), `alpha` (the
+    constraint, times the output channels) and `rescale`, written from its description."""
+    from einops import rearrange
+
+    out_dim = weight.shape[0]
+    size = oft_blocks.shape[-1]
+    eye = torch.eye(size)
+    q = oft_blocks - oft_blocks.transpose(-1, -2)
+    constraint = 0 if alpha is None else alpha * out_dim
+    if constraint != 0:
+        norm = torch.norm(q.flatten())
+        q = q * ((torch.clamp(norm, max=constraint) + 1e-8) / (norm + 1e-8))
+    r = torch.matmul(eye + q, (eye - q).float().inverse())
+    if oft_blocks.dim() == 3:
+        blocks = rearrange(weight, "(k n) ... -> k n ...", k=oft_blocks.shape[0], n=out_dim // oft_blocks.shape[0])
+        merged = rearrange(torch.einsum("k n m, k n ... -> k m ...", r, blocks), "k m ... -> (k m) ...")
+    else:
+        merged = weight
+        for i in range(oft_blocks.shape[0]):
+            merged = rearrange(merged, "(c g k) ... -> (c k g) ...", g=2, k=2 ** i * size // 2)
+            merged = rearrange(merged, "(d b) ... -> d b ...", b=size)
+            merged = torch.einsum("b i j, b j ... -> b i ...", r[i], merged)
+            merged = rearrange(merged, "d b ... -> (d b) ...")
+            merged = rearrange(merged, "(c k g) ... -> (c g k) ...", g=2, k=2 ** i * size // 2)
+    if rescale is not None:
+        merged = rescale.reshape(-1, *[1] * (weight.dim() - 1)) * merged
+    return merged - weight
+
+
+@pytest.mark.parametrize("case,kind", [(case, kind) for case, kind in cases_on() if "oft" in case])
+def test_oft_files_apply_in_the_webui_as_trained(case, kind, tmp_path):
+    root, target = one_layer(kind)
+    network = registry.create_network(config_for(case), [target]).eval()
+    randomise(network, std=0.5)
+    path = str(tmp_path / f"{case}.safetensors")
+    network.write_file(path, network.file_metadata(), torch.float32)
+    weights = {key.partition(".")[2]: tensor for key, tensor in load_lora(path).items()}
+    assert weights["oft_blocks"].dim() == (4 if "boft" in case else 3)
+    typed = dict(arg.split("=") for arg in CASES[case][0])
+    assert float(weights["alpha"]) == pytest.approx(float(typed.get("constraint", 0)))  # alpha is the constraint
+    with torch.no_grad():
+        expected = network.adapters["lora_unet_layer"].delta_weight()
+        webui = webui_oft_updown(root.layer.weight, weights["oft_blocks"], weights["alpha"], weights.get("rescale"))
+        # a rotation of the output axis: without rescale, each input's column keeps its length
+        if "rescale" not in weights:
+            columns = lambda w: w.flatten(1).norm(dim=0)  # noqa: E731
+            torch.testing.assert_close(columns(root.layer.weight + expected), columns(root.layer.weight))
+    assert expected.abs().max() > 1e-3
+    assert relative_error(expected, webui) < 1e-5
+
+
+def test_kohyas_networks_oft_points_to_lycoris_oft():
+    problems = TrainConfig().replace(network_module="networks.oft").problems()
+    assert any("network_module 'networks.oft' is unknown; use lycoris.kohya with algo=diag-oft" in p
+               for p in problems), problems
+
+
+def test_oft_arguments_are_checked():
+    problems = config_for("oft", network_args=["algo=diag-oft", "constraint=-1", "bypass_mode=True"]).problems()
+    assert any("constraint=-1.0 must not be negative" in p for p in problems)
+    assert any("bypass_mode is not supported with algo=diag-oft" in p for p in problems)
+    assert any("dora_wd is not an option of lycoris.kohya algo=boft" in p for p in
+               config_for("boft", network_args=["algo=boft", "dora_wd=True"]).problems())
+    root, target = one_layer("linear")
+    root.layer = nn.Linear(24, 20)  # 20 = 10 x 2: BOFT needs blocks of 10
+    target = TargetLayer("lora_unet_layer", root.layer, "unet", False)
+    from lib_trainer.errors import InvalidInput
+    with pytest.raises(InvalidInput, match=r"lora_unet_layer: BOFT cannot split its 20 output channels .* "
+                                           r"raise network_dim"):
+        registry.create_network(config_for("boft"), [target])
+    assert len(registry.create_network(config_for("boft", network_dim=10), [target]).adapters) == 1
+
+
 # One short run per method on the demo concept: (network_args, learning rate; LyCORIS advises
 # a high one for IA3).
 RUNS = {
@@ -329,6 +415,9 @@ RUNS = {
     "dora": (["algo=locon", "dora_wd=True"], 3e-3),
     "locon-tucker": (["algo=locon", "use_tucker=True"], 3e-3),
     "full": (["algo=full"], 1e-3),
+    "oft": (["algo=diag-oft"], 1e-2),
+    "boft": (["algo=boft"], 1e-2),
+    "locon-preset-norm": (["algo=locon", "preset=attn-mlp", "train_norm=True"], 3e-3),
 }
 
 
@@ -363,3 +452,30 @@ def test_the_memory_estimate_and_the_run_name_the_method_and_its_parameters(bund
     assert f"network (LoKr, {count:,} parameters) and optimizer" in estimate_memory(config, "sd1", 0, targets).summary()
     line = trained_parts_line(config, method.create(targets, settings))
     assert line.startswith(f"Trains (LoKr, {count:,} parameters): UNet ✔")
+
+
+@pytest.mark.parametrize("case", ["loha", "lokr", "locon", "locon-tucker", "full", "ia3"])
+def test_bypass_mode_is_what_the_hook_computes_anyway(case):
+    """LyCORIS' bypass_mode runs the change beside the base layer, as every adapter here does:
+    accepted, recorded, and the same network."""
+    kind = "linear" if case == "ia3" else "conv3x3"
+    root, target = one_layer(kind)
+    plain = registry.create_network(config_for(case), [target]).eval()
+    randomise(plain)
+    bypass = registry.create_network(config_for(case, network_args=[*CASES[case][0], "bypass_mode=True"]),
+                                     [target]).eval()
+    bypass.load_state_dict(plain.state_dict())
+    x = sample_input(kind)
+    with torch.no_grad():
+        with plain.attached():
+            expected = root.layer(x)
+        with bypass.attached():
+            assert torch.equal(root.layer(x), expected)
+    assert json.loads(bypass.file_metadata()["ss_network_args"])["bypass_mode"] == "True"
+
+
+def test_bypass_mode_is_refused_where_lycoris_bypass_differs_from_the_webui():
+    problems = config_for("dora-webui", network_args=["algo=locon", "dora_wd=True", "bypass_mode=True"]).problems()
+    assert any("bypass_mode cannot go with dora_wd" in p for p in problems)
+    problems = config_for("boft", network_args=["algo=boft", "bypass_mode=True"]).problems()
+    assert any("bypass_mode is not supported with algo=boft" in p for p in problems)

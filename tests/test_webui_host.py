@@ -45,17 +45,24 @@ def test_the_unet_layout_is_read_from_the_ldm_modules(models):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("include_conv", [False, True])
-def test_kohya_names_are_those_of_the_standalone_host(models, family, include_conv):
+@pytest.mark.parametrize("include_conv,extra", [(False, {}), (True, {}), (True, dict(top_level=True, norms=True))])
+def test_kohya_names_are_those_of_the_standalone_host(models, family, include_conv, extra):
     """The standalone host's names are checked against diffusers' loader and the real WebUI;
-    the WebUI host must give every layer the same key."""
+    the WebUI host must give every layer the same key (and, for LyCORIS' presets, the same
+    kind of block; `extra`: the layers outside any block and the norm layers too)."""
+    from lib_trainer.networks.presets import UNET_BLOCKS
+
     live, reference = bundles(models, family)
-    live_names = [t.name for t in live.target_layers(include_conv)]
-    reference_names = {t.name for t in reference.target_layers(include_conv)}
+    live_names = [t.name for t in live.target_layers(include_conv, **extra)]
+    reference_names = {t.name for t in reference.target_layers(include_conv, **extra)}
     assert len(live_names) == len(set(live_names))
     assert set(live_names) == reference_names
-    kinds = {t.name: t.is_conv3x3 for t in reference.target_layers(include_conv)}
-    assert {t.name: t.is_conv3x3 for t in live.target_layers(include_conv)} == kinds
+    kinds = {t.name: (t.is_conv3x3, t.is_norm, UNET_BLOCKS.get(t.block, t.block) if t.component == "unet" else "")
+             for t in reference.target_layers(include_conv, **extra)}
+    assert {t.name: (t.is_conv3x3, t.is_norm, UNET_BLOCKS.get(t.block, t.block) if t.component == "unet" else "")
+            for t in live.target_layers(include_conv, **extra)} == kinds
+    if extra:
+        assert any(t.is_norm for t in live.target_layers(include_conv, **extra))
 
 
 def _random_network(config_kwargs, targets, seed):

@@ -10,7 +10,7 @@ from torch import nn
 
 from lib_trainer.config import TrainConfig
 from lib_trainer.hosts.ldm_bundle import LiveSDBundle
-from lib_trainer.networks.registry import create_network
+from lib_trainer.networks.registry import create_trainable
 from webui_models import webui_model
 
 # (module type, the keys its create_module requires: any one of the alternatives), in the
@@ -41,6 +41,11 @@ METHODS = {
     "dora": (["algo=locon", "dora_wd=True"], "network_lora"),
     "locon-tucker": (["algo=locon", "use_tucker=True"], "network_lora"),
     "full": (["algo=full"], "network_full"),
+    "oft": (["algo=diag-oft", "constraint=0.01", "rescaled=True"], "network_oft"),
+    "boft": (["algo=boft", "rescaled=True"], "network_oft"),
+    # the layers outside any block (conv_in, conv_out, time embedding) and the norm layers
+    "locon-full-norm": (["algo=locon", "preset=full", "train_norm=True"], "network_lora"),
+    "loha-attn-only": (["algo=loha", "preset=attn-only"], "network_hada"),
 }
 
 
@@ -64,8 +69,8 @@ def test_every_key_maps_to_a_live_layer_of_the_type_the_webui_picks(models, fami
     live = LiveSDBundle(models[family])
     config = TrainConfig().replace(network_module="lycoris.kohya", network_args=args, network_dim=2,
                                    network_alpha=1.0, conv_dim=2, conv_alpha=1.0)
-    targets = {t.name: t for t in live.target_layers(include_conv=True)}
-    network = create_network(config, list(targets.values()))
+    targets = {t.name: t for t in live.target_layers(include_conv=True, top_level=True, norms=True)}
+    network = create_trainable(config, live)
     layers: dict[str, set[str]] = {}
     for key in network.file_state_dict():
         name, _, suffix = key.partition(".")  # the WebUI splits a key at its first dot
@@ -73,9 +78,10 @@ def test_every_key_maps_to_a_live_layer_of_the_type_the_webui_picks(models, fami
     assert layers and set(layers) <= set(targets), "every key names a live layer"
     for name, keys in layers.items():
         module = targets[name].module
-        assert webui_module_type(keys) == expected, (name, keys)
-        assert keys <= {k for alt in dict(WEBUI_MODULE_TYPES)[expected] for k in alt} | READ_BY_ALL \
-            | ALSO_READ.get(expected, set()), f"{name}: keys the WebUI would not read: {keys}"
+        picked = "network_norm" if isinstance(module, (nn.GroupNorm, nn.LayerNorm)) else expected
+        assert webui_module_type(keys) == picked, (name, keys)
+        assert keys <= {k for alt in dict(WEBUI_MODULE_TYPES)[picked] for k in alt} | READ_BY_ALL \
+            | ALSO_READ.get(picked, set()), f"{name}: keys the WebUI would not read: {keys}"
         weight = module.weight
         if expected == "network_ia3":
             assert isinstance(module, nn.Linear)  # its (out, 1) gain fits 2-D weights only
@@ -84,6 +90,9 @@ def test_every_key_maps_to_a_live_layer_of_the_type_the_webui_picks(models, fami
             assert shape[0] == 1 and shape[1] == weight.shape[1] and shape.numel() == weight.shape[1]
         if "lora_mid.weight" in keys:  # network_lora builds lora_mid as a conv of the layer's kernel
             assert isinstance(module, nn.Conv2d) and module.kernel_size != (1, 1)
+        if "oft_blocks" in keys:  # network_oft: blocks x size (BOFT: x stages) = the layer's outputs
+            blocks = network.adapters[name].file_tensors()["oft_blocks"]
+            assert blocks.shape[-3] * blocks.shape[-1] == weight.shape[0]
         if "diff_b" in keys:
             assert module.bias is not None and getattr(module, "separate_bias", True)
     if family != "sd1" and method == "full":
@@ -91,6 +100,11 @@ def test_every_key_maps_to_a_live_layer_of_the_type_the_webui_picks(models, fami
         fused = [n for n, t in targets.items() if n.endswith(("_q_proj", "_k_proj", "_v_proj"))
                  and not getattr(t.module, "separate_bias", True)]
         assert fused and all("diff_b" not in layers[n] for n in fused)
+    if method == "locon-full-norm":  # the WebUI maps these names (networks.py, convert_diffusers_name_to_compvis)
+        assert any("conv_in" in n or "input_blocks_0_0" in n for n in layers)
+        assert any("time_emb" in n for n in layers) and any(n.endswith(("_norm1", "_norm")) for n in layers)
+    if method == "loha-attn-only":
+        assert all("_attn1_" in n or "_attn2_" in n or "_self_attn_" in n for n in layers)
 
 
 def test_the_webui_rules_tell_lora_from_lycoris_files():

@@ -67,8 +67,12 @@ class ModelBundle:
     def vae(self) -> nn.Module:
         raise NotImplementedError
 
-    def target_layers(self, include_conv: bool, train_unet: bool = True,
-                      train_text_encoder: bool = True) -> list[TargetLayer]:
+    def target_layers(self, include_conv: bool, train_unet: bool = True, train_text_encoder: bool = True,
+                      top_level: bool = False, norms: bool = False) -> list[TargetLayer]:
+        """The layers a network may adapt, under their file names (formats/kohya_names.py):
+        the UNet's attention blocks, with include_conv its ResNet/sampler blocks, with top_level
+        conv_in/conv_out/the time embedding, with norms the norm layers in those blocks; the
+        text encoders' attention and MLP blocks."""
         raise NotImplementedError
 
     def encode_prompts(self, prompts: list[str], max_token_length: int = 75) -> Conditioning:

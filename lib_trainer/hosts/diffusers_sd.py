@@ -48,10 +48,10 @@ class DiffusersSDBundle(ModelBundle):
     def vae(self) -> nn.Module:
         return self.vae_model
 
-    def target_layers(self, include_conv, train_unet=True, train_text_encoder=True):
+    def target_layers(self, include_conv, train_unet=True, train_text_encoder=True, top_level=False, norms=False):
         targets = []
         if train_unet:
-            targets += diffusers_unet_targets(self.unet, include_conv, self._unet_path_in_file())
+            targets += diffusers_unet_targets(self.unet, include_conv, self._unet_path_in_file(), top_level, norms)
         if train_text_encoder:
             for encoder, prefix in zip(self.encoders, TEXT_ENCODER_PREFIXES[self.family]):
                 targets += clip_text_encoder_targets(encoder, prefix)

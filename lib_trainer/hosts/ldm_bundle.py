@@ -25,7 +25,8 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..formats.kohya_names import TargetLayer, clip_text_encoder_targets, find_targets, kohya_name
+from ..formats.kohya_names import (TargetLayer, clip_text_encoder_targets, find_targets, kohya_name,
+                                   top_level_targets)
 from ..formats.original_layout import OPENCLIP_LAYER_PARTS, unet_module_from_original
 from .bundle import Conditioning, ModelBundle, latent_sizes, module_fingerprint
 from .fused_attention import ProjectionView, projection_views, split_projections
@@ -33,6 +34,8 @@ from ..errors import UserError
 
 LDM_ATTENTION_BLOCKS = ("SpatialTransformer",)
 LDM_CONV_BLOCKS = ("ResBlock", "Downsample", "Upsample")
+# kohya_names.UNET_TOP_LEVEL in the ldm/sgm layout.
+LDM_TOP_LEVEL = ("input_blocks.0.0", "time_embed.0", "time_embed.2", "out.2")
 # Blocks whose forward wraps `_forward` in ldm/sgm's own checkpoint function: it computes
 # gradients only for the block's parameters, so an adapter hooked inside would get none.
 CHECKPOINTED_BLOCKS = ("BasicTransformerBlock", "ResBlock")
@@ -138,12 +141,14 @@ class LiveSDBundle(ModelBundle):
     def vae(self) -> nn.Module:
         return self.sd_model.first_stage_model
 
-    def target_layers(self, include_conv, train_unet=True, train_text_encoder=True):
+    def target_layers(self, include_conv, train_unet=True, train_text_encoder=True, top_level=False, norms=False):
         targets = []
         if train_unet:
             blocks = LDM_ATTENTION_BLOCKS + (LDM_CONV_BLOCKS if include_conv else ())
             targets += find_targets(self.unet, "lora_unet", "unet", blocks, include_conv3x3=include_conv,
-                                    path_in_file=self._unet_path_in_file())
+                                    path_in_file=self._unet_path_in_file(), norms=norms)
+            if top_level:
+                targets += top_level_targets(self.unet, LDM_TOP_LEVEL, include_conv, self._unet_path_in_file())
         if train_text_encoder:
             for encoder, prefix in zip(self.text_encoders(), TEXT_PREFIXES[self.family]):
                 if _openclip_blocks(encoder):

@@ -128,3 +128,70 @@ def ia3_delta_output(base_output_without_bias: torch.Tensor, gain: torch.Tensor)
     """IA3 on the output: y = W x * (1 + gain) + b, so the change is gain ⊙ W x (the bias is not
     scaled, as the WebUI's W * gain update leaves it). gain (out,) on the last axis."""
     return base_output_without_bias * gain
+
+
+# --- OFT and BOFT: rotations of the output channels ---------------------------------------------
+# The layouts are those LyCORIS writes and the WebUI's network_oft reads: `oft_blocks` holds
+# unconstrained blocks A, each turned into a rotation by the Cayley transform of Q = A - A^T.
+
+
+def cayley_rotations(blocks: torch.Tensor, max_norm: float = 0.0) -> torch.Tensor:
+    """R = (I + Q)(I - Q)^-1 for every block, Q = A - A^T (skew-symmetric, so R is orthogonal;
+    A = 0 gives R = I). With max_norm > 0 ("constraint" x out_dim), Q is scaled down so that the
+    norm of all blocks together is at most max_norm, as the WebUI does (clamp, 1e-8 guards)."""
+    q = blocks - blocks.transpose(-1, -2)
+    if max_norm > 0:
+        norm = q.norm()
+        q = q * ((norm.clamp(max=max_norm) + 1e-8) / (norm + 1e-8))
+    eye = torch.eye(q.shape[-1], device=q.device, dtype=q.dtype)
+    return (eye + q) @ torch.linalg.inv((eye - q).float()).to(q.dtype)
+
+
+def oft_rotate(weight: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
+    """(Diag-)OFT: the output channels of `weight` (out, ...) in k blocks of n, each block
+    turned by its rotation: W'[k*n + m] = sum_j R[k, j, m] W[k*n + j] (R_k^T W_k)."""
+    k, n, _ = rotations.shape
+    blocks = weight.reshape(k, n, *weight.shape[1:])
+    return torch.einsum("knm,kn...->km...", rotations, blocks).reshape(weight.shape)
+
+
+def butterfly_rotate(weight: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
+    """BOFT: `rotations` (stages, blocks, b, b) applied one stage after another. Stage i pairs
+    rows 2^i * b/2 apart (the butterfly permutation), turns each run of b rows by its block
+    (W' = R_j W_j), and puts the rows back; together the stages mix all channels with only
+    log2(blocks) + 1 small rotations."""
+    stages, _, b, _ = rotations.shape
+    out = weight
+    for stage in range(stages):
+        stride = 2 ** stage * (b // 2)
+        # rows (c, g, s) -> (c, s, g): rows `stride` apart become neighbours
+        out = out.unflatten(0, (-1, 2, stride)).transpose(1, 2).flatten(0, 2)
+        out = torch.einsum("dij,dj...->di...", rotations[stage], out.unflatten(0, (-1, b))).flatten(0, 1)
+        out = out.unflatten(0, (-1, stride, 2)).transpose(1, 2).flatten(0, 2)
+    return out
+
+
+def oft_delta_weight(weight: torch.Tensor, blocks: torch.Tensor, max_norm: float = 0.0,
+                     rescale: torch.Tensor | None = None) -> torch.Tensor:
+    """The change OFT (blocks (k, n, n)) or BOFT (blocks (stages, k, b, b)) makes to `weight`:
+    rescale * rotate(W) - W, rescale (out, 1, ...) a learned per-channel gain (`rescaled`)."""
+    rotations = cayley_rotations(blocks, max_norm)
+    w = weight.to(blocks.dtype)
+    rotated = butterfly_rotate(w, rotations) if blocks.dim() == 4 else oft_rotate(w, rotations)
+    if rescale is not None:
+        rotated = rescale * rotated
+    return rotated - w
+
+
+def butterfly_factorization(dimension: int, factor: int) -> tuple[int, int] | None:
+    """BOFT's split of `dimension` into blocks: (block size b, block count n) with n a power of
+    two and b the largest even number <= factor that allows it, as LyCORIS chooses; None when no
+    even b <= factor does (e.g. 320 needs b = 10: 320 = 10 * 32)."""
+    limit = dimension if factor <= 0 else min(factor, dimension)
+    best = None
+    for size in range(2, limit + 1, 2):
+        if dimension % size == 0:
+            count = dimension // size
+            if count & (count - 1) == 0:
+                best = (size, count)
+    return best

@@ -70,6 +70,11 @@ class IA3Method(LycorisMethod):
     OPTIONS = ("train_on_input",)
     ADAPTER = IA3Module
 
+    def check(self, settings: dict[str, Any]) -> list[str]:
+        # A per-channel gain has no hidden features or ranks to drop (LyCORIS ignores them).
+        return [f"{key}={settings[key]}: {key} does not apply to algo=ia3 (it has no hidden features or ranks); "
+                "use module_dropout" for key in ("dropout", "rank_dropout") if settings[key]]
+
     def adapts_conv(self, settings: dict[str, Any]) -> bool:
         return False
 

@@ -1,4 +1,4 @@
-"""What the LyCORIS methods (loha.py, lokr.py, ia3.py, locon.py, full.py) share: their
+"""What the LyCORIS methods (loha.py, lokr.py, ia3.py, locon.py, oft.py, full.py) share: their
 network_args as LyCORIS' `lycoris.kohya` reads them, their `ss_*` metadata as it writes them,
 and an adapter base for methods that change the layer's weight by a computed delta.
 
@@ -13,7 +13,8 @@ user did not ask for.
 
 Adapters here run as a hook beside the base layer (base.py): the output is base(x) + op(x, dW)
 with the layer's own op, which is LyCORIS' `bypass_mode`; the base weight is never modified, so
-`bypass_mode` is accepted and recorded but changes nothing.
+`bypass_mode` is accepted and recorded but changes nothing. It is refused where LyCORIS' bypass
+computes something else than the WebUI applies: OFT/BOFT (oft.py) and DoRA.
 """
 from __future__ import annotations
 
@@ -31,6 +32,8 @@ from ..formats.kohya_names import TargetLayer
 from .base import AdapterModule, Network
 from .functional import dora_magnitude, weight_decompose
 from .method import NetworkMethod
+from .norm import NormModule
+from .presets import PRESETS, preset_targets
 
 MODULE = "lycoris.kohya"
 TRUE, FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
@@ -51,20 +54,19 @@ ARGUMENTS: dict[str, tuple[Any, Any]] = {
     "conv_dim": (int, None), "conv_alpha": (float, None),
     "dropout": (float, 0.0), "rank_dropout": (float, 0.0), "module_dropout": (float, 0.0),
     "rank_dropout_scale": (_bool, False),
-    "preset": (str, "full"), "use_tucker": (_bool, False), "rs_lora": (_bool, False),
+    "preset": (str, "full"), "train_norm": (_bool, False), "use_tucker": (_bool, False), "rs_lora": (_bool, False),
     "bypass_mode": (_bool, False),
     "dora_wd": (_bool, False), "wd_on_output": (_bool, False),
     "factor": (int, -1), "decompose_both": (_bool, False), "full_matrix": (_bool, False),
     "unbalanced_factorization": (_bool, False),
     "train_on_input": (_bool, False),
+    "constraint": (float, 0.0), "rescaled": (_bool, False),
 }
 TUCKER_ALIASES = ("use_cp", "use_conv_cp")
 COMMON = ("algo", "conv_dim", "conv_alpha", "dropout", "rank_dropout", "module_dropout", "rank_dropout_scale",
-          "preset", "bypass_mode")
-# LyCORIS' presets. Only `full` (the layers networks.lora adapts; 3x3 convs with conv_dim) is
-# applied so far; the others are refused rather than written into the metadata untrained.
-PRESETS = ("full",)
-NOT_YET = ("full-lin", "attn-mlp", "attn-only", "unet-transformer-only", "unet-convblock-only")
+          "preset", "train_norm", "bypass_mode")
+# What LyCORIS users may type that LyCORIS itself spells otherwise.
+SPELLED_OTHERWISE = {"weight_decompose": "dora_wd", "constrain": "constraint"}
 
 
 class LycorisMethod(NetworkMethod):
@@ -102,6 +104,10 @@ class LycorisMethod(NetworkMethod):
         for key, value in args.items():
             if key == "algo":
                 continue
+            if key in SPELLED_OTHERWISE:
+                problems.append(f"network_args: {key} is spelled {SPELLED_OTHERWISE[key]} in LyCORIS' network_args "
+                                f"({SPELLED_OTHERWISE[key]}={value})")
+                continue
             if key not in self.accepted():
                 problems.append(f"network_args: {key} is not an option of {self.module}"
                                 f"{f' algo={self.algo}' if self.algo else ''} (it takes "
@@ -119,11 +125,15 @@ class LycorisMethod(NetworkMethod):
                 problems.append(f"{key}={settings[key]} must be at least 0 and below 1")
         if settings["conv_dim"] < 0 or settings["conv_alpha"] < 0:
             problems.append("conv_dim and conv_alpha must not be negative")
-        if settings["preset"] in NOT_YET:
-            problems.append(f"network_args: preset={settings['preset']} is not supported yet; use preset=full "
-                            "(or leave it out)")
-        elif settings["preset"] not in PRESETS:
-            problems.append(f"network_args: preset={settings['preset']!r} is not one of: {', '.join(PRESETS)}")
+        if settings["preset"] not in PRESETS:
+            problems.append(f"network_args: preset={settings['preset']!r} is not one of LyCORIS' presets here: "
+                            f"{', '.join(PRESETS)}")
+        elif PRESETS[settings["preset"]].conv_blocks_only and not self.adapts_conv(settings):
+            problems.append(f"network_args: preset={settings['preset']} adapts the conv blocks only: it needs "
+                            f"conv_dim > 0{'' if self.algo != 'ia3' else ' and an algo that adapts convolutions'}")
+        if settings.get("dora_wd") and settings["bypass_mode"]:
+            problems.append("network_args: bypass_mode cannot go with dora_wd (LyCORIS' bypass leaves DoRA's "
+                            "normalisation out, the WebUI applies it); leave bypass_mode out")
         problems += self.check(settings)
         if problems:
             raise ConfigError("\n".join(problems))
@@ -140,9 +150,20 @@ class LycorisMethod(NetworkMethod):
     def adapts_conv(self, settings: dict[str, Any]) -> bool:
         return settings["conv_dim"] > 0
 
+    def target_layers(self, bundle, config, settings: dict[str, Any]) -> list[TargetLayer]:
+        """The layers LyCORIS' `preset` chooses (presets.py), with the norm layers in them
+        when train_norm is set."""
+        return preset_targets(bundle, settings["preset"], self.adapts_conv(settings), config.train_unet(),
+                              config.train_text_encoder(), norms=settings["train_norm"])
+
     def layers(self, targets: list[TargetLayer], settings: dict[str, Any]):
-        """(target, rank, alpha) of every adapted layer: 3x3 convs only with conv_dim."""
+        """(target, rank, alpha) of every adapted layer: 3x3 convs only with conv_dim, norm
+        layers only with train_norm."""
         for target in targets:
+            if target.is_norm:
+                if settings["train_norm"]:
+                    yield target, 0, 0.0
+                continue
             if not self.adapts(target):
                 continue
             if target.is_conv3x3:
@@ -155,7 +176,8 @@ class LycorisMethod(NetworkMethod):
         return True
 
     def create(self, targets: list[TargetLayer], settings: dict[str, Any]) -> Network:
-        adapters = [self.ADAPTER(target, rank, alpha, settings) for target, rank, alpha in self.layers(targets, settings)]
+        adapters = [NormModule(target, settings) if target.is_norm else self.ADAPTER(target, rank, alpha, settings)
+                    for target, rank, alpha in self.layers(targets, settings)]
         return Network(adapters, self, settings)
 
     def parameter_count(self, targets: list[TargetLayer], settings: dict[str, Any]) -> int:

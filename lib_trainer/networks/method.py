@@ -38,21 +38,22 @@ class NetworkMethod:
         """The network (a Trainable) on these layers."""
         raise NotImplementedError
 
+    def target_layers(self, bundle, config, settings: dict[str, Any]) -> list[TargetLayer]:
+        """The layers of `bundle` a run of this config adapts (LyCORIS' presets choose others)."""
+        return bundle.target_layers(include_conv=self.adapts_conv(settings), train_unet=config.train_unet(),
+                                    train_text_encoder=config.train_text_encoder())
+
     def trainable_for(self, config, bundle, settings: dict[str, Any]):
         """What a run of this method trains on `bundle`: the network on the layers the config
         chooses. A kind that adapts no layers (an embedding, a hypernetwork) overrides this."""
-        targets = bundle.target_layers(include_conv=self.adapts_conv(settings), train_unet=config.train_unet(),
-                                       train_text_encoder=config.train_text_encoder())
-        return self.create(targets, settings)
+        return self.create(self.target_layers(bundle, config, settings), settings)
 
     def parameter_count(self, targets: list[TargetLayer], settings: dict[str, Any]) -> int:
         raise NotImplementedError
 
     def parameters_on(self, config, bundle, settings: dict[str, Any]) -> int:
         """The parameters a run of this method trains on `bundle`: on the layers it adapts."""
-        targets = bundle.target_layers(include_conv=self.adapts_conv(settings), train_unet=config.train_unet(),
-                                       train_text_encoder=config.train_text_encoder())
-        return self.parameter_count(targets, settings)
+        return self.parameter_count(self.target_layers(bundle, config, settings), settings)
 
     def file_metadata(self, settings: dict[str, Any]) -> dict[str, str]:
         """ss_network_module, ss_network_dim, ss_network_alpha, ss_network_args."""

@@ -12,7 +12,7 @@ from ..errors import InvalidInput
 from ..formats.hypernetwork_file import is_hypernetwork_path
 from ..formats.lora_file import load_lora, read_metadata
 from ..formats.kohya_names import TargetLayer
-from . import embedding, full, hypernetwork, ia3, locon, loha, lokr, lora
+from . import embedding, full, hypernetwork, ia3, locon, loha, lokr, lora, oft
 from .method import NetworkMethod
 from .trainable import Trainable
 
@@ -23,11 +23,15 @@ METHODS: dict[tuple[str, str | None], NetworkMethod] = {method.key: method for m
     ia3.METHOD,
     locon.METHOD, locon.LORA,
     full.METHOD,
+    oft.METHOD, oft.BOFT,
     embedding.METHOD,
     hypernetwork.METHOD,
 )}
 # The algo LyCORIS uses when network_args names none.
 DEFAULT_ALGO = {"lycoris.kohya": "lora"}
+# Modules of other tools that are not offered, and what to use instead.
+INSTEAD = {"networks.oft": "lycoris.kohya with algo=diag-oft (kohya's networks.oft names its keys oft_unet_..., "
+                           "which the WebUI 1.10 finds on SDXL only)"}
 
 
 def find_method(config: TrainConfig) -> NetworkMethod:
@@ -37,8 +41,10 @@ def find_method(config: TrainConfig) -> NetworkMethod:
     method = METHODS.get((config.network_module, algo)) or METHODS.get((config.network_module, None))
     if method is None:
         known = ", ".join(module if algo is None else f"{module} algo={algo}" for module, algo in METHODS)
+        instead = INSTEAD.get(config.network_module)
         raise ConfigError(f"network_module {config.network_module!r}"
-                          f"{f' with algo={algo}' if algo else ''} is unknown; available: {known}")
+                          f"{f' with algo={algo}' if algo else ''} is unknown; "
+                          + (f"use {instead}" if instead else f"available: {known}"))
     return method
 
 
@@ -55,9 +61,7 @@ def network_targets(config: TrainConfig, bundle) -> tuple[NetworkMethod, dict[st
     """The method, its settings and the layers of `bundle` a run of this config adapts."""
     method = find_method(config)
     settings = method.settings(config)
-    targets = bundle.target_layers(include_conv=method.adapts_conv(settings), train_unet=config.train_unet(),
-                                   train_text_encoder=config.train_text_encoder())
-    return method, settings, targets
+    return method, settings, method.target_layers(bundle, config, settings)
 
 
 def create_trainable(config: TrainConfig, bundle) -> Trainable:
@@ -98,7 +102,8 @@ def network_from_file(path: str, bundle) -> Trainable:
     if method is None:
         raise InvalidInput(f"{path}: not a network file this trainer knows (keys like {next(iter(state), 'none')})")
     try:
-        network, unmatched = method.from_file(bundle.target_layers(include_conv=True), state, file_config)
+        network, unmatched = method.from_file(bundle.target_layers(include_conv=True, top_level=True, norms=True),
+                                             state, file_config)
     except ConfigError as error:
         raise InvalidInput(f"{path}: its metadata describes no network this trainer can build: {error}") from None
     if unmatched:
