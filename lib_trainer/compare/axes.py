@@ -23,6 +23,7 @@ import re
 from dataclasses import dataclass, replace
 
 from ..errors import InvalidInput, UserError
+from .embedding_words import names_word, with_file
 from .grid import lora_tag
 from .runs import saved_files
 from .values import parse_numbers
@@ -230,14 +231,13 @@ def apply_embedding_file(p, name: str) -> None:
     """The embedding file axis: the run's word in the prompts becomes this file's name, so the
     cell uses that file's vectors (weights do not apply to an embedding)."""
     word = embedding_word(name)
-    pattern = re.compile(rf"(?<![\w-]){re.escape(word)}(?![\w-])")
-    if not pattern.search(getattr(p, "prompt", "") or ""):
+    if not names_word(getattr(p, "prompt", "") or "", word):
         raise AxisError(f"the embedding file axis replaces the embedding's word {word!r} in the prompt by the "
                         f"file's name ({name}): put {word} in the prompt")
     for field in PROMPT_FIELDS:
         text = getattr(p, field, None)
         if isinstance(text, str) and text:
-            setattr(p, field, pattern.sub(name, text))
+            setattr(p, field, with_file(text, word, name))
 
 
 def embedding_file_choices(folder: str) -> list[str]:

@@ -50,6 +50,11 @@ class TrainService:
     # the Compare sub-tab then has no model field.
     compares_on_loaded_model = False
 
+    def compare_folders(self, output_dir: str) -> list[str]:
+        """The folders the Compare sub-tab offers for finding runs: `output_dir` (the default
+        one); a host with one folder per kind of file (the WebUI) offers each."""
+        return [output_dir]
+
     def enqueue(self, config: TrainConfig, start: bool = False, compare_when_done: bool = False) -> QueueItem:
         """Queue a run; `compare_when_done`: draw its epoch x weight grid when it ends done."""
         raise NotImplementedError
@@ -248,7 +253,7 @@ class LocalTrainService(TrainService):
                 return
             request = default_request(files, **self.compare_defaults)
             progress.status(f"compare when done: drawing {len(request.files)} columns x "
-                            f"{len(request.weights)} weights")
+                            f"{len(request.row_weights)} weights")
             grid = self._draw_grid(request, progress, config.pretrained_model_name_or_path)
             path = save_beside_run(grid, config.output_dir)
         except Exception as error:  # noqa: BLE001 - a grid never fails the run it shows
