@@ -178,6 +178,7 @@ def test_the_sub_tab_lists_embedding_and_hypernetwork_runs(emb_run, small_root, 
         tab = CompareTab(LocalTrainService(TrainQueue(None)), TrainConfig(output_dir=emb_run,
                                                                           pretrained_model_name_or_path="tiny:sd1"))
         tab.build()
+        tab.wire()
     assert tab.folders == [emb_run]
     _, runs, files, _ = tab.refresh_runs(emb_run, None)
     assert runs["choices"] == ["ltemb"] and len(files["value"]) == 3

@@ -185,7 +185,8 @@ def file_choices(folder: str) -> list[str]:
     order; read from the folder each time, so a run's new files show at once."""
     names = []
     for saved in saved_files(folder):
-        if saved.name not in names and not saved.is_hypernetwork:  # those have axes of their own
+        # hypernetworks and embeddings (a pivotal run's, beside its LoRA) have axes of their own
+        if saved.name not in names and not saved.is_hypernetwork and not saved.is_embedding:
             names.append(saved.name)
     return [NONE, *names]
 

@@ -132,7 +132,7 @@ class CompareTab:
         if tab is not None and hasattr(tab, "select"):
             tab.select(self.refresh_runs, [self.folder, self.run], listing)
         self.refresh.click(self.refresh_runs, [self.folder, self.run], listing)
-        self.folder.submit(self.refresh_runs, [self.folder, self.run], listing)
+        self.folder.change(self.refresh_runs, [self.folder, self.run], listing)  # picked, or typed and left
         self.run.change(self.choose_run, [self.folder, self.run],
                         [self.message, self.files, self.keep_file, self.keep_name, self.prompts, self.width,
                          self.height, self.model, self.weights])
