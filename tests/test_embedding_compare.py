@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import types
 
 import gradio as gr
 import pytest
@@ -186,3 +187,23 @@ def test_the_sub_tab_lists_embedding_and_hypernetwork_runs(emb_run, small_root, 
     assert prompt.startswith("ltemb, ") and weights == "1" and (width, height) == (64, 64)
     _, runs, files, keep = tab.refresh_runs(str(hyper), None)
     assert runs["choices"] == ["hn"] and keep["value"].startswith("hn epoch 1 (final)")
+
+
+def test_compare_when_done_finds_an_embedding_run_where_its_files_went(emb_run, tmp_path):
+    """The host may save an embedding elsewhere (the WebUI's embeddings folder), named by its word."""
+    elsewhere = tmp_path / "embeddings"
+
+    def trainer(config, progress):
+        shutil.copytree(emb_run, elsewhere, copy_function=shutil.copyfile)  # new files: this run's
+        return types.SimpleNamespace(final_path=str(elsewhere / "ltemb.safetensors"), stopped_early=False)
+
+    service = LocalTrainService(TrainQueue(None), trainer)
+    service.compare_defaults = dict(steps=1, sampler="euler")
+    item = service.enqueue(quick_config("/nowhere", str(tmp_path / "Lora"), output_name="myrun"), start=True,
+                           compare_when_done=True)
+    assert service.wait(300)
+    grid = service.queue.get(item.id).grid
+    assert grid.startswith(str(elsewhere / "compare" / "ltemb-"))
+    record = read_grid_record(grid)
+    assert record["columns"] == ["None (prompt without ltemb)", "ltemb epoch 1", "ltemb epoch 2 (final)"]
+    assert record["rows"] == ["prompt"] and record["cells"][1]["prompt"].startswith("ltemb-000001, ")

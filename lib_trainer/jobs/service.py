@@ -233,21 +233,25 @@ class LocalTrainService(TrainService):
         self.queue.update(item.id, status=status, result=path)
         # Not after a stop: Stop means "free the machine now", and the queue pauses with it.
         if status == DONE and item.compare_when_done:
-            self._compare_when_done(item, progress)
+            self._compare_when_done(item, progress, path)
         self.state.finish(status, result=path)
 
-    def _compare_when_done(self, item: QueueItem, progress: Progress) -> None:
+    def _compare_when_done(self, item: QueueItem, progress: Progress, final_path: str = "") -> None:
         """The run's epoch x weight grid, saved in <output_dir>/compare/ and said in its log. It
         only shows the run: whatever goes wrong is said there, and the run stays done."""
         from ..compare.defaults import default_request, save_beside_run
-        from ..compare.runs import run_files
+        from ..compare.runs import read_saved_file, run_files
 
         config = item.train_config()
         try:
+            # Where the run's last file went and the run it names: a host may save an embedding
+            # or a hypernetwork in a folder of its own, and an embedding run is named by its word.
+            folder, run = config.output_dir, config.output_name
+            if final_path and os.path.isfile(final_path):
+                folder, run = os.path.dirname(final_path), read_saved_file(final_path).run
             # This run's files: an earlier run of the same name may have left more epochs.
             since = (item.added or 0) - 1
-            files = [saved for saved in run_files(config.output_dir, config.output_name)
-                     if os.path.getmtime(saved.path) >= since]
+            files = [saved for saved in run_files(folder, run) if os.path.getmtime(saved.path) >= since]
             if not files:
                 progress.status("compare when done: the run saved no files to compare")
                 return
