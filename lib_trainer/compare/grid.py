@@ -89,13 +89,13 @@ class GridRequest:
 
     @property
     def compares_embeddings(self) -> bool:
-        return any(file is not None and file.is_embedding for file in self.files)
+        return any(_is_embedding(file) for file in self.files)
 
     @property
     def embedding_words(self) -> list[str]:
         words = []
         for file in self.files:
-            if file is not None and file.is_embedding and file.embedding_word not in words:
+            if _is_embedding(file) and file.embedding_word not in words:
                 words.append(file.embedding_word)
         return words
 
@@ -123,7 +123,7 @@ class GridRequest:
         if not self.compares_embeddings:
             return []
         found = []
-        others = [file.name for file in self.files if file is not None and not file.is_embedding]
+        others = [file.name for file in self.files if file is not None and not _is_embedding(file)]
         if others:
             found.append(f"{', '.join(others)}: an embedding grid compares embedding files (and None) only, "
                          "as weights mean nothing to an embedding; compare these files in a grid of their own")
@@ -137,12 +137,16 @@ class GridRequest:
     def cell_prompt(self, file: SavedFile | None, prompt: str) -> str:
         """The prompt a cell draws: an embedding file's name in place of its word, and for the
         None column of an embedding grid the prompt without the word."""
-        if file is not None and file.is_embedding:
+        if _is_embedding(file):
             return with_file(prompt, file.embedding_word, file.name)
         if file is None:
             for word in self.embedding_words:
                 prompt = without_word(prompt, word)
         return prompt
+
+
+def _is_embedding(file) -> bool:
+    return bool(getattr(file, "is_embedding", False))  # None is the base model
 
 
 @dataclass(frozen=True)
