@@ -207,3 +207,22 @@ def test_compare_when_done_finds_an_embedding_run_where_its_files_went(emb_run, 
     record = read_grid_record(grid)
     assert record["columns"] == ["None (prompt without ltemb)", "ltemb epoch 1", "ltemb epoch 2 (final)"]
     assert record["rows"] == ["prompt"] and record["cells"][1]["prompt"].startswith("ltemb-000001, ")
+
+
+def test_an_sdxl_cell_applies_both_text_encoders_vectors(tmp_path):
+    """SDXL: a .pt (no metadata) with clip_l and clip_g vectors, drawn as applying it directly."""
+    generator = torch.Generator().manual_seed(3)
+    vectors = [torch.randn(2, 32, generator=generator), torch.randn(2, 64, generator=generator)]
+    save_embedding(str(tmp_path / "xlemb-000001.pt"), "xlemb", vectors, 1, None, None)
+    [saved] = saved_files(str(tmp_path))
+    bundle = build_tiny_bundle("sdxl")
+    request = GridRequest(files=[None, saved], prompts=["xlemb, red ball"], steps=2, sampler="euler", width=64,
+                          height=64, seed=2)
+    grid = standalone_grid(request, bundle, Progress(), device="cpu")
+    assert grid.columns == ["None (prompt without xlemb)", "xlemb epoch 1"]
+    with torch.no_grad(), bundle.frozen_for_training(torch.device("cpu"), torch.float32), \
+            eval_mode(bundle.modules()), bundle.prompt_embeddings({"xlemb": vectors}):
+        direct = txt2img(bundle, SamplePrompt("xlemb, red ball", "", 64, 64, 2, 7.0), "euler",
+                         torch.Generator().manual_seed(2))
+    assert ImageChops.difference(grid.cell(0, 1).image, direct).getbbox() is None
+    assert ImageChops.difference(grid.cell(0, 0).image, direct).getbbox() is not None
