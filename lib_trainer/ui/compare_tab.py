@@ -3,11 +3,11 @@
 The runs are read from a folder (the service's output folder to start; in the WebUI the list
 offers its Lora, embeddings and hypernetworks folders, where each kind of run saves, and any
 folder may be typed), again each time the sub-tab is opened or Refresh is pressed, so files a
-running run saves show up. An embedding run's grid has one row per prompt (no weights). Choosing a run fills in its files and the prompt and size it trained for
-(compare/defaults.py). "Make grid" asks the service to draw it (the WebUI's txt2img there, our
-own sampler standalone), saves it beside the run's files, and shows it with its cells;
-clicking a cell shows that image at full size with its infotext, and picks its file for
-Keep as best.
+running run saves show up. Choosing a run fills in its files and the prompt, size and weights
+it trained for (compare/defaults.py; an embedding run's grid has one row per prompt). "Make
+grid" asks the service to draw it (the WebUI's txt2img there, our own sampler standalone),
+saves it beside the run's files, and shows it with its cells; clicking a cell shows that
+image at full size with its infotext, and picks its file for Keep as best.
 
 The grid is drawn in the background (compare_job.py says why) and the page polls its progress
 bar and its result; Stop asks it to end after the image being drawn (in the WebUI, Interrupt
