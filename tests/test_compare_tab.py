@@ -71,8 +71,9 @@ def test_refresh_says_what_is_wrong_with_the_folder(tab, tmp_path):
 
 
 def test_choosing_a_run_fills_in_what_it_trained_for(tab, run_folder):
-    message, files, keep_file, keep_name, prompt, width, height, model = tab.choose_run(run_folder, "cmp")
+    message, files, keep_file, keep_name, prompt, width, height, model, weights = tab.choose_run(run_folder, "cmp")
     assert len(files["value"]) == 3 and keep_name == "cmp-best"
+    assert weights == "0.6,0.8,1"  # a LoRA's; an embedding's is 1 (test_embedding_compare.py)
     assert prompt == "ltdemo, ball, smile"  # trigger word, the class of its folder, and a new feature
     assert (width, height) == (64, 64)  # the bucket most pictures trained in
     assert model == "tiny:sd1"  # from the config saved beside the files

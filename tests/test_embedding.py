@@ -139,8 +139,9 @@ def test_the_pt_file_is_the_webuis_layout_and_loads_weights_only(small_root, tmp
         assert set(data) == {"clip_l", "clip_g"}
         assert list(data["clip_l"].shape) == [3, 32] and list(data["clip_g"].shape) == [3, 64]
         return
+    # and our training metadata (what the comparison lists), in a key the WebUI's loader never reads
     assert set(data) == {"string_to_token", "string_to_param", "name", "step", "sd_checkpoint",
-                         "sd_checkpoint_name"}
+                         "sd_checkpoint_name", "lib_trainer_metadata"}
     assert list(data["string_to_token"]) == ["*"] and isinstance(data["string_to_token"]["*"], int)
     assert list(data["string_to_param"]) == ["*"] and list(data["string_to_param"]["*"].shape) == [3, 64]
     assert data["name"] == "ltemb" and data["step"] == 1 and data["sd_checkpoint_name"] == "tiny-sd1"

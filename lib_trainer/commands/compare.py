@@ -1,8 +1,10 @@
 """`python -m lib_trainer compare`: a run's files x weights in one labelled grid, without the WebUI.
 
 Columns: the base model (None) and the run's files in training order, or the --files given;
-rows: the weights, for each prompt. The prompt, size and base model default to the run's own:
-its trigger word and class with `smile`, its most common bucket, the checkpoint it trained on.
+rows: the weights, for each prompt (for an embedding run, one row per prompt, each cell's
+prompt with the embedding's name replaced by its file's). The prompt, size and base model
+default to the run's own: its trigger word (an embedding's name) and class with `smile`, its
+most common bucket, the checkpoint it trained on.
 """
 from __future__ import annotations
 
@@ -22,8 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--files", default="", help="comma-separated files to compare, in this order: names "
                         "(sls-000002), labels (sls epoch 2) or paths; None is the base model. "
                         "Default: None and every file of the run")
-    parser.add_argument("--weights", default="0.6,0.8,1",
-                        help="weights, as the X/Y/Z plot reads them: 0.6,0.8,1 or 0.6-1 (+0.1) or 0-1 [5]")
+    parser.add_argument("--weights", default="",
+                        help="weights, as the X/Y/Z plot reads them: 0.6,0.8,1 or 0.6-1 (+0.1) or 0-1 [5]; "
+                        "default 0.6,0.8,1 (an embedding has none: its grid has one row per prompt)")
     parser.add_argument("--prompt", action="append", default=[],
                         help="a prompt (repeat for more rows); default: the run's trigger word and class, smile")
     parser.add_argument("--negative_prompt", default="lowres, bad anatomy, worst quality, low quality")
@@ -50,14 +53,14 @@ def run(args: argparse.Namespace) -> int:
     defaults = run_defaults(run_files)
     width, height = parse_size(args.size) if args.size else (defaults.width, defaults.height)
     request = GridRequest(files=files, prompts=args.prompt or [defaults.prompt],
-                          weights=parse_numbers(args.weights), negative_prompt=args.negative_prompt, seed=args.seed,
+                          weights=parse_numbers(args.weights or defaults.weights), negative_prompt=args.negative_prompt, seed=args.seed,
                           steps=args.steps, sampler=args.sampler, cfg_scale=args.cfg_scale, width=width,
                           height=height).checked()
     # The run's own base model, with its v-prediction, clip skip and VAE, unless --model says otherwise.
     model, options = base_model_options(run_files, args.model)
     if not model:
         raise InvalidInput(f"no saved config beside {run_files[-1].path} names the base model: give --model")
-    print(f"{len(files)} columns x {len(request.weights) * len(request.used_prompts)} rows at {width}x{height} "
+    print(f"{len(files)} columns x {len(request.row_weights) * len(request.used_prompts)} rows at {width}x{height} "
           f"on {model}", file=sys.stderr)
     grid = _draw(request, load_bundle(model, **options), args.device)
     path = save_grid(grid, args.out or default_grid_path(args.run, run_files[-1].run), cells=not args.no_cells)

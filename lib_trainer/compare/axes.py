@@ -23,6 +23,7 @@ import re
 from dataclasses import dataclass, replace
 
 from ..errors import InvalidInput, UserError
+from .embedding_words import names_word, with_file
 from .grid import lora_tag
 from .runs import saved_files
 from .values import parse_numbers
@@ -184,7 +185,8 @@ def file_choices(folder: str) -> list[str]:
     order; read from the folder each time, so a run's new files show at once."""
     names = []
     for saved in saved_files(folder):
-        if saved.name not in names and not saved.is_hypernetwork:  # those have axes of their own
+        # hypernetworks and embeddings (a pivotal run's, beside its LoRA) have axes of their own
+        if saved.name not in names and not saved.is_hypernetwork and not saved.is_embedding:
             names.append(saved.name)
     return [NONE, *names]
 
@@ -230,14 +232,13 @@ def apply_embedding_file(p, name: str) -> None:
     """The embedding file axis: the run's word in the prompts becomes this file's name, so the
     cell uses that file's vectors (weights do not apply to an embedding)."""
     word = embedding_word(name)
-    pattern = re.compile(rf"(?<![\w-]){re.escape(word)}(?![\w-])")
-    if not pattern.search(getattr(p, "prompt", "") or ""):
+    if not names_word(getattr(p, "prompt", "") or "", word):
         raise AxisError(f"the embedding file axis replaces the embedding's word {word!r} in the prompt by the "
                         f"file's name ({name}): put {word} in the prompt")
     for field in PROMPT_FIELDS:
         text = getattr(p, field, None)
         if isinstance(text, str) and text:
-            setattr(p, field, pattern.sub(name, text))
+            setattr(p, field, with_file(text, word, name))
 
 
 def embedding_file_choices(folder: str) -> list[str]:

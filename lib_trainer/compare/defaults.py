@@ -3,7 +3,8 @@ pre-fills its fields with it) and "Compare when done" (which draws it as it is).
 
 The default grid is every saved file of the run, the base model as a baseline column, at
 weights 0.6, 0.8 and 1, with the prompt the run trained for (trigger word, class, `smile`) at
-the size most of its pictures trained at.
+the size most of its pictures trained at. An embedding run's grid has no weights (one row per
+prompt), and its prompt says the embedding's name, which each cell replaces by its file's.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from .runs import SavedFile, training_config, training_model, training_prompt, t
 
 DEFAULT_WEIGHTS = (0.6, 0.8, 1.0)
 DEFAULT_WEIGHTS_TEXT = "0.6,0.8,1"
+EMBEDDING_WEIGHTS_TEXT = "1"  # an embedding has no weight
 
 
 @dataclass(frozen=True)
@@ -25,6 +27,7 @@ class RunDefaults:
     width: int
     height: int
     model: str
+    weights: str = DEFAULT_WEIGHTS_TEXT
 
 
 def run_defaults(files: Sequence[SavedFile], fallback_model: str = "") -> RunDefaults:
@@ -34,14 +37,16 @@ def run_defaults(files: Sequence[SavedFile], fallback_model: str = "") -> RunDef
     last = files[-1]
     width, height = training_size(last)
     model = next((found for found in (training_model(saved) for saved in reversed(files)) if found), "")
-    return RunDefaults(training_prompt(last), width, height, model or fallback_model)
+    weights = EMBEDDING_WEIGHTS_TEXT if last.is_embedding else DEFAULT_WEIGHTS_TEXT
+    return RunDefaults(training_prompt(last), width, height, model or fallback_model, weights)
 
 
 def default_request(files: Sequence[SavedFile], **changes) -> GridRequest:
     """The run's epoch x weight grid with the defaults above; `changes` overrides the settings
     every cell shares (steps, seed, ...)."""
     settings = run_defaults(files)
-    values = dict(files=[None, *files], prompts=[settings.prompt], weights=DEFAULT_WEIGHTS,
+    weights = (1.0,) if any(file.is_embedding for file in files) else DEFAULT_WEIGHTS
+    values = dict(files=[None, *files], prompts=[settings.prompt], weights=weights,
                   width=settings.width, height=settings.height)
     values.update(changes)
     return GridRequest(**values)

@@ -11,6 +11,12 @@ file to our own model (compare/standalone.py); the WebUI's adds `<lora:name:w>` 
 hypernetwork's `<hypernet:name:w>`) to the prompt of its own txt2img (lib_trainer/webui/compare.py). The grid's PNG carries the first cell's
 infotext as `parameters` (the WebUI's PNG Info tab reads it, as for its own grids) and every
 cell's in `lib_trainer_grid` (JSON), beside a folder with each cell's own PNG.
+
+A grid of embedding files has no weights (an embedding is a word, on or off): its rows are the
+prompts, each cell's prompt has the embedding's word replaced by its file's name (as the X/Y/Z
+plot's embedding file axis does, embedding_words.py), and the None column has the word taken
+out: the prompt as it reads without the embedding. Weights given to such a grid are said once,
+as a notice, and not used.
 """
 from __future__ import annotations
 
@@ -27,6 +33,7 @@ from ..errors import InvalidInput, UserError
 from ..progress import Progress
 from ..train.samplers import SAMPLERS
 from ..train.sampling import save_png
+from .embedding_words import names_word, with_file, without_word
 from .runs import SavedFile
 
 BASE_LABEL = "None (base model)"
@@ -58,8 +65,9 @@ class GridRequest:
             found.append("choose at least one file (or None for the base model)")
         if not [prompt for prompt in self.prompts if prompt.strip()]:
             found.append("write at least one prompt")
-        if not self.weights:
+        if not self.weights and not self.compares_embeddings:
             found.append("give at least one weight, e.g. 0.6,0.8,1")
+        found += self._embedding_problems()
         if self.sampler not in SAMPLERS:
             found.append(f"sampler {self.sampler!r} is unknown; available: {', '.join(SAMPLERS)}")
         if not 1 <= self.steps <= 1000:
@@ -79,6 +87,67 @@ class GridRequest:
     def used_prompts(self) -> list[str]:
         return [prompt.strip() for prompt in self.prompts if prompt.strip()]
 
+    @property
+    def compares_embeddings(self) -> bool:
+        return any(_is_embedding(file) for file in self.files)
+
+    @property
+    def embedding_words(self) -> list[str]:
+        words = []
+        for file in self.files:
+            if _is_embedding(file) and file.embedding_word not in words:
+                words.append(file.embedding_word)
+        return words
+
+    @property
+    def row_weights(self) -> tuple[float, ...]:
+        """The weights the rows have: one row per prompt for embeddings, which take none."""
+        return (1.0,) if self.compares_embeddings else tuple(self.weights)
+
+    @property
+    def image_count(self) -> int:
+        """The images drawn: every cell, but the base model's once per prompt."""
+        bases = sum(1 for file in self.files if file is None)
+        prompts = len(self.used_prompts)
+        return (len(self.files) - bases) * len(self.row_weights) * prompts + bases * prompts
+
+    def notices(self) -> list[str]:
+        """What the grid does other than asked, to say once before it is drawn."""
+        unused = [weight for weight in self.weights if weight != 1]
+        if self.compares_embeddings and unused:
+            return [f"weights do not apply to an embedding (a word, on or off): one row per prompt, the weights "
+                    f"{', '.join(f'{w:g}' for w in self.weights)} are not used"]
+        return []
+
+    def _embedding_problems(self) -> list[str]:
+        if not self.compares_embeddings:
+            return []
+        found = []
+        others = [file.name for file in self.files if file is not None and not _is_embedding(file)]
+        if others:
+            found.append(f"{', '.join(others)}: an embedding grid compares embedding files (and None) only, "
+                         "as weights mean nothing to an embedding; compare these files in a grid of their own")
+        for index, prompt in enumerate(self.used_prompts):
+            for word in self.embedding_words:
+                if not names_word(prompt, word):
+                    found.append(f"prompt {index + 1} ({prompt!r}) does not say the embedding's word {word!r}: "
+                                 f"put {word} in it (each cell replaces it by the file's name)")
+        return found
+
+    def cell_prompt(self, file: SavedFile | None, prompt: str) -> str:
+        """The prompt a cell draws: an embedding file's name in place of its word, and for the
+        None column of an embedding grid the prompt without the word."""
+        if _is_embedding(file):
+            return with_file(prompt, file.embedding_word, file.name)
+        if file is None:
+            for word in self.embedding_words:
+                prompt = without_word(prompt, word)
+        return prompt
+
+
+def _is_embedding(file) -> bool:
+    return bool(getattr(file, "is_embedding", False))  # None is the base model
+
 
 @dataclass(frozen=True)
 class Cell:
@@ -86,7 +155,7 @@ class Cell:
     column: int
     file: SavedFile | None
     weight: float
-    prompt: str
+    prompt: str          # as the cell draws it (GridRequest.cell_prompt)
     prompt_index: int
 
 
@@ -123,31 +192,39 @@ def lora_tag(name: str, text_encoder: float, unet: float) -> str:
 
 def network_tag(file: SavedFile, text_encoder: float, unet: float) -> str:
     """The tag that applies `file` in a WebUI prompt: `<hypernet:name:strength>` for a
-    hypernetwork (only the UNet's weight means anything to it), the LoRA tag otherwise."""
+    hypernetwork (only the UNet's weight means anything to it), none for an embedding (its
+    name in the prompt applies it), the LoRA tag otherwise."""
+    if file.is_embedding:
+        return ""
     if file.is_hypernetwork:
         return f"<hypernet:{file.name}:{unet:g}>"
     return lora_tag(file.name, text_encoder, unet)
 
 
-def column_label(file: SavedFile | None) -> str:
-    return BASE_LABEL if file is None else file.label
+def column_label(file: SavedFile | None, request: GridRequest | None = None) -> str:
+    if file is not None:
+        return file.label
+    words = request.embedding_words if request is not None else []
+    return f"None (prompt without {', '.join(words)})" if words else BASE_LABEL
 
 
 def row_labels(request: GridRequest) -> list[str]:
     prompts = request.used_prompts
+    if request.compares_embeddings:
+        return [f"prompt {p + 1}" if len(prompts) > 1 else "prompt" for p in range(len(prompts))]
     return [f"{f'prompt {p + 1}, ' if len(prompts) > 1 else ''}weight {weight:g}"
             for p in range(len(prompts)) for weight in request.weights]
 
 
 def grid_cells(request: GridRequest) -> list[Cell]:
     """Every cell, in the order they are drawn: file by file, then prompt by prompt."""
-    prompts = request.used_prompts
+    prompts, weights = request.used_prompts, request.row_weights
     cells = []
     for column, file in enumerate(request.files):
         for prompt_index, prompt in enumerate(prompts):
-            for weight_index, weight in enumerate(request.weights):
-                row = prompt_index * len(request.weights) + weight_index
-                cells.append(Cell(row, column, file, weight, prompt, prompt_index))
+            for weight_index, weight in enumerate(weights):
+                row = prompt_index * len(weights) + weight_index
+                cells.append(Cell(row, column, file, weight, request.cell_prompt(file, prompt), prompt_index))
     return cells
 
 
@@ -155,10 +232,11 @@ def make_grid(request: GridRequest, draw: CellDrawer, progress: Progress) -> Gri
     """Draw every cell and put them together; `progress` counts the images drawn and its stop
     request ends the grid between two images."""
     request = request.checked()
-    grid = Grid(request, [column_label(file) for file in request.files], row_labels(request))
+    grid = Grid(request, [column_label(file, request) for file in request.files], row_labels(request))
     cells = grid_cells(request)
-    base_columns = sum(1 for file in request.files if file is None)
-    to_draw = (len(request.files) - base_columns) * len(grid.rows) + base_columns * len(request.used_prompts)
+    to_draw = request.image_count
+    for notice in request.notices():
+        progress.status(notice)
     progress.start("comparing", to_draw)
     drawn_base: dict[tuple[int, int], DrawnCell] = {}  # (column, prompt) -> the base image drawn once
     done = 0

@@ -6,8 +6,12 @@ step save or a stop, and `name.safetensors` at the end (train/checkpoints.py), e
 Files are grouped by run (their `ss_output_name`, or their own name when they have none, as
 for a file another tool wrote) and ordered by step, then epoch, so a run's files read in the
 order they were trained. Hypernetworks (`.pt`, the WebUI's layout) carry the same keys in
-a plain field of the file (formats/hypernetwork_file.py). Metadata is read from the header only and cached by file size and
-modification time: a Lora folder of hundreds of files lists in milliseconds.
+a plain field of the file (formats/hypernetwork_file.py). Embeddings (`.safetensors` or `.pt`,
+told apart by their tensors) are a run of their word (the embedding's `name`: an embedding
+run's files, and the embedding files a pivotal run writes beside its LoRA); an SDXL `.pt`
+embedding holds no metadata, so its epoch or step is read from its name. Metadata is read
+from the header only and cached by file size and modification time: a Lora folder of
+hundreds of files lists in milliseconds.
 """
 from __future__ import annotations
 
@@ -20,11 +24,14 @@ from dataclasses import dataclass
 
 from ..config import ConfigError
 from ..config_files import load_config_file
+from ..formats.embedding_file import read_embedding_metadata
 from ..formats.hypernetwork_file import is_hypernetwork_path, read_hypernetwork_metadata
 from ..formats.lora_file import read_metadata
 from ..formats.metadata import AVERAGE_LOSS_KEY
 
 NETWORK_EXTENSIONS = (".safetensors", ".pt")
+EMBEDDING = "embedding"
+_SAVE_SUFFIX = re.compile(r"-(?:(\d{6})|step(\d{8}))$")  # train/checkpoints.py: -000002, -step00000100
 
 
 @dataclass(frozen=True)
@@ -35,6 +42,7 @@ class SavedFile:
     step: int | None
     average_loss: float | None   # over the last epoch's steps when the file was saved
     metadata: dict
+    kind: str = "network"        # or EMBEDDING: a textual-inversion embedding
 
     @property
     def name(self) -> str:
@@ -43,7 +51,17 @@ class SavedFile:
 
     @property
     def is_hypernetwork(self) -> bool:
-        return is_hypernetwork_path(self.path)
+        return self.kind != EMBEDDING and is_hypernetwork_path(self.path)
+
+    @property
+    def is_embedding(self) -> bool:
+        return self.kind == EMBEDDING
+
+    @property
+    def embedding_word(self) -> str:
+        """The word a prompt names the run's embedding by (its run), which a grid cell replaces
+        by this file's name."""
+        return self.run
 
     @property
     def label(self) -> str:
@@ -82,14 +100,32 @@ def read_saved_file(path: str) -> SavedFile:
         cached = _cache.get(path)
     if cached and cached[0] == stamp:
         return cached[1]
-    metadata = read_hypernetwork_metadata(path) if is_hypernetwork_path(path) else read_metadata(path)
     stem = os.path.splitext(os.path.basename(path))[0]
-    saved = SavedFile(path=path, run=metadata.get("ss_output_name") or stem, epoch=_number(metadata, "ss_epoch", int),
-                      step=_number(metadata, "ss_steps", int),
-                      average_loss=_number(metadata, AVERAGE_LOSS_KEY, float), metadata=metadata)
+    embedding = read_embedding_metadata(path)
+    if embedding is not None:
+        saved = _embedding_file(path, stem, embedding)
+    else:
+        metadata = read_hypernetwork_metadata(path) if is_hypernetwork_path(path) else read_metadata(path)
+        saved = SavedFile(path=path, run=metadata.get("ss_output_name") or stem,
+                          epoch=_number(metadata, "ss_epoch", int), step=_number(metadata, "ss_steps", int),
+                          average_loss=_number(metadata, AVERAGE_LOSS_KEY, float), metadata=metadata)
     with _cache_lock:
         _cache[path] = (stamp, saved)
     return saved
+
+
+def _embedding_file(path: str, stem: str, metadata: dict) -> SavedFile:
+    """An embedding's run is its word: the `name` it was trained as (a pivotal run's own
+    ss_output_name is its LoRA's), else the file's name less a save suffix."""
+    suffix = _SAVE_SUFFIX.search(stem)
+    word = metadata.get("name") or (stem[:suffix.start()] if suffix else stem)
+    epoch, step = _number(metadata, "ss_epoch", int), _number(metadata, "ss_steps", int)
+    if step is None:
+        step = _number(metadata, "step", int)
+    if epoch is None and step is None and suffix:  # an SDXL .pt: its name says when it was saved
+        epoch, step = (int(suffix.group(1)), None) if suffix.group(1) else (None, int(suffix.group(2)))
+    return SavedFile(path=path, run=word, epoch=epoch, step=step,
+                     average_loss=_number(metadata, AVERAGE_LOSS_KEY, float), metadata=metadata, kind=EMBEDDING)
 
 
 def saved_files(folder: str) -> list[SavedFile]:
@@ -142,6 +178,13 @@ def training_prompt(saved: SavedFile, extra: str = "smile") -> str:
         first = sorted(folders)[0]
         words = first.split("_", 1)[1].split() if "_" in first else first.split()
     words = [word for word in words if word] or [saved.run]
+    if saved.is_embedding and saved.embedding_word not in words:
+        # As its captions trained it (dataset/embedding_prompts.py): the trigger word replaced
+        # by the embedding's name, else the name put first.
+        settings = training_config(saved)
+        trigger = str(settings.get("token_string") or settings.get("trigger_word") or "").strip()
+        word = saved.embedding_word
+        words = [word if w == trigger else w for w in words] if trigger in words else [word, *words]
     return ", ".join([*words, extra] if extra else words)
 
 
@@ -169,9 +212,11 @@ def training_size(saved: SavedFile, default: tuple[int, int] = (512, 512)) -> tu
 
 
 def training_config(saved: SavedFile) -> dict:
-    """The options of the run, from the config saved beside its files (`name.toml`); {} when
-    there is none (a file from another tool)."""
-    path = os.path.join(os.path.dirname(saved.path), f"{saved.run}.toml")
+    """The options of the run, from the config saved beside its files (`output_name.toml`); {}
+    when there is none (a file from another tool)."""
+    # A pivotal run's embedding files are a run of their word, saved by the LoRA's run.
+    run = saved.metadata.get("ss_output_name") or saved.run
+    path = os.path.join(os.path.dirname(saved.path), f"{run}.toml")
     try:
         return load_config_file(path)
     except (ConfigError, OSError):

@@ -64,6 +64,11 @@ class TrainService:
         is not queued with it)."""
         return []
 
+    def compare_folders(self, output_dir: str) -> list[str]:
+        """The folders the Compare sub-tab offers for finding runs: `output_dir` (the default
+        one); a host with one folder per kind of file (the WebUI) offers each."""
+        return [output_dir]
+
     def enqueue(self, config: TrainConfig, start: bool = False, compare_when_done: bool = False) -> QueueItem:
         """Queue a run; `compare_when_done`: draw its epoch x weight grid when it ends done."""
         raise NotImplementedError
@@ -245,27 +250,31 @@ class LocalTrainService(TrainService):
         self.queue.update(item.id, status=status, result=path)
         # Not after a stop: Stop means "free the machine now", and the queue pauses with it.
         if status == DONE and item.compare_when_done:
-            self._compare_when_done(item, progress)
+            self._compare_when_done(item, progress, path)
         self.state.finish(status, result=path)
 
-    def _compare_when_done(self, item: QueueItem, progress: Progress) -> None:
+    def _compare_when_done(self, item: QueueItem, progress: Progress, final_path: str = "") -> None:
         """The run's epoch x weight grid, saved in <output_dir>/compare/ and said in its log. It
         only shows the run: whatever goes wrong is said there, and the run stays done."""
         from ..compare.defaults import default_request, save_beside_run
-        from ..compare.runs import run_files
+        from ..compare.runs import read_saved_file, run_files
 
         config = item.train_config()
         try:
+            # Where the run's last file went and the run it names: a host may save an embedding
+            # or a hypernetwork in a folder of its own, and an embedding run is named by its word.
+            folder, run = config.output_dir, config.output_name
+            if final_path and os.path.isfile(final_path):
+                folder, run = os.path.dirname(final_path), read_saved_file(final_path).run
             # This run's files: an earlier run of the same name may have left more epochs.
             since = (item.added or 0) - 1
-            files = [saved for saved in run_files(config.output_dir, config.output_name)
-                     if os.path.getmtime(saved.path) >= since]
+            files = [saved for saved in run_files(folder, run) if os.path.getmtime(saved.path) >= since]
             if not files:
                 progress.status("compare when done: the run saved no files to compare")
                 return
             request = default_request(files, **self.compare_defaults)
             progress.status(f"compare when done: drawing {len(request.files)} columns x "
-                            f"{len(request.weights)} weights")
+                            f"{len(request.row_weights)} weights")
             grid = self._draw_grid(request, progress, config.pretrained_model_name_or_path)
             path = save_beside_run(grid, config.output_dir)
         except Exception as error:  # noqa: BLE001 - a grid never fails the run it shows

@@ -242,6 +242,26 @@ def bundled_tensors(vectors: list[torch.Tensor]) -> dict[str, torch.Tensor]:
     return tensors
 
 
+def bundled_embeddings(state: dict[str, torch.Tensor]) -> dict[str, list[torch.Tensor]]:
+    """name -> vectors per text encoder of the embeddings a LoRA file bundles, read as the
+    WebUI's Lora loader reads them: `bundle_emb.<name>.` then `string_to_param.<k>` or one
+    tensor (SD1/SD2), or `clip_l` and `clip_g` (SDXL). The name ends at its first dot."""
+    parts: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in state.items():
+        layer, _, rest = key.partition(".")
+        name, _, part = rest.partition(".")
+        if layer == BUNDLE_PREFIX and name and part:
+            parts.setdefault(name, {})[part] = tensor
+    found = {}
+    for name, tensors in parts.items():
+        if "clip_l" in tensors and "clip_g" in tensors:
+            found[name] = [tensors["clip_l"].float(), tensors["clip_g"].float()]
+        elif len(tensors) == 1:
+            tensor = next(iter(tensors.values())).float()
+            found[name] = [tensor.unsqueeze(0) if tensor.dim() == 1 else tensor]
+    return found
+
+
 def create_embedding(config, bundle) -> Embedding:
     vectors = initial_vectors(bundle, config.init_word, config.num_vectors_per_token)
     lr = config.embedding_lr if config.embedding_lr is not None else config.learning_rate

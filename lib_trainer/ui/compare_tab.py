@@ -1,12 +1,13 @@
 """The "Compare" sub-tab: a run's saved files x weights in one labelled grid, and Keep as best.
 
-The runs are read from a folder (the service's output folder to start: the Lora folder in the
-WebUI), again each time the sub-tab is opened or Refresh is pressed, so files a running run
-saves show up. Choosing a run fills in its files and the prompt and size it trained for
-(compare/defaults.py). "Make grid" asks the service to draw it (the WebUI's txt2img there, our
-own sampler standalone), saves it beside the run's files, and shows it with its cells;
-clicking a cell shows that image at full size with its infotext, and picks its file for
-Keep as best.
+The runs are read from a folder (the service's output folder to start; in the WebUI the list
+offers its Lora, embeddings and hypernetworks folders, where each kind of run saves, and any
+folder may be typed), again each time the sub-tab is opened or Refresh is pressed, so files a
+running run saves show up. Choosing a run fills in its files and the prompt, size and weights
+it trained for (compare/defaults.py; an embedding run's grid has one row per prompt). "Make
+grid" asks the service to draw it (the WebUI's txt2img there, our own sampler standalone),
+saves it beside the run's files, and shows it with its cells; clicking a cell shows that
+image at full size with its infotext, and picks its file for Keep as best.
 
 The grid is drawn in the background (compare_job.py says why) and the page polls its progress
 bar and its result; Stop asks it to end after the image being drawn (in the WebUI, Interrupt
@@ -16,11 +17,12 @@ from __future__ import annotations
 
 import os
 import random
+from dataclasses import replace
 
 import gradio as gr
 
 from ..compare.defaults import DEFAULT_WEIGHTS_TEXT, run_defaults, save_beside_run
-from ..compare.grid import BASE_LABEL, GridRequest, cell_path
+from ..compare.grid import BASE_LABEL, GridRequest, cell_path, network_tag
 from ..compare.keep import best_name, keep_as_best
 from ..compare.runs import SavedFile, run_files, run_names, saved_files
 from ..compare.values import parse_numbers
@@ -60,6 +62,7 @@ class CompareTab:
     def __init__(self, service: TrainService, defaults: TrainConfig) -> None:
         self.service = service
         self.folder_default = defaults.output_dir
+        self.folders = service.compare_folders(defaults.output_dir)
         self.model_default = defaults.pretrained_model_name_or_path
         self.job: GridJob | None = None  # the newest grid; one at a time, as the machine draws one
 
@@ -71,15 +74,18 @@ class CompareTab:
                     "saved in the `compare` folder beside the run's files. Click a cell to see it at full size.")
         self.message = gr.HTML(elem_id="lt_compare_message")
         with gr.Row():
-            self.folder = gr.Textbox(self.folder_default, label="Folder of the runs' files", max_lines=1,
-                                     elem_id="lt_compare_folder")
+            self.folder = gr.Dropdown(self.folders, value=self.folder_default, label="Folder of the runs' files",
+                                      allow_custom_value=True, elem_id="lt_compare_folder",
+                                      info="LoRA, embedding and hypernetwork runs each save in their own "
+                                           "folder; pick it, or type another")
             self.run = gr.Dropdown([], label="Run", elem_id="lt_compare_run")
             self.refresh = gr.Button("Refresh", size="sm", elem_id="lt_compare_refresh")
         self.files = gr.CheckboxGroup([BASE_LABEL], value=[BASE_LABEL], label="Files (columns)",
                                       elem_id="lt_compare_files")
         with gr.Row():
             self.weights = gr.Textbox(DEFAULT_WEIGHTS_TEXT, label="Weights (rows)", max_lines=1,
-                                      info="0.6,0.8,1 or a range as in X/Y/Z: 0.6-1 (+0.1), 0-1 [5]",
+                                      info="0.6,0.8,1 or a range as in X/Y/Z: 0.6-1 (+0.1), 0-1 [5]; an "
+                                           "embedding has none (one row per prompt)",
                                       elem_id="lt_compare_weights")
             self.seed = gr.Number(1, precision=0, label="Seed", elem_id="lt_compare_seed")
             self.steps = gr.Number(20, precision=0, label="Steps", elem_id="lt_compare_steps")
@@ -126,10 +132,10 @@ class CompareTab:
         if tab is not None and hasattr(tab, "select"):
             tab.select(self.refresh_runs, [self.folder, self.run], listing)
         self.refresh.click(self.refresh_runs, [self.folder, self.run], listing)
-        self.folder.submit(self.refresh_runs, [self.folder, self.run], listing)
+        self.folder.change(self.refresh_runs, [self.folder, self.run], listing)  # picked, or typed and left
         self.run.change(self.choose_run, [self.folder, self.run],
                         [self.message, self.files, self.keep_file, self.keep_name, self.prompts, self.width,
-                         self.height, self.model])
+                         self.height, self.model, self.weights])
         self.make.click(self.make_grid,
                         [self.folder, self.run, self.files, self.weights, self.prompts, self.negative, self.seed,
                          self.steps, self.sampler, self.cfg, self.width, self.height, self.model],
@@ -174,17 +180,17 @@ class CompareTab:
 
     def choose_run(self, folder, run):
         """A run's files, all ticked, and the prompt, size and base model it trained with."""
-        @shows_errors(8)
+        @shows_errors(9)
         def choose():
             if not run:
-                return tuple(gr.update() for _ in range(8))
+                return tuple(gr.update() for _ in range(9))
             files = self._files(self._folder(folder), run)
             labels = list(files)
             settings = run_defaults(list(files.values()), self.model_default)
             model = settings.model if not self.service.compares_on_loaded_model else gr.update()
             return ("", gr.update(choices=[BASE_LABEL, *labels], value=[BASE_LABEL, *labels]),
                     gr.update(choices=labels, value=labels[-1]), best_name(files[labels[-1]]), settings.prompt,
-                    settings.width, settings.height, model)
+                    settings.width, settings.height, model, settings.weights)
         return choose()
 
     def make_grid(self, folder, run, chosen, weights, prompts, negative, seed, steps, sampler, cfg, width, height,
@@ -205,11 +211,10 @@ class CompareTab:
                 height=_whole(height, "height")).checked()
             if self.job is not None and self.job.running:
                 raise InvalidInput("A grid is being drawn: wait for it, or press Stop.")
-            total = (len(columns) - columns.count(None)) * len(request.weights) * len(request.used_prompts) + \
-                columns.count(None) * len(request.used_prompts)
+            total = request.image_count
             self.job = GridJob(lambda progress: self._draw(request, progress, str(model or ""), where, known),
                                total).start()
-            return message_html(ok=f"Drawing {total} images..."), self.job.progress_html()
+            return message_html(ok=f"Drawing {total} images...", notes=request.notices()), self.job.progress_html()
         return make()
 
     def _draw(self, request: GridRequest, progress, model: str, folder: str, known: dict) -> dict:
@@ -272,7 +277,8 @@ class CompareTab:
             target = keep_as_best(saved.path, str(name or "").strip() or best_name(saved), bool(overwrite))
             labels = list(file_choices(run_files(where, run)))
             stem = os.path.splitext(os.path.basename(target))[0]
-            return (message_html(ok=f"Kept {saved.label} as {target}: use it as <lora:{stem}:1>."),
+            use = stem if saved.is_embedding else network_tag(replace(saved, path=target), 1.0, 1.0)
+            return (message_html(ok=f"Kept {saved.label} as {target}: use it as {use} in a prompt."),
                     gr.update(choices=[BASE_LABEL, *labels]), gr.update(choices=labels, value=label))
         return keep()
 

@@ -1,7 +1,8 @@
 """Grid cells drawn by the WebUI's own txt2img, the network applied by its built-in Lora.
 
-Each cell's prompt gets `<lora:name:te:unet>` (a hypernetwork's `<hypernet:name:w>`), so the grid shows exactly what the user gets
-when typing that tag later, and each image's infotext (with its `Lora hashes`) carries it.
+Each cell's prompt gets `<lora:name:te:unet>` (a hypernetwork's `<hypernet:name:w>`; an
+embedding's file name stands in the prompt in place of its word), so the grid shows exactly
+what the user gets when typing that prompt later, and each image's infotext (with its `Lora hashes`) carries it.
 The WebUI's sampler of the same name draws it; the base model's column has no tag.
 """
 from __future__ import annotations
@@ -11,9 +12,10 @@ from ..train.samplers import SAMPLERS
 
 
 def webui_cell_prompt(cell: Cell) -> str:
-    if cell.file is None:
-        return cell.prompt
-    return f"{cell.prompt} {network_tag(cell.file, cell.weight, cell.weight)}"
+    """The cell's prompt and its file's tag; an embedding file is named in the prompt itself
+    (its name in place of the run's word), which the WebUI's embedding database resolves."""
+    tag = network_tag(cell.file, cell.weight, cell.weight) if cell.file is not None else ""
+    return f"{cell.prompt} {tag}" if tag else cell.prompt
 
 
 def webui_draw_cell(cell: Cell, request: GridRequest):

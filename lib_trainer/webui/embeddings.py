@@ -17,6 +17,7 @@ import os
 from modules import shared, sd_hijack  # ImportError outside the WebUI
 from modules.textual_inversion import textual_inversion
 
+from ..errors import InvalidInput
 from ..progress import SAVED, Progress, ProgressEvent
 
 log = logging.getLogger("lib_trainer")
@@ -74,6 +75,24 @@ def reload_database() -> None:
         database().load_textual_inversion_embeddings(force_reload=True)
     except Exception as error:  # the WebUI's own loader failing must not end the run
         log.warning("reloading the WebUI's embeddings failed: %s", error)
+
+
+def known_for_grid(names: list[str]) -> None:
+    """Read the embedding folders again (files saved since the WebUI last read them are unknown
+    to a prompt until it does), then make sure the database has each embedding a grid names:
+    a cell whose name it lacks would draw the name as plain text."""
+    reload_database()
+    db = database()
+    problems = []
+    for name in names:
+        if name in db.skipped_embeddings:
+            problems.append(f"{name}: the WebUI skipped it, its width {db.skipped_embeddings[name].shape} does not "
+                            f"fit the loaded model's {db.expected_shape}; load the checkpoint it was trained on")
+        elif name not in db.word_embeddings:
+            problems.append(f"{name}: not among the WebUI's embeddings; put its file in the embeddings folder "
+                            f"({embeddings_folder()})")
+    if problems:
+        raise InvalidInput("; ".join(problems))
 
 
 class EmbeddingReadBack:

@@ -27,7 +27,7 @@ from ..errors import InvalidInput
 from ..jobs.queue import QueueItem, TrainQueue
 from ..jobs.service import LocalTrainService
 from ..progress import END, IMAGE, START, STEP, Commands, Progress, ProgressEvent
-from .embeddings import EmbeddingReadBack, embeddings_folder
+from .embeddings import EmbeddingReadBack, embeddings_folder, known_for_grid
 from .hypernetworks import HypernetworkReadBack, hypernetwork_folder, refresh_hypernetwork_list
 from .lora_networks import ReadBack, refresh_network_list
 from .model import borrowed_model, loaded_bundle
@@ -171,6 +171,15 @@ class WebUITrainService(LocalTrainService):
     def base_family(self, model: str) -> str | None:
         return loaded_bundle().family if model in ("", LOADED_MODEL) and shared.sd_model is not None else None
 
+    def compare_folders(self, output_dir: str) -> list[str]:
+        """Runs save where the WebUI reads each kind of file: LoRAs in the Lora folder (or the
+        configured one), embeddings in its embeddings folder, hypernetworks in its own."""
+        folders = []
+        for folder in (output_dir, lora_folder(), embeddings_folder(), hypernetwork_folder()):
+            if folder and folder not in folders:
+                folders.append(folder)
+        return folders
+
     def __init__(self, queue: TrainQueue) -> None:
         super().__init__(queue, trainer=webui_trainer)
 
@@ -193,6 +202,9 @@ class WebUITrainService(LocalTrainService):
             # until it lists it again.
             refresh_network_list()
             refresh_hypernetwork_list()
+            embeddings = [file.name for file in request.files if file is not None and file.is_embedding]
+            if embeddings:
+                known_for_grid(embeddings)
             return make_grid(request, webui_draw_cell, progress)
 
 
