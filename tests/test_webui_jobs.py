@@ -15,11 +15,12 @@ import pytest
 import torch
 
 from conftest import quick_config
+from webui_embedding_db import webui_embedding_modules
 from webui_models import webui_model
 from test_webui_host import assert_same_state, model_state
 
 
-WEBUI_MODULES = ("lora_networks", "model", "sampling", "service", "taggers")
+WEBUI_MODULES = ("embeddings", "lora_networks", "model", "sampling", "service", "taggers")
 
 
 class FakeState:
@@ -151,7 +152,8 @@ def webui(monkeypatch, tmp_path):
     opts = types.SimpleNamespace(data={"CLIP_stop_at_last_layers": 1}, lora_functional=False,
                                  lib_trainer_output_dir="")
     shared = types.SimpleNamespace(state=state, opts=opts, sd_model=None,
-                                   cmd_opts=types.SimpleNamespace(lora_dir=str(tmp_path / "Lora")))
+                                   cmd_opts=types.SimpleNamespace(lora_dir=str(tmp_path / "Lora"),
+                                                                  embeddings_dir=str(tmp_path / "embeddings")))
     lowvram = types.SimpleNamespace(moved=[], send_everything_to_cpu=lambda: lowvram.moved.append("cpu"))
     parts = {
         "shared": shared,
@@ -162,10 +164,12 @@ def webui(monkeypatch, tmp_path):
                                                 script_path=str(tmp_path)),
         "paths": types.SimpleNamespace(models_path=str(tmp_path / "models")),
         "deepbooru": types.SimpleNamespace(model=None),
+        **webui_embedding_modules(768, str(tmp_path / "embeddings")),  # SD1's width
     }
     package = types.ModuleType("modules")
     for name, value in parts.items():
-        setattr(package, name, value)
+        if "." not in name:
+            setattr(package, name, value)
         monkeypatch.setitem(sys.modules, f"modules.{name}", value)
     monkeypatch.setitem(sys.modules, "modules", package)
     lora = FakeLora()
@@ -177,7 +181,8 @@ def webui(monkeypatch, tmp_path):
     service = importlib.import_module("lib_trainer.webui.service")
     yield types.SimpleNamespace(
         service=service, model=sys.modules["lib_trainer.webui.model"],
-        fake=types.SimpleNamespace(state=state, shared=shared, lora=lora, lowvram=lowvram))
+        fake=types.SimpleNamespace(state=state, shared=shared, lora=lora, lowvram=lowvram,
+                                   embedding_db=parts["sd_hijack"].model_hijack.embedding_db))
     _forget_webui_modules()
 
 
