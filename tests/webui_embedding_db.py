@@ -91,3 +91,46 @@ def webui_embedding_modules(expected_shape: int, embeddings_dir: str) -> dict[st
         "textual_inversion": types.SimpleNamespace(textual_inversion=textual_inversion),
         "textual_inversion.textual_inversion": textual_inversion,
     }
+
+
+def prompts_with_embeddings(embedder, database: EmbeddingDatabase):
+    """A forward for an SD1 `CLIPEmbedder` (webui_models.py) that puts the database's embeddings
+    into prompts as the WebUI's prompt handling does (sd_hijack_clip / EmbeddingsWithFixes):
+    a name's tokens become one slot per vector, and the token embedding's output carries the
+    embedding's vectors there, so gradients reach them."""
+    tokenizer = embedder.tokenizer
+    table = next(module for name, module in embedder.named_modules()
+                 if isinstance(module, torch.nn.Embedding) and name.endswith("token_embedding"))
+
+    def forward(prompts):
+        rows, fixes = [], []
+        for row, prompt in enumerate(prompts):
+            ids = tokenizer(prompt, add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
+            out, position = [], 0
+            while position < len(ids):
+                for name, embedding in database.word_embeddings.items():
+                    name_ids = tokenizer(name, add_special_tokens=False, verbose=False)["input_ids"]
+                    if ids[position:position + len(name_ids)] == name_ids:
+                        fixes.append((row, 1 + len(out), embedding.vec))
+                        out += [tokenizer.eos_token_id] * embedding.vectors
+                        position += len(name_ids)
+                        break
+                else:
+                    out.append(ids[position])
+                    position += 1
+            out = [tokenizer.bos_token_id, *out[:75], tokenizer.eos_token_id]
+            rows.append(out + [tokenizer.eos_token_id] * (77 - len(out)))
+
+        def replace(module, inputs, output):
+            output = output.clone()
+            for row, slot, vec in fixes:
+                output[row, slot:slot + vec.shape[0]] = vec.to(output.dtype)
+            return output
+
+        handle = table.register_forward_hook(replace)
+        try:
+            return embedder.transformer(input_ids=torch.tensor(rows)).last_hidden_state
+        finally:
+            handle.remove()
+
+    return forward

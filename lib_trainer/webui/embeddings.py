@@ -8,6 +8,10 @@ seen from training.
 - After each save the database is reloaded, so the name works in a prompt at once, and the
   save is read back through the WebUI's own loader: one it skipped (a width that does not
   fit the loaded model) is reported. The run's vectors are then registered again.
+- Anything else may read the folders again while the run trains (the Textual Inversion cards'
+  Refresh, the API's refresh-embeddings, a generation after the folder changed), which drops
+  the run's vectors from the database: before each prompt encoding they are put back, or the
+  step would train nothing and its backward pass fail.
 """
 from __future__ import annotations
 
@@ -35,6 +39,7 @@ class TrainingEmbeddings:
 
     def __init__(self, sd_model, embeddings: dict) -> None:
         self.sd_model, self.embeddings = sd_model, embeddings
+        self.registered: dict[str, object] = {}  # name -> the WebUI Embedding holding the run's vectors
 
     def register(self) -> None:
         for name, vectors in self.embeddings.items():
@@ -43,6 +48,15 @@ class TrainingEmbeddings:
             embedding.vectors = vectors[0].shape[0]
             embedding.shape = sum(v.shape[-1] for v in vectors)
             database().register_embedding_by_name(embedding, self.sd_model, name)
+            self.registered[name] = embedding
+
+    def ensure_registered(self) -> None:
+        """The run's vectors back in the database if a reload by someone else dropped them."""
+        words = database().word_embeddings
+        if any(words.get(name) is not embedding for name, embedding in self.registered.items()):
+            log.info("lib_trainer: the WebUI's embeddings were read again while training; the run's vectors "
+                     "are put back")
+            self.register()
 
     def __enter__(self):
         self.register()

@@ -1,0 +1,52 @@
+"""Embedding runs in the WebUI (lib_trainer/webui/embeddings.py) against a stand-in of its
+embedding database and prompt handling (webui_embedding_db.py) on a WebUI-shaped SD1 model."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import quick_config
+from lib_trainer.progress import STEP, Progress
+from test_webui_jobs import sd1_model, webui  # noqa: F401 (fixtures)
+from webui_embedding_db import prompts_with_embeddings
+
+NAME = "ltemb"
+
+
+@pytest.fixture
+def embedding_webui(webui, sd1_model, monkeypatch):  # noqa: F811
+    """The stand-in WebUI with sd1_model loaded and its prompt handling using the database."""
+    webui.fake.shared.sd_model = sd1_model
+    monkeypatch.setattr(sd1_model.cond_stage_model, "forward",
+                        prompts_with_embeddings(sd1_model.cond_stage_model, webui.fake.embedding_db))
+    return webui
+
+
+def embedding_run(webui, root, **changes):
+    settings = dict(network_module="embedding", embedding_name=NAME, init_word="ball", num_vectors_per_token=2,
+                    learning_rate=5e-2, max_train_steps=3, pretrained_model_name_or_path=webui.service.LOADED_MODEL)
+    settings.update(changes)
+    return quick_config(root, webui.service.lora_folder(), **settings)
+
+
+def test_a_refresh_of_the_embeddings_list_while_training_does_not_stop_the_vectors_training(
+        embedding_webui, small_root):
+    """The Textual Inversion cards' Refresh (or the API's refresh-embeddings) reads the folders
+    again, which drops the run's registered vectors; the next step must put them back, or the
+    rest of the run trains nothing."""
+    webui = embedding_webui
+    database = webui.fake.embedding_db
+    after_first = {}
+
+    def refresh_after_step_one(event):
+        if event.kind == STEP and event.done == 1 and not after_first:
+            after_first["vectors"] = database.word_embeddings[NAME].vec.detach().clone()
+            database.load_textual_inversion_embeddings(force_reload=True)
+
+    webui.service.webui_trainer(embedding_run(webui, small_root), Progress([refresh_after_step_one]))
+    final = load_file(os.path.join(webui.fake.shared.cmd_opts.embeddings_dir, NAME + ".safetensors"))["emb_params"]
+    assert NAME not in database.word_embeddings or database.word_embeddings[NAME].filename  # the file's, after
+    assert not torch.equal(final, after_first["vectors"])  # steps 2 and 3 trained the vectors
