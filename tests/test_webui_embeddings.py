@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from conftest import quick_config
 from lib_trainer.progress import STEP, Progress
 from test_webui_jobs import sd1_model, webui  # noqa: F401 (fixtures)
-from webui_embedding_db import prompts_with_embeddings
+from webui_embedding_db import prompts_with_embeddings, vectors_with_lora
 
 NAME = "ltemb"
 
@@ -48,5 +48,28 @@ def test_a_refresh_of_the_embeddings_list_while_training_does_not_stop_the_vecto
 
     webui.service.webui_trainer(embedding_run(webui, small_root), Progress([refresh_after_step_one]))
     final = load_file(os.path.join(webui.fake.shared.cmd_opts.embeddings_dir, NAME + ".safetensors"))["emb_params"]
-    assert NAME not in database.word_embeddings or database.word_embeddings[NAME].filename  # the file's, after
+    assert database.word_embeddings[NAME].filename.endswith(NAME + ".safetensors")  # the file's, after the run
     assert not torch.equal(final, after_first["vectors"])  # steps 2 and 3 trained the vectors
+
+
+def test_each_pivotal_lora_gets_its_own_vectors_for_the_word_in_the_webui(embedding_webui, small_root):
+    """The WebUI's Lora loader skips a bundled embedding whose name is in the embeddings folder:
+    the run's own embedding files there must not carry the word, or every epoch's LoRA would get
+    the last file's vectors."""
+    webui = embedding_webui
+    config = quick_config(small_root, webui.service.lora_folder(), pivotal_tuning=True, embedding_lr=5e-2,
+                          num_vectors_per_token=2, max_train_steps=2, save_every_n_steps=1, output_name="ltpiv",
+                          init_word="ball", pretrained_model_name_or_path=webui.service.LOADED_MODEL)
+    webui.service.webui_trainer(config, Progress([]))
+    loras = sorted(f for f in os.listdir(webui.service.lora_folder()) if f.endswith(".safetensors"))
+    assert loras == ["ltpiv-step00000001.safetensors", "ltpiv.safetensors"]
+    folder = webui.fake.shared.cmd_opts.embeddings_dir
+    assert sorted(f for f in os.listdir(folder) if f.endswith(".safetensors")) == loras  # named after each LoRA file
+    word = config.trigger_word
+    first, last = (load_file(os.path.join(webui.service.lora_folder(), lora))[f"bundle_emb.{word}.string_to_param.*"]
+                   for lora in loras)
+    assert not torch.equal(first, last)
+    for lora, bundled in zip(loras, (first, last)):
+        assert torch.equal(vectors_with_lora(webui.fake.embedding_db, os.path.join(webui.service.lora_folder(), lora),
+                                             word), bundled)
+        assert torch.equal(load_file(os.path.join(folder, lora))["emb_params"], bundled)

@@ -164,7 +164,7 @@ def webui(monkeypatch, tmp_path):
                                                 script_path=str(tmp_path)),
         "paths": types.SimpleNamespace(models_path=str(tmp_path / "models")),
         "deepbooru": types.SimpleNamespace(model=None),
-        **webui_embedding_modules(768, str(tmp_path / "embeddings")),  # SD1's width
+        **webui_embedding_modules(64, str(tmp_path / "embeddings")),  # the tiny SD1 model's width
     }
     package = types.ModuleType("modules")
     for name, value in parts.items():

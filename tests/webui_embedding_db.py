@@ -134,3 +134,15 @@ def prompts_with_embeddings(embedder, database: EmbeddingDatabase):
             handle.remove()
 
     return forward
+
+
+def vectors_with_lora(database: EmbeddingDatabase, lora_path: str, word: str) -> torch.Tensor:
+    """The vectors `word` has in a prompt with `<lora:…>` of this file, by the WebUI's Lora
+    loader's rule (extensions-builtin/Lora/networks.py, load_networks): the file's bundled
+    embedding is skipped when the embeddings folder already has one of that name."""
+    from safetensors.torch import load_file
+
+    bundled = load_file(lora_path)[f"bundle_emb.{word}.string_to_param.*"]
+    database.load_textual_inversion_embeddings(force_reload=True)
+    in_folder = database.word_embeddings.get(word)
+    return in_folder.vec if in_folder is not None else bundled
