@@ -149,7 +149,7 @@ class FakeNetwork:
 def webui(monkeypatch, tmp_path):
     """Stand-in `modules` package; yields the webui modules imported against it, and the fakes."""
     state = FakeState()
-    opts = types.SimpleNamespace(data={"CLIP_stop_at_last_layers": 1}, lora_functional=False,
+    opts = types.SimpleNamespace(data={"CLIP_stop_at_last_layers": 1, "emphasis": "Original"}, lora_functional=False,
                                  lib_trainer_output_dir="")
     shared = types.SimpleNamespace(state=state, opts=opts, sd_model=None,
                                    cmd_opts=types.SimpleNamespace(lora_dir=str(tmp_path / "Lora"),
@@ -232,10 +232,13 @@ def test_training_starts_from_the_base_weights_and_the_users_lora_comes_back(web
     with webui.model.borrowed_model(bundle, clip_skip=2):
         assert webui.fake.lora.loaded_networks == []
         assert webui.fake.shared.opts.data["CLIP_stop_at_last_layers"] == 2
+        # captions are literal text, and the "Original" emphasis' mean rescale sends bad gradients
+        assert webui.fake.shared.opts.data["emphasis"] == "None"
         train(quick_config(small_root, str(tmp_path), max_train_steps=2), bundle=bundle, progress=Progress([look]))
     assert all(torch.equal(seen[name], base[name]) for name in layers)  # trained on the base weights
     assert [n.name for n in webui.fake.lora.loaded_networks] == ["last"]
     assert webui.fake.shared.opts.data["CLIP_stop_at_last_layers"] == 1
+    assert webui.fake.shared.opts.data["emphasis"] == "Original"
     assert_same_state(merged_state, model_state(sd1_model))  # the merged weights are back, bit for bit
     del sd1_model.network_layer_mapping
     webui.fake.lora.loaded_networks.clear()

@@ -6,7 +6,8 @@ module adds what needs the WebUI around it while a run trains:
   weights out from under a backward pass, so they are suspended and the modules go back
   where they were;
 - the built-in Lora extension's merged networks are taken out (lora_networks.py);
-- clip skip is the run's own while it trains, the user's setting after.
+- clip skip is the run's own while it trains, the user's setting after; emphasis is off
+  (captions are text, as in the standalone trainer and kohya's).
 """
 from __future__ import annotations
 
@@ -62,15 +63,21 @@ def loaded_bundle() -> WebUIBundle:
 @contextlib.contextmanager
 def borrowed_model(bundle: LiveSDBundle, clip_skip: int) -> Iterator[None]:
     """The loaded model ready for training, and exactly as before afterwards."""
-    with _lowvram_suspended(bundle.sd_model), lora_networks_cleared(bundle.sd_model), _clip_skip(clip_skip, bundle):
+    with _lowvram_suspended(bundle.sd_model), lora_networks_cleared(bundle.sd_model), \
+            _prompt_settings(clip_skip, bundle):
         yield
 
 
 @contextlib.contextmanager
-def _clip_skip(clip_skip: int, bundle: LiveSDBundle) -> Iterator[None]:
-    """The WebUI's prompt handling reads clip skip from its settings; the run's value applies
-    while it trains (SDXL: CLIP-L takes it from 2 up, as in the standalone trainer)."""
-    changes = {"CLIP_stop_at_last_layers": clip_skip}
+def _prompt_settings(clip_skip: int, bundle: LiveSDBundle) -> Iterator[None]:
+    """The WebUI's prompt handling reads clip skip and emphasis from its settings. The run's clip
+    skip applies while it trains (SDXL: CLIP-L takes it from 2 up, as in the standalone
+    trainer). Emphasis is "None": captions are literal text there and in kohya's trainer, and
+    the "Original" mode rescales the encoder output by its mean over its own mean, a factor of
+    exactly 1 whose gradient is not: where that mean is near zero (a final layer norm without
+    bias, as in a random or re-initialised encoder) it sends wrong or NaN gradients to an
+    embedding or a text-encoder LoRA (a NaN loss in the real WebUI on a random SD1.5)."""
+    changes = {"CLIP_stop_at_last_layers": clip_skip, "emphasis": "None"}
     if bundle.family == "sdxl":
         changes["sdxl_clip_l_skip"] = clip_skip >= 2
     saved = {key: shared.opts.data.get(key) for key in changes}
