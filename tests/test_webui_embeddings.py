@@ -73,3 +73,15 @@ def test_each_pivotal_lora_gets_its_own_vectors_for_the_word_in_the_webui(embedd
         assert torch.equal(vectors_with_lora(webui.fake.embedding_db, os.path.join(webui.service.lora_folder(), lora),
                                              word), bundled)
         assert torch.equal(load_file(os.path.join(folder, lora))["emb_params"], bundled)
+
+
+def test_after_a_run_the_webuis_cached_conditioning_is_gone(embedding_webui, small_root):
+    """The WebUI reuses the last prompt's conditioning when the prompt is the same: the prompt
+    with the name, written before the file existed, must not keep its old conditioning."""
+    import webui_embedding_db as fake
+
+    fake.StableDiffusionProcessing.cached_c = [("ltemb ball",), "conditioning without the embedding"]
+    fake.StableDiffusionProcessingTxt2Img.cached_hr_c = [("ltemb ball",), "the same, for hires fix"]
+    embedding_webui.service.webui_trainer(embedding_run(embedding_webui, small_root, max_train_steps=1), Progress([]))
+    assert fake.StableDiffusionProcessing.cached_c == [None, None]
+    assert fake.StableDiffusionProcessingTxt2Img.cached_hr_c == [None, None]

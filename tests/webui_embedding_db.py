@@ -80,9 +80,22 @@ class EmbeddingDatabase:
             self.skipped_embeddings[embedding.name] = embedding
 
 
+class StableDiffusionProcessing:
+    """modules.processing's class-wide conditioning caches: [cache key, conditioning] of the last
+    prompts, reused by the next generation whose prompts and settings match."""
+    cached_c = [None, None]
+    cached_uc = [None, None]
+
+
+class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
+    cached_hr_c = [None, None]
+    cached_hr_uc = [None, None]
+
+
 def webui_embedding_modules(expected_shape: int, embeddings_dir: str) -> dict[str, object]:
     """`modules.sd_hijack` and `modules.textual_inversion(.textual_inversion)` over one database
-    that reads `embeddings_dir` (the WebUI's --embeddings-dir)."""
+    that reads `embeddings_dir` (the WebUI's --embeddings-dir), and `modules.processing`'s
+    conditioning caches."""
     database = EmbeddingDatabase(expected_shape)
     database.add_embedding_dir(embeddings_dir)
     textual_inversion = types.SimpleNamespace(Embedding=Embedding, EmbeddingDatabase=EmbeddingDatabase)
@@ -90,6 +103,8 @@ def webui_embedding_modules(expected_shape: int, embeddings_dir: str) -> dict[st
         "sd_hijack": types.SimpleNamespace(model_hijack=types.SimpleNamespace(embedding_db=database)),
         "textual_inversion": types.SimpleNamespace(textual_inversion=textual_inversion),
         "textual_inversion.textual_inversion": textual_inversion,
+        "processing": types.SimpleNamespace(StableDiffusionProcessing=StableDiffusionProcessing,
+                                            StableDiffusionProcessingTxt2Img=StableDiffusionProcessingTxt2Img),
     }
 
 
