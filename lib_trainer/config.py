@@ -139,6 +139,8 @@ class TrainConfig:
                                    choices=("safetensors", "pt"))
     embedding_output_dir: str = option("", "Folder of the embedding file of a pivotal run (empty = output_dir).",
                                        "embedding")
+    embedding_file_name: str = option("", "File name of a pivotal run's own embedding file, before the LoRA file's "
+                                      "suffix (empty = the embedding's word; in the WebUI, output_name).", "embedding")
     embedding_lr: float | None = option(None, "Learning rate of the embedding's vectors (empty = learning_rate).",
                                         "embedding", minimum=0.0)
     pivotal_tuning: bool = option(False, "Train an embedding together with the LoRA-family network of "

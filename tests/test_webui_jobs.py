@@ -149,7 +149,7 @@ class FakeNetwork:
 def webui(monkeypatch, tmp_path):
     """Stand-in `modules` package; yields the webui modules imported against it, and the fakes."""
     state = FakeState()
-    opts = types.SimpleNamespace(data={"CLIP_stop_at_last_layers": 1}, lora_functional=False,
+    opts = types.SimpleNamespace(data={"CLIP_stop_at_last_layers": 1, "emphasis": "Original"}, lora_functional=False,
                                  lib_trainer_output_dir="")
     shared = types.SimpleNamespace(state=state, opts=opts, sd_model=None,
                                    cmd_opts=types.SimpleNamespace(lora_dir=str(tmp_path / "Lora"),

@@ -80,9 +80,22 @@ class EmbeddingDatabase:
             self.skipped_embeddings[embedding.name] = embedding
 
 
+class StableDiffusionProcessing:
+    """modules.processing's class-wide conditioning caches: [cache key, conditioning] of the last
+    prompts, reused by the next generation whose prompts and settings match."""
+    cached_c = [None, None]
+    cached_uc = [None, None]
+
+
+class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
+    cached_hr_c = [None, None]
+    cached_hr_uc = [None, None]
+
+
 def webui_embedding_modules(expected_shape: int, embeddings_dir: str) -> dict[str, object]:
     """`modules.sd_hijack` and `modules.textual_inversion(.textual_inversion)` over one database
-    that reads `embeddings_dir` (the WebUI's --embeddings-dir)."""
+    that reads `embeddings_dir` (the WebUI's --embeddings-dir), and `modules.processing`'s
+    conditioning caches."""
     database = EmbeddingDatabase(expected_shape)
     database.add_embedding_dir(embeddings_dir)
     textual_inversion = types.SimpleNamespace(Embedding=Embedding, EmbeddingDatabase=EmbeddingDatabase)
@@ -90,4 +103,61 @@ def webui_embedding_modules(expected_shape: int, embeddings_dir: str) -> dict[st
         "sd_hijack": types.SimpleNamespace(model_hijack=types.SimpleNamespace(embedding_db=database)),
         "textual_inversion": types.SimpleNamespace(textual_inversion=textual_inversion),
         "textual_inversion.textual_inversion": textual_inversion,
+        "processing": types.SimpleNamespace(StableDiffusionProcessing=StableDiffusionProcessing,
+                                            StableDiffusionProcessingTxt2Img=StableDiffusionProcessingTxt2Img),
     }
+
+
+def prompts_with_embeddings(embedder, database: EmbeddingDatabase):
+    """A forward for an SD1 `CLIPEmbedder` (webui_models.py) that puts the database's embeddings
+    into prompts as the WebUI's prompt handling does (sd_hijack_clip / EmbeddingsWithFixes):
+    a name's tokens become one slot per vector, and the token embedding's output carries the
+    embedding's vectors there, so gradients reach them."""
+    tokenizer = embedder.tokenizer
+    table = next(module for name, module in embedder.named_modules()
+                 if isinstance(module, torch.nn.Embedding) and name.endswith("token_embedding"))
+
+    def forward(prompts):
+        rows, fixes = [], []
+        for row, prompt in enumerate(prompts):
+            ids = tokenizer(prompt, add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
+            out, position = [], 0
+            while position < len(ids):
+                for name, embedding in database.word_embeddings.items():
+                    name_ids = tokenizer(name, add_special_tokens=False, verbose=False)["input_ids"]
+                    if ids[position:position + len(name_ids)] == name_ids:
+                        fixes.append((row, 1 + len(out), embedding.vec))
+                        out += [tokenizer.eos_token_id] * embedding.vectors
+                        position += len(name_ids)
+                        break
+                else:
+                    out.append(ids[position])
+                    position += 1
+            out = [tokenizer.bos_token_id, *out[:75], tokenizer.eos_token_id]
+            rows.append(out + [tokenizer.eos_token_id] * (77 - len(out)))
+
+        def replace(module, inputs, output):
+            output = output.clone()
+            for row, slot, vec in fixes:
+                output[row, slot:slot + vec.shape[0]] = vec.to(output.dtype)
+            return output
+
+        handle = table.register_forward_hook(replace)
+        try:
+            return embedder.transformer(input_ids=torch.tensor(rows)).last_hidden_state
+        finally:
+            handle.remove()
+
+    return forward
+
+
+def vectors_with_lora(database: EmbeddingDatabase, lora_path: str, word: str) -> torch.Tensor:
+    """The vectors `word` has in a prompt with `<lora:…>` of this file, by the WebUI's Lora
+    loader's rule (extensions-builtin/Lora/networks.py, load_networks): the file's bundled
+    embedding is skipped when the embeddings folder already has one of that name."""
+    from safetensors.torch import load_file
+
+    bundled = load_file(lora_path)[f"bundle_emb.{word}.string_to_param.*"]
+    database.load_textual_inversion_embeddings(force_reload=True)
+    in_folder = database.word_embeddings.get(word)
+    return in_folder.vec if in_folder is not None else bundled

@@ -47,6 +47,14 @@ def embedding_folder(config) -> str:
     return config.output_dir if config.network_module == MODULE else config.embedding_output_dir or config.output_dir
 
 
+def embedding_file_stem(config) -> str:
+    """A pivotal run's own embedding file is named this (plus the LoRA file's suffix); an
+    embedding run's file is named after its word."""
+    if config.pivotal_tuning and config.embedding_file_name.strip():
+        return config.embedding_file_name.strip()
+    return embedding_name(config)
+
+
 def embedding_run_config(config):
     """An embedding run's files carry the embedding's name (the WebUI names an embedding after its file)."""
     if config.network_module == MODULE and config.output_name != embedding_name(config):
@@ -74,9 +82,13 @@ def embedding_problems(config) -> list[str]:
         template_lines(template_name(config))
     except ConfigError as error:
         found.append(str(error))
-    if config.pivotal_tuning and embedding_folder(config) == config.output_dir and name == config.output_name:
-        found.append(f"pivotal_tuning: the embedding {name!r} and the LoRA would both be {name}.safetensors in "
-                     "output_dir; give embedding_name or output_name another value")
+    stem = embedding_file_stem(config)
+    if config.pivotal_tuning and stem != name:
+        found += [problem.replace("output_name", "embedding_file_name")
+                  for problem in _file_name_problems("output_name", stem)]
+    if config.pivotal_tuning and embedding_folder(config) == config.output_dir and stem == config.output_name:
+        found.append(f"pivotal_tuning: the embedding and the LoRA would both be {stem}.safetensors in "
+                     "output_dir; give embedding_name, embedding_file_name or output_name another value")
     return found
 
 
@@ -92,9 +104,9 @@ def refuse_existing(config) -> None:
     """An embedding of the same name is not replaced unless embedding_overwrite is set."""
     if config.embedding_overwrite or config.resume:
         return
-    existing = existing_embedding_file(embedding_folder(config), embedding_name(config))
+    existing = existing_embedding_file(embedding_folder(config), embedding_file_stem(config))
     if existing:
-        raise InvalidInput(f"an embedding named {embedding_name(config)!r} already exists: {existing}; choose "
+        raise InvalidInput(f"an embedding named {embedding_file_stem(config)!r} already exists: {existing}; choose "
                            "another embedding_name, or set embedding_overwrite to replace it")
 
 
@@ -176,10 +188,12 @@ class Pivotal(Trainable):
     embedding (`bundle_emb.<name>.string_to_param.*`, SDXL `.clip_l`/`.clip_g`), and the
     embedding is also written as its own file (Forge and ComfyUI ignore bundled ones)."""
 
-    def __init__(self, network: Trainable, embedding: Embedding, output_name: str, embedding_dir: str) -> None:
+    def __init__(self, network: Trainable, embedding: Embedding, output_name: str, embedding_dir: str,
+                 file_stem: str | None = None) -> None:
         super().__init__()
         self.network, self.embedding = network, embedding
         self.output_name, self.embedding_dir = output_name, embedding_dir
+        self.file_stem = file_stem or embedding.name
         self.kind = f"{network.kind} + embedding"
 
     def parameter_groups(self, unet_lr: float, text_encoder_lr: float) -> list[dict]:
@@ -209,7 +223,7 @@ class Pivotal(Trainable):
         """The embedding's file beside a LoRA file: the same suffix (-000002, -step00000100)."""
         stem = os.path.splitext(os.path.basename(path))[0]
         suffix = stem[len(self.output_name):] if stem.startswith(self.output_name) else ""
-        return self.embedding.file_path(os.path.join(self.embedding_dir, self.embedding.name + suffix))
+        return self.embedding.file_path(os.path.join(self.embedding_dir, self.file_stem + suffix))
 
     def write_file(self, path: str, metadata: dict[str, str], dtype: torch.dtype | None) -> None:
         tensors = self.network.file_state_dict(dtype)
@@ -269,7 +283,8 @@ def create_embedding(config, bundle) -> Embedding:
 
 
 def pivotal_trainable(config, bundle, network: Trainable) -> Pivotal:
-    return Pivotal(network, create_embedding(config, bundle), config.output_name, embedding_folder(config))
+    return Pivotal(network, create_embedding(config, bundle), config.output_name, embedding_folder(config),
+                   embedding_file_stem(config))
 
 
 class EmbeddingMethod(NetworkMethod):

@@ -5,9 +5,14 @@ seen from training.
   registered in the database, so the WebUI's own prompt handling puts them into prompts that
   name it, and gradients reach them; afterwards the database is read from the embedding
   folders again, as the WebUI would, so it holds what is on disk and nothing of the run.
-- After each save the database is reloaded, so the name works in a prompt at once, and the
+- After each save the database is reloaded and the WebUI's cached conditioning dropped, so the
+  name works in a prompt at once (with the saved vectors), and the
   save is read back through the WebUI's own loader: one it skipped (a width that does not
   fit the loaded model) is reported. The run's vectors are then registered again.
+- Anything else may read the folders again while the run trains (the Textual Inversion cards'
+  Refresh, the API's refresh-embeddings, a generation after the folder changed), which drops
+  the run's vectors from the database: before each prompt encoding they are put back, or the
+  step would train nothing and its backward pass fail.
 """
 from __future__ import annotations
 
@@ -36,6 +41,7 @@ class TrainingEmbeddings:
 
     def __init__(self, sd_model, embeddings: dict) -> None:
         self.sd_model, self.embeddings = sd_model, embeddings
+        self.registered: dict[str, object] = {}  # name -> the WebUI Embedding holding the run's vectors
 
     def register(self) -> None:
         for name, vectors in self.embeddings.items():
@@ -44,6 +50,15 @@ class TrainingEmbeddings:
             embedding.vectors = vectors[0].shape[0]
             embedding.shape = sum(v.shape[-1] for v in vectors)
             database().register_embedding_by_name(embedding, self.sd_model, name)
+            self.registered[name] = embedding
+
+    def ensure_registered(self) -> None:
+        """The run's vectors back in the database if a reload by someone else dropped them."""
+        words = database().word_embeddings
+        if any(words.get(name) is not embedding for name, embedding in self.registered.items()):
+            log.info("lib_trainer: the WebUI's embeddings were read again while training; the run's vectors "
+                     "are put back")
+            self.register()
 
     def __enter__(self):
         self.register()
@@ -75,6 +90,25 @@ def reload_database() -> None:
         database().load_textual_inversion_embeddings(force_reload=True)
     except Exception as error:  # the WebUI's own loader failing must not end the run
         log.warning("reloading the WebUI's embeddings failed: %s", error)
+    forget_cached_conditioning()
+
+
+# The WebUI's processing classes keep the last prompts' conditioning for the next generation,
+# keyed by the prompt text and some settings but not by the embeddings: a prompt written before
+# a save would get its old vectors (or, before the first file, none). Reset as processing
+# itself does when its persistent_cond_cache setting is off.
+CONDITIONING_CACHES = {"StableDiffusionProcessing": ("cached_c", "cached_uc"),
+                       "StableDiffusionProcessingTxt2Img": ("cached_hr_c", "cached_hr_uc")}
+
+
+def forget_cached_conditioning() -> None:
+    from modules import processing  # on use: heavy, and imports most of the WebUI
+
+    for class_name, names in CONDITIONING_CACHES.items():
+        cls = getattr(processing, class_name, None)
+        for name in names:
+            if cls is not None and hasattr(cls, name):
+                setattr(cls, name, [None, None])
 
 
 def known_for_grid(names: list[str]) -> None:

@@ -37,6 +37,11 @@ class WebUIBundle(LiveSDBundle):
 
         return functools.partial(webui_txt2img, self.sd_model)
 
+    def encode_prompts(self, prompts, max_token_length=75):
+        if self.training_embeddings is not None:
+            self.training_embeddings.ensure_registered()
+        return super().encode_prompts(prompts, max_token_length)
+
     @contextlib.contextmanager
     def prompt_embeddings(self, embeddings):
         """The WebUI's prompt handling substitutes embeddings from its database (embeddings.py)."""

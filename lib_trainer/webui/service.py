@@ -141,12 +141,23 @@ def webui_trainer(config: TrainConfig, progress: Progress):
 
 def _embedding_folders(config: TrainConfig) -> dict:
     """Embeddings go to the WebUI's embeddings folder (--embeddings-dir) unless another folder
-    was chosen: an embedding run's output, a pivotal run's embedding file."""
+    was chosen: an embedding run's output, a pivotal run's embedding file.
+
+    The WebUI's Lora loader ignores a LoRA's bundled embedding when its embeddings folder has
+    one of the same name, so a pivotal run's own file there named after the word would stand
+    in for every file's bundled one: `<lora:name-000001:1> word` would get the last epoch's
+    vectors with the first epoch's LoRA. There it is named after the LoRA file instead
+    (Forge ignores bundled embeddings: its users type the word, which its file must carry)."""
     if config.network_module == "embedding" and config.output_dir in ("", lora_folder()):
         return {"output_dir": embeddings_folder()}
-    if config.pivotal_tuning and not config.embedding_output_dir:
-        return {"embedding_output_dir": embeddings_folder()}
-    return {}
+    if not config.pivotal_tuning:
+        return {}
+    changes = {} if config.embedding_output_dir else {"embedding_output_dir": embeddings_folder()}
+    folder = changes.get("embedding_output_dir", config.embedding_output_dir)
+    if (not config.embedding_file_name.strip() and not is_forge()
+            and os.path.realpath(folder) == os.path.realpath(embeddings_folder())):
+        changes["embedding_file_name"] = config.output_name
+    return changes
 
 
 def webui_problems(config: TrainConfig) -> list[str]:
