@@ -134,7 +134,14 @@ def apply_weight(p, value: float, part: str = "weight") -> None:
 
 
 def _apply(p, **changes) -> None:
-    state = replace(cell_state(p), **changes)
+    rewrite_prompts(p, STATE_ATTRIBUTE, replace(cell_state(p), **changes), _render)
+
+
+def rewrite_prompts(p, attribute: str, state, render) -> None:
+    """Each prompt field of the cell's `p` without the edit made for it before, then rendered
+    from `state` by `render(text, state, required)`; `state` (a frozen dataclass with an
+    `edits` field) goes back on `p` under `attribute` with the new edits. Shared by the LoRA
+    and the hypernetwork axes."""
     before = dict(state.edits)
     edits = []
     for field in PROMPT_FIELDS:
@@ -142,11 +149,11 @@ def _apply(p, **changes) -> None:
         if not isinstance(text, str) or (field != "prompt" and not text):
             continue
         text = _undo(text, before.get(field))
-        text, edit = _render(text, state, required=field == "prompt")
+        text, edit = render(text, state, required=field == "prompt")
         setattr(p, field, text)
         if edit:
             edits.append((field, edit))
-    setattr(p, STATE_ATTRIBUTE, replace(state, edits=tuple(edits)))
+    setattr(p, attribute, replace(state, edits=tuple(edits)))
 
 
 def _render(prompt: str, state: CellLora, required: bool):

@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, replace
 
-from .axes import NONE, PROMPT_FIELDS, AxisError, _undo
+from .axes import NONE, AxisError, rewrite_prompts
 from .runs import saved_files
 
 STATE_ATTRIBUTE = "lib_trainer_xyz_hypernetwork"
@@ -54,19 +54,7 @@ def apply_strength(p, value: float) -> None:
 
 
 def _apply(p, **changes) -> None:
-    state = replace(cell_state(p), **changes)
-    before = dict(state.edits)
-    edits = []
-    for field in PROMPT_FIELDS:
-        text = getattr(p, field, None)
-        if not isinstance(text, str) or (field != "prompt" and not text):
-            continue
-        text = _undo(text, before.get(field))
-        text, edit = _render(text, state, required=field == "prompt")
-        setattr(p, field, text)
-        if edit:
-            edits.append((field, edit))
-    setattr(p, STATE_ATTRIBUTE, replace(state, edits=tuple(edits)))
+    rewrite_prompts(p, STATE_ATTRIBUTE, replace(cell_state(p), **changes), _render)
 
 
 def _render(prompt: str, state: CellHypernetwork, required: bool):
