@@ -117,8 +117,9 @@ def webui_trainer(config: TrainConfig, progress: Progress):
     """Train one queued config on the loaded model, as a WebUI job."""
     from ..train.loop import train
 
-    for problem in webui_problems(config):
-        raise InvalidInput(problem)
+    problems = webui_problems(config)
+    if problems:
+        raise InvalidInput("\n".join(problems))
     bundle = loaded_bundle()
     changes = {"device": str(devices.device)}
     unet_dtype = next(bundle.denoiser().parameters()).dtype
