@@ -1,6 +1,6 @@
 """The training loop: set-up, then one loop with labelled phases, then the final save.
 
-Read `train()` top to bottom; the diffusion math lives in noise.py, batches in
+Read `train()` top to bottom; the loss of one batch in step_loss.py, the diffusion math in noise.py, batches in
 dataset/, files in checkpoints.py.
 """
 from __future__ import annotations
@@ -28,14 +28,15 @@ from ..networks.embedding import embedding_prompts, embedding_run_config, is_emb
 from ..networks.registry import create_trainable
 from ..networks.trainable import TEXT_ENCODER, TOKEN_EMBEDDINGS
 from ..progress import Progress
-from . import noise as diffusion
 from .checkpoints import CheckpointWriter, epoch_path, final_path, step_path
 from .optimizers import make_optimizer
 from .output_guard import claimed_output
 from .precision import SAVE_DTYPES, autocast, check_precision, compute_dtype, grad_scaler, resolve_device
 from .resume import RunPosition, StateWriter, fingerprint, read_state, resume_notes, state_dir_for
 from .sampling import SampleMaker
+from . import noise as diffusion
 from .schedulers import make_scheduler, warmup_steps
+from .step_loss import batch_loss
 from .text_cache import TextEncoderCache
 
 
@@ -147,8 +148,8 @@ def _run(config, bundle, plan, trainable, device, progress, data_rng, noise_rng,
                     continue  # trained before the run was resumed
                 # --- loss of one batch (accumulated over gradient_accumulation_steps) ---
                 with autocast(device, config.mixed_precision):
-                    loss = _batch_loss(config, bundle, batch, latents, prompts, schedule, device, data_rng,
-                                       noise_rng)
+                    loss = batch_loss(config, bundle, batch, latents, prompts, schedule, device, data_rng,
+                                      noise_rng)
                 if not torch.isfinite(loss):
                     raise TrainingDiverged(_diverged_message(loss, step, epoch, writer.saved, config))
                 scaler.scale(loss / config.gradient_accumulation_steps).backward()
@@ -258,28 +259,6 @@ def _gradient_checkpointing(bundle: ModelBundle, enabled: bool):
         yield
     finally:
         bundle.set_gradient_checkpointing(False)
-
-
-def _batch_loss(config, bundle, batch, latents, prompts, schedule, device, data_rng, noise_rng) -> torch.Tensor:
-    """Noise the latents at random timesteps and score the model's prediction of the target."""
-    flips = [config.flip_aug and data_rng.random() < 0.5 for _ in batch]
-    x0, sizes = latents(batch, flips, data_rng)
-    x0 = x0.to(device)
-    conditioning = prompts(batch, data_rng)
-
-    noise = diffusion.sample_noise(x0.shape, config.noise_offset, noise_rng).to(device)
-    timesteps = diffusion.sample_timesteps(len(batch), len(schedule), "cpu", noise_rng).to(device)
-    noisy = diffusion.add_noise(x0, noise, timesteps, schedule)
-    target = diffusion.prediction_target(x0, noise, timesteps, schedule, bundle.prediction_type)
-
-    prediction = bundle.predict(noisy, timesteps, conditioning, sizes)
-    per_sample = torch.nn.functional.mse_loss(prediction.float(), target.float(), reduction="none")
-    per_sample = per_sample.mean(dim=(1, 2, 3))
-    weights = torch.tensor([example.loss_weight for example in batch], device=device)
-    if config.min_snr_gamma:
-        weights = weights * diffusion.min_snr_weights(timesteps, schedule, config.min_snr_gamma,
-                                                      bundle.prediction_type)
-    return (per_sample * weights).mean()
 
 
 def _prompt_source(config, bundle, plan, captions, trains_text, device, progress):
