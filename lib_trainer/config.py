@@ -38,6 +38,10 @@ SAVE_PRECISIONS = ("fp16", "bf16", "float")
 # is checked when sampling is on (train/samplers.py lists them).
 KOHYA_SAMPLERS = ("ddim", "pndm", "lms", "euler", "euler_a", "heun", "dpm_2", "dpm_2_a", "dpmsolver", "dpmsolver++",
                   "dpmsingle", "k_lms", "k_euler", "k_euler_a", "k_dpm_2", "k_dpm_2_a")
+# kohya's loss functions and Huber schedules (train/losses.py computes them)
+LOSS_TYPES = ("l2", "l1", "huber", "smooth_l1")
+HUBER_LOSSES = ("huber", "smooth_l1")  # the two that take a threshold huber_c
+HUBER_SCHEDULES = ("constant", "exponential", "snr")
 
 # The WebUI's hypernetwork activations (modules/hypernetworks: its own names, then every torch
 # activation class by its lower-case name), as its Create tab offers them, less the ones that
@@ -46,10 +50,6 @@ HYPERNETWORK_ACTIVATIONS = (
     "linear", "relu", "leakyrelu", "elu", "swish", "tanh", "sigmoid", "celu", "gelu", "hardshrink", "hardsigmoid",
     "hardtanh", "logsigmoid", "logsoftmax", "mish", "prelu", "relu6", "rrelu", "selu", "silu", "softmax", "softmax2d",
     "softmin", "softplus", "softshrink", "softsign", "tanhshrink")
-# kohya's loss functions and Huber schedules (train/losses.py computes them)
-LOSS_TYPES = ("l2", "l1", "huber", "smooth_l1")
-HUBER_LOSSES = ("huber", "smooth_l1")  # the two that take a threshold huber_c
-HUBER_SCHEDULES = ("constant", "exponential", "snr")
 HYPERNETWORK_INITS = ("Normal", "XavierUniform", "XavierNormal", "KaimingUniform", "KaimingNormal")
 
 

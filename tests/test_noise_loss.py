@@ -212,7 +212,8 @@ def test_prior_loss_weight_scales_the_regularisation_examples_loss(small_root, t
         config = quick_config(small_root, str(tmp_path / "out"), reg_data_dir=str(tmp_path / "reg"),
                               prior_loss_weight=weight)
         examples = make_plan(config).training_set.examples
-        batch = [next(e for e in examples if not e.item.concept.is_reg), next(e for e in examples if e.item.concept.is_reg)]
+        batch = [next(e for e in examples if not e.item.concept.is_reg),
+                 next(e for e in examples if e.item.concept.is_reg)]
         return run_batch(config, RecordingBundle(), batch=batch), [e.loss_weight for e in batch]
 
     plain, weights = loss_and_weights(1.0)
@@ -251,7 +252,8 @@ def test_options_the_model_cannot_use_are_refused_and_idle_ones_noted():
         loss_option_refusals(TrainConfig(scale_v_pred_loss_like_noise_pred=True), "epsilon")[0]
     assert "already predicts v" in loss_option_refusals(TrainConfig(v_pred_like_loss=0.1), "v_prediction")[0]
     assert loss_option_notes(TrainConfig()) == []
-    notes = loss_option_notes(TrainConfig(huber_c=0.2, multires_noise_discount=0.5, ip_noise_gamma_random_strength=True))
+    notes = loss_option_notes(TrainConfig(huber_c=0.2, multires_noise_discount=0.5,
+                                          ip_noise_gamma_random_strength=True))
     assert notes == ["multires_noise_discount=0.5 has no effect without multires_noise_iterations",
                      "ip_noise_gamma_random_strength=True has no effect without ip_noise_gamma",
                      "huber_c=0.2 has no effect without loss_type=huber or smooth_l1"]
