@@ -38,6 +38,10 @@ SAVE_PRECISIONS = ("fp16", "bf16", "float")
 # is checked when sampling is on (train/samplers.py lists them).
 KOHYA_SAMPLERS = ("ddim", "pndm", "lms", "euler", "euler_a", "heun", "dpm_2", "dpm_2_a", "dpmsolver", "dpmsolver++",
                   "dpmsingle", "k_lms", "k_euler", "k_euler_a", "k_dpm_2", "k_dpm_2_a")
+# kohya's loss functions and Huber schedules (train/losses.py computes them)
+LOSS_TYPES = ("l2", "l1", "huber", "smooth_l1")
+HUBER_LOSSES = ("huber", "smooth_l1")  # the two that take a threshold huber_c
+HUBER_SCHEDULES = ("constant", "exponential", "snr")
 
 # The WebUI's hypernetwork activations (modules/hypernetworks: its own names, then every torch
 # activation class by its lower-case name), as its Create tab offers them, less the ones that
@@ -192,10 +196,52 @@ class TrainConfig:
     xformers: bool = option(False, "Use xformers attention (CUDA, when installed).", "training")
     seed: int = option(42, "Seed for noise, data order, augmentation and initial weights.", "training",
                        minimum=0, maximum=2**32 - 1)
-    noise_offset: float = option(0.0, "Add a per-channel offset to the noise (darker/brighter images).", "training",
+    noise_offset: float = option(0.0, "Add a per-channel offset to the noise (darker/brighter images).", "noise",
                                  minimum=0.0)
-    min_snr_gamma: float = option(0.0, "Min-SNR loss weighting gamma (5 is common; 0 = off).", "training",
+    min_snr_gamma: float = option(0.0, "Min-SNR loss weighting gamma (5 is common; 0 = off).", "noise",
                                   minimum=0.0)
+    # --- noise, timesteps and loss (issue 14) ---
+    noise_offset_random_strength: bool = option(
+        False, "Draw the noise offset's strength at random between 0 and noise_offset, once per step.", "noise")
+    adaptive_noise_scale: float = option(
+        0.0, "Add this times the absolute mean of each latent channel to noise_offset, so images far from mid-grey "
+        "get a larger offset (needs noise_offset; may be negative; 0 = off).", "noise")
+    multires_noise_iterations: int = option(
+        0, "Multi-resolution (pyramid) noise: add this many layers of coarser noise (6-10 is usual; 0 = off).",
+        "noise", minimum=0)
+    multires_noise_discount: float = option(
+        0.3, "Weight of each coarser multires noise layer relative to the one before (no effect without "
+        "multires_noise_iterations).", "noise", minimum=0.0)
+    ip_noise_gamma: float = option(
+        0.0, "Input perturbation: the noised input gets this much extra noise, the target does not (about 0.1 is "
+        "usual; 0 = off).", "noise", minimum=0.0)
+    ip_noise_gamma_random_strength: bool = option(
+        False, "Draw the input perturbation's strength at random between 0 and ip_noise_gamma, once per step.",
+        "noise")
+    min_timestep: int = option(0, "Smallest timestep trained (0-999); timesteps are drawn from "
+                               "[min_timestep, max_timestep).", "noise", minimum=0, maximum=999)
+    max_timestep: int = option(1000, "Timesteps trained are below this (1-1000); equal to min_timestep: only that "
+                               "timestep is trained.", "noise", minimum=1, maximum=1000)
+    loss_type: str = option("l2", "Loss function: l2 (squared error), l1, huber or smooth_l1 (pseudo-Huber: "
+                            "squared for small errors, linear for large ones).", "noise", choices=LOSS_TYPES)
+    huber_schedule: str = option("snr", "How the Huber threshold changes with the timestep: constant (huber_c x "
+                                 "huber_scale), exponential (from huber_scale at t=0 down to huber_c x huber_scale "
+                                 "at the end), snr (from 1 where the image is clear down to huber_c in pure noise).",
+                                 "noise", choices=HUBER_SCHEDULES)
+    huber_c: float = option(0.1, "Huber threshold (huber and smooth_l1): errors below it count squared, above it "
+                            "linearly.", "noise", minimum=0.0)
+    huber_scale: float = option(1.0, "Scale of the constant and exponential Huber thresholds.", "noise", minimum=0.0)
+    debiased_estimation_loss: bool = option(
+        False, "Weight each example's loss by 1/sqrt(SNR) (1/(SNR+1) for v-prediction), which evens out "
+        "the timesteps' contributions.", "noise")
+    scale_v_pred_loss_like_noise_pred: bool = option(
+        False, "v-prediction models: scale the loss by SNR/(SNR+1) so each timestep weighs as in noise prediction.",
+        "noise", differs="refused when the loaded model predicts noise, whatever v_parameterization says (the "
+        "prediction type is read from the checkpoint)")
+    v_pred_like_loss: float = option(
+        0.0, "Noise-prediction models: add this times a v-prediction-like loss, which weighs the noisiest "
+        "timesteps more (0 = off).", "noise", minimum=0.0,
+        differs="refused when the loaded model predicts v, whatever v_parameterization says")
     logging_dir: str = option("", "Write TensorBoard logs here (empty = no logs).", "training")
     log_prefix: str = option("", "Prefix of the TensorBoard run folder.", "training")
     training_comment: str = option("", "Stored in the file's ss_training_comment.", "training")
@@ -317,6 +363,27 @@ class TrainConfig:
             found += method_problems(self)
         if self.sampling_enabled():
             found += self._sampling_problems()
+        found += self._noise_loss_problems()
+        return found
+
+    def _noise_loss_problems(self) -> list[str]:
+        """The noise and loss options that contradict each other (kohya's own refusals, and
+        the values its code would fail on)."""
+        found = []
+        if self.adaptive_noise_scale and not self.noise_offset:
+            found.append("adaptive_noise_scale adds to noise_offset, which is 0: set noise_offset (e.g. 0.05) or "
+                         "adaptive_noise_scale=0")
+        if self.min_timestep > self.max_timestep:
+            found.append(f"min_timestep={self.min_timestep} is above max_timestep={self.max_timestep}: timesteps are "
+                         "drawn from [min_timestep, max_timestep)")
+        elif self.min_timestep == self.max_timestep == 1000:
+            found.append("min_timestep = max_timestep = 1000 trains timestep 1000, which does not exist (0-999): "
+                         "lower both")
+        if self.loss_type in HUBER_LOSSES and self.huber_c <= 0:
+            found.append(f"huber_c must be above 0 with loss_type={self.loss_type} (0.1 is kohya's default)")
+        if self.v_pred_like_loss and self.v_parameterization:
+            found.append("v_pred_like_loss is for noise-prediction models, and v_parameterization is set: "
+                         "set v_pred_like_loss to 0")
         return found
 
     def _text_cache_problems(self) -> list[str]:

@@ -11,8 +11,8 @@ config all read files here, so a file imports the same way everywhere.
     sections (`[training_arguments]`), which are flattened; lora-scripts' GUI writes them
     flat with its `model_train_type`.
   - kohya_ss GUI JSON: a few other names (`epoch`, `max_resolution`, `LoRA_type`, `lr_warmup`
-    in percent, `xformers` as a string, the sample prompts themselves instead of a file),
-    translated here.
+    in percent, `xformers` as a string, `noise_offset_type`, the sample prompts themselves
+    instead of a file), translated here.
 """
 from __future__ import annotations
 
@@ -56,6 +56,15 @@ def _xformers(value: Any) -> dict[str, Any]:
     return {"xformers": bool(value)}
 
 
+def _noise_offset_type(value: Any) -> dict[str, Any]:
+    """The GUI's noise_offset_type. It saves the fields of both kinds and passes sd-scripts only
+    the chosen kind's: Original (noise_offset, its random strength, adaptive_noise_scale) or
+    Multires (multires_noise_iterations and _discount); the other kind stays at its default."""
+    if str(value).lower() == "multires":
+        return {"noise_offset": 0.0, "noise_offset_random_strength": False, "adaptive_noise_scale": 0.0}
+    return {"multires_noise_iterations": 0, "multires_noise_discount": 0.3}
+
+
 # kohya_ss GUI name -> function(value) -> {our names: values}
 KOHYA_SS_GUI_NAMES = {
     "epoch": lambda v: {"max_train_epochs": v},
@@ -64,6 +73,7 @@ KOHYA_SS_GUI_NAMES = {
     "lr_warmup": lambda v: {"lr_warmup_steps": float(v) / 100},  # the GUI's warm-up is a percentage
     "LoRA_type": _network_type,
     "xformers": _xformers,
+    "noise_offset_type": _noise_offset_type,
 }
 
 

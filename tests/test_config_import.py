@@ -43,8 +43,7 @@ def test_kohya_ss_gui_lora_type_decides_the_convolution_rank_on_the_cli_and_in_t
     assert (config.max_train_epochs, config.resolution, config.lr_warmup_steps, config.optimizer_type,
             config.xformers, config.keep_tokens, config.seed) == (4, "768", 0.1, "Lion", True, 1, 1234)
     err = capsys.readouterr().err
-    assert f"note: {path}: not used here (4): adaptive_noise_scale, additional_parameters, color_aug, model_list" \
-        in err
+    assert f"note: {path}: not used here (3): additional_parameters, color_aug, model_list" in err
     assert read_config_file(str(path), TrainConfig())[0] == config
 
 

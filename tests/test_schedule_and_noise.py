@@ -6,9 +6,8 @@ import math
 import pytest
 import torch
 
-from lib_trainer.train.noise import (
-    add_noise, min_snr_weights, prediction_target, sample_noise, sample_timesteps,
-)
+from lib_trainer.train.losses import min_snr_weights
+from lib_trainer.train.noise import add_noise, prediction_target, sample_noise, sample_timesteps
 from lib_trainer.train.schedulers import SCHEDULES, effective_scheduler, lr_factor, make_scheduler, warmup_steps
 
 # --- schedules (100 steps, no warm-up unless said) ---

@@ -36,7 +36,7 @@ from .resume import RunPosition, StateWriter, fingerprint, read_state, resume_no
 from .sampling import SampleMaker
 from . import noise as diffusion
 from .schedulers import make_scheduler, warmup_steps
-from .step_loss import batch_loss
+from .step_loss import batch_loss, loss_option_notes, loss_option_refusals
 from .text_cache import TextEncoderCache
 
 
@@ -75,7 +75,10 @@ def train(config: TrainConfig, bundle: ModelBundle | None = None, progress: Prog
     if config.v2 and bundle.family != "sd2":
         raise InvalidInput(f"v2 is set (an SD 2.x base model), but {config.pretrained_model_name_or_path or 'the model'} "
                            f"is {bundle.family.upper()} (its weights say so): remove v2, or choose an SD 2.x checkpoint")
-    for note in (*bundle.notes, *_family_notes(config, bundle)):
+    refused = loss_option_refusals(config, bundle.prediction_type)
+    if refused:
+        raise InvalidInput("; ".join(refused))
+    for note in (*bundle.notes, *_family_notes(config, bundle), *loss_option_notes(config)):
         progress.status(note)
     plan = make_plan(config, bundle.count_tokens)
     progress.status(plan.summary())
