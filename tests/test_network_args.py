@@ -3,6 +3,7 @@ dim_from_weights and scale_weight_norms. Each test shows the option's effect."""
 from __future__ import annotations
 
 import argparse
+import json
 
 import pytest
 import torch
@@ -92,6 +93,19 @@ def test_wrong_counts_are_refused_by_name(sd1):
         create_trainable(sdxl_counts, sd1)
 
 
+def test_sdxl_blocks_take_sdxls_counts():
+    sdxl = load_bundle("tiny:sdxl", False, 1, "")
+    dims = [index % 5 + 1 for index in range(23)]
+    network = create_trainable(TrainConfig().replace(network_train_unet_only=True, network_args=[
+        "block_dims=" + ",".join(map(str, dims)), "up_lr_weight=" + ",".join(["0.5"] * 9)]), sdxl)
+    for name, adapter in network.adapters.items():
+        assert adapter.rank == dims[block_index(name, True)], name
+    lrs = {group["label"]: group["lr"] for group in network.parameter_groups(1e-3, 0)}
+    assert lrs["unet_block13"] == pytest.approx(5e-4) and lrs["unet_block5"] == 1e-3
+    with pytest.raises(ConfigError, match="this is an SDXL model: it takes 9"):
+        create_trainable(TrainConfig().replace(network_args=["down_lr_weight=" + ",".join(["1"] * 12)]), sdxl)
+
+
 # --- LoRA+ ---
 
 @pytest.mark.parametrize("settings", [dict(loraplus_lr_ratio=16.0), dict(network_args=["loraplus_lr_ratio=16"])],
@@ -158,6 +172,8 @@ def test_block_dims_give_each_block_its_rank(small_root, tmp_path):
             assert rank == (conv_dims if conv else dims)[block_index(name, False)], name
             seen.add((block_index(name, False), conv))
     assert len(seen) > 20 and (12, True) not in seen
+    args = json.loads(_metadata(result.final_path)["ss_network_args"])  # as kohya records its network_args
+    assert args["block_dims"] == ",".join(map(str, dims))
 
 
 def test_dim_from_weights_takes_each_layers_rank_and_alpha_from_the_file(small_root, tmp_path):

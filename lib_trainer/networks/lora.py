@@ -191,8 +191,7 @@ class LoRAMethod(NetworkMethod):
         sdxl = is_sdxl_layout(unet)
         weights = lr_weights(settings.get("blocks", {}), sdxl) if unet else None
         if weights is not None:
-            network.lr_weights = {name: (index, weights[index] if index >= 0 else 1.0) for name in unet
-                                  for index in [block_index(name, sdxl)]}
+            network.lr_weights = {name: (block_index(name, sdxl), weights[block_index(name, sdxl)]) for name in unet}
         # kohya: the part's own ratio, else loraplus_lr_ratio (0 counts as not set there too)
         for part, key in (("unet", "loraplus_unet_lr_ratio"), ("text_encoder", "loraplus_text_encoder_lr_ratio")):
             ratio = settings.get(key) or settings.get("loraplus_lr_ratio")
