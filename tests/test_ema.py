@@ -112,7 +112,9 @@ def _stop_at(step: int) -> Progress:
 
 
 def test_a_resumed_run_with_ema_equals_an_uninterrupted_one(small_root, tmp_path):
-    settings = dict(max_train_steps=5, ema_decay=0.8, ema_update_every=2, rank_dropout=0.2, shuffle_caption=True)
+    """With LoRA+ and block lr weights too: their extra optimizer groups resume as well."""
+    settings = dict(max_train_steps=5, ema_decay=0.8, ema_update_every=2, rank_dropout=0.2, shuffle_caption=True,
+                    loraplus_lr_ratio=4.0, network_args=["up_lr_weight=linear+0.5"])
     whole = train(quick_config(small_root, str(tmp_path / "whole"), **settings))
     stopped = train(quick_config(small_root, str(tmp_path / "parts"), **settings), progress=_stop_at(3))
     assert stopped.stopped_early and stopped.steps == 3
