@@ -122,6 +122,23 @@ class TrainConfig:
                                   "optimizer and schedule; to continue a stopped run use resume).", "network")
     network_train_unet_only: bool = option(False, "Train only the UNet LoRA.", "network")
     network_train_text_encoder_only: bool = option(False, "Train only the text-encoder LoRA.", "network")
+    # --- network arguments (issue 14) ---
+    loraplus_lr_ratio: float | None = option(
+        None, "LoRA+: the up weights learn this many times faster than the down weights (the paper suggests 16; "
+        "empty = off). networks.lora only.", "network", minimum=0.0,
+        differs="sd-scripts takes it only as --network_args loraplus_lr_ratio=16; that works here too")
+    loraplus_unet_lr_ratio: float | None = option(
+        None, "LoRA+ ratio of the UNet's up weights (empty = loraplus_lr_ratio).", "network", minimum=0.0,
+        differs="sd-scripts takes it only as a network_args entry; that works here too")
+    loraplus_text_encoder_lr_ratio: float | None = option(
+        None, "LoRA+ ratio of the text encoders' up weights (empty = loraplus_lr_ratio).", "network", minimum=0.0,
+        differs="sd-scripts takes it only as a network_args entry; that works here too")
+    dim_from_weights: bool = option(False, "Take each layer's rank and alpha from the network_weights file (which "
+                                    "layers too) instead of network_dim/conv_dim. networks.lora only.", "network")
+    scale_weight_norms: float | None = option(
+        None, "Max-norm regularisation: after each step, scale every LoRA layer down whose weight change "
+        "(up @ down * alpha/dim) has a norm above this (1 is a good start; empty = off). networks.lora only.",
+        "network", minimum=0.0)
 
     # --- embedding (textual inversion) ---
     embedding_name: str = option("", "The word typed in prompts to use the embedding (network_module embedding: also "
@@ -164,6 +181,17 @@ class TrainConfig:
     lr_scheduler_num_cycles: int = option(1, "Restarts of cosine_with_restarts.", "optimizer", minimum=1)
     lr_scheduler_power: float = option(1.0, "Power of the polynomial schedule.", "optimizer", minimum=0.0)
     max_grad_norm: float = option(1.0, "Clip the gradient norm to this (0 = no clipping).", "optimizer", minimum=0.0)
+    # --- EMA of the trained weights (issue 14) ---
+    ema_decay: float = option(0.0, "Keep an exponential moving average of the trained weights and save it as "
+                              "<file>-ema.safetensors beside each file (e.g. 0.999; 0 = off).", "training",
+                              minimum=0.0, differs="sd-scripts has no EMA for networks")
+    ema_update_every: int = option(1, "Update the average every N optimizer steps.", "training", minimum=1,
+                                   differs="sd-scripts has no EMA for networks")
+    ema_start_step: int = option(0, "The average starts from the weights after this step (0 = the starting "
+                                 "weights); no -ema file is written before.", "training", minimum=0,
+                                 differs="sd-scripts has no EMA for networks")
+    ema_for_samples: bool = option(False, "Draw the sample images with the averaged weights.", "training",
+                                   differs="sd-scripts has no EMA for networks")
 
     # --- training ---
     output_dir: str = option("output", "Folder the LoRA files are written to.", "training")
@@ -363,6 +391,7 @@ class TrainConfig:
             found += method_problems(self)
         if self.sampling_enabled():
             found += self._sampling_problems()
+        found += self._netargs_problems()
         found += self._noise_loss_problems()
         return found
 
@@ -384,6 +413,32 @@ class TrainConfig:
         if self.v_pred_like_loss and self.v_parameterization:
             found.append("v_pred_like_loss is for noise-prediction models, and v_parameterization is set: "
                          "set v_pred_like_loss to 0")
+        return found
+
+    def _netargs_problems(self) -> list[str]:
+        """LoRA+, dim_from_weights, scale_weight_norms and EMA: what they need."""
+        found = []
+        try:
+            args = self.parsed_network_args()
+        except ConfigError:  # reported with the other network_args problems
+            args = {}
+        plus = [key for key in ("loraplus_lr_ratio", "loraplus_unet_lr_ratio", "loraplus_text_encoder_lr_ratio")
+                if getattr(self, key) is not None or key in args]
+        lora_only = [*plus, *[key for key in ("dim_from_weights", "scale_weight_norms") if getattr(self, key)]]
+        if lora_only and self.network_module != "networks.lora":
+            found.append(f"{', '.join(lora_only)}: only network_module networks.lora (LoRA, LoCon) has them "
+                         f"(it is {self.network_module})")
+        if plus and (self.optimizer_type.lower() == "prodigy" or "dadapt" in self.optimizer_type.lower()):
+            # as sd-scripts says: these adapt one learning rate for every group, so the ratio is lost
+            found.append(f"{plus[0]} (LoRA+) cannot be used with {self.optimizer_type}: it adapts a single "
+                         "learning rate for all parameter groups, so the up weights' ratio would have no effect; "
+                         "choose AdamW (or another optimizer) or remove the LoRA+ ratio")
+        if self.dim_from_weights and not self.network_weights:
+            found.append("dim_from_weights takes the ranks from network_weights: give the LoRA file there")
+        if self.ema_decay >= 1:
+            found.append(f"ema_decay={self.ema_decay} must be below 1 (e.g. 0.999; 0 = off)")
+        if self.ema_for_samples and not self.ema_decay:
+            found.append("ema_for_samples needs ema_decay (e.g. 0.999)")
         return found
 
     def _text_cache_problems(self) -> list[str]:

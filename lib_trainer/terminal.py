@@ -7,7 +7,7 @@ from .progress import END, SAVED, START, STATE, STATUS, STEP, ProgressEvent
 
 
 class TerminalSink:
-    def __init__(self, stream=None, show_keys: tuple[str, ...] = ("loss", "avg_loss", "lr")) -> None:
+    def __init__(self, stream=None, show_keys: tuple[str, ...] = ("loss", "avg_loss", "lr", "keys_scaled", "avg_key_norm")) -> None:
         self.stream = stream or sys.stderr
         self.show_keys = show_keys
         self._bar = None

@@ -104,10 +104,21 @@ def training_metadata(config: TrainConfig, training_set: TrainingSet, family: st
         "modelspec.resolution": f"{width}x{height}",
         "modelspec.prediction_type": "v" if prediction_type == "v_prediction" else "epsilon",
     }
+    meta.update(network_args_metadata(config))
     for key, value in zip(("ss_sd_model_hash", "ss_new_sd_model_hash"), model_hashes):
         if value:
             meta[key] = value
     return {key: _text(value) for key, value in meta.items()}
+
+
+def network_args_metadata(config: TrainConfig) -> dict:
+    """ss_scale_weight_norms as kohya writes it (None when off), and the LoRA+ ratios given as
+    config fields (kohya users give them as network_args, which ss_network_args records)."""
+    meta = {"ss_scale_weight_norms": config.scale_weight_norms}
+    for key in ("loraplus_lr_ratio", "loraplus_unet_lr_ratio", "loraplus_text_encoder_lr_ratio"):
+        if getattr(config, key) is not None:
+            meta[f"ss_{key}"] = getattr(config, key)
+    return meta
 
 
 def base_model_version(family: str, prediction_type: str) -> str:

@@ -22,6 +22,7 @@ from .trainable import Trainable
 
 class AdapterModule(nn.Module):
     """One adapted layer. Subclasses create their tensors and compute the output delta."""
+    up_parameters: tuple[str, ...] = ()  # the "up" side that LoRA+ trains faster (kohya: lora_up)
 
     def __init__(self, target: TargetLayer, multiplier: float = 1.0) -> None:
         super().__init__()
@@ -84,6 +85,10 @@ class Network(Trainable):
         self.method = method          # the NetworkMethod record that built it
         self.settings = settings      # what the method was built with (dim, alpha, conv_dim...)
         self.kind = method.label
+        # Set by methods that have them (networks.lora): kohya name -> (block, lr weight) of the
+        # UNet layers when block lr weights are given; part -> LoRA+ ratio of the up weights.
+        self.lr_weights: dict[str, tuple[int, float]] = {}
+        self.plus_ratios: dict[str, float] = {}
 
     def attach(self, bundle=None) -> None:
         for adapter in self.adapters.values():
@@ -99,12 +104,29 @@ class Network(Trainable):
             adapter.multiplier = text_encoder if adapter.component == "text_encoder" else unet
 
     def parameter_groups(self, unet_lr: float, text_encoder_lr: float) -> list[dict]:
-        groups = []
+        """One group per part; with block lr weights one per UNet block, and with LoRA+ the up
+        weights of each in a group of their own (kohya's `prepare_optimizer_params`). Each group
+        keeps its factor on the part's lr (`lr_factor`), so a resumed run with another lr keeps
+        the ratios. Groups of factor 0 are left out, and their weights frozen, as in kohya."""
+        groups: dict[tuple, dict] = {}
         for component, lr in (("unet", unet_lr), ("text_encoder", text_encoder_lr)):
-            params = [p for a in self.adapters.values() if a.component == component for p in a.parameters()]
-            if params:
-                groups.append({"params": params, "lr": lr, "name": component})
-        return groups
+            ratio = self.plus_ratios.get(component)
+            for adapter in self.adapters.values():
+                if adapter.component != component:
+                    continue
+                block = self.lr_weights.get(adapter.kohya_name)
+                for name, parameter in adapter.named_parameters():
+                    plus = ratio is not None and name in adapter.up_parameters
+                    factor = (1.0 if block is None else block[1]) * (ratio if plus else 1.0)
+                    label = component + ("" if block is None else f"_block{block[0]}") + (" plus" if plus else "")
+                    group = groups.setdefault(label, {"params": [], "lr": lr * factor, "name": component,
+                                                      "lr_factor": factor, "label": label})
+                    group["params"].append(parameter)
+        for group in groups.values():
+            if group["lr_factor"] == 0:
+                for parameter in group["params"]:
+                    parameter.requires_grad_(False)
+        return [group for group in groups.values() if group["lr_factor"] != 0]
 
     def conditioned(self) -> dict[str, int]:
         counts: dict[str, int] = {}

@@ -23,6 +23,12 @@ def lora_delta_weight(up: torch.Tensor, down: torch.Tensor, scale: float) -> tor
         up.shape[0], *down.shape[1:])
 
 
+def max_norm_ratio(norm: float, max_norm: float) -> float:
+    """The factor that brings a weight delta of this norm down to max_norm (1 when it is not
+    above it); kohya scales up and down by its square root each."""
+    return max_norm / norm if norm > max_norm else 1.0
+
+
 def lora_down_forward(x: torch.Tensor, down: torch.Tensor, conv: dict | None) -> torch.Tensor:
     """The down projection applied like the adapted layer: x -> (..., r)."""
     if conv is None:

@@ -20,11 +20,19 @@ from ..config import ConfigError
 from ..errors import InvalidInput
 from ..formats.kohya_names import TargetLayer
 from .base import AdapterModule, Network
-from .functional import lora_delta_weight, lora_down_forward, lora_scale, lora_up_forward
+from .blocks import BLOCK_ARGS, block_index, block_ranks, check_block_args, is_sdxl_layout, lr_weights
+from .functional import lora_delta_weight, lora_down_forward, lora_scale, lora_up_forward, max_norm_ratio
 from .method import NetworkMethod
 
 
+# LoRA+ (Hayou et al. 2024): the up weights learn `ratio` times faster; kohya's network_args,
+# and config fields here.
+LORAPLUS_ARGS = ("loraplus_lr_ratio", "loraplus_unet_lr_ratio", "loraplus_text_encoder_lr_ratio")
+
+
 class LoRAModule(AdapterModule):
+    up_parameters = ("up",)
+
     def __init__(self, target: TargetLayer, rank: int, alpha: float, dropout: float = 0.0,
                  rank_dropout: float = 0.0, module_dropout: float = 0.0) -> None:
         super().__init__(target)
@@ -70,6 +78,17 @@ class LoRAModule(AdapterModule):
     def delta_weight(self) -> torch.Tensor:
         return lora_delta_weight(self.up, self.down, self.scale)
 
+    def scale_to_max_norm(self, max_norm: float) -> tuple[bool, float]:
+        """Scale up and down alike so that the norm of the weight delta is at most max_norm
+        (kohya's `apply_max_norm_regularization`); returns (scaled, the norm now)."""
+        with torch.no_grad():
+            norm = float(self.delta_weight().float().norm())
+            ratio = max_norm_ratio(norm, max_norm)
+            if ratio != 1.0:
+                self.up.mul_(ratio ** 0.5)
+                self.down.mul_(ratio ** 0.5)
+        return ratio != 1.0, norm * ratio
+
     def file_tensors(self) -> dict[str, torch.Tensor]:
         return {"lora_down.weight": self.down, "lora_up.weight": self.up, "alpha": torch.tensor(self.alpha)}
 
@@ -95,7 +114,7 @@ class LoRAMethod(NetworkMethod):
                 "LoCon": {"network_module": "networks.lora", "network_args": "", "conv_dim": 8, "conv_alpha": 4.0}}
     # network_args kohya's networks.lora takes that this method supports, and their types.
     ARGS = {"conv_dim": int, "conv_alpha": float, "rank_dropout": float, "module_dropout": float,
-            "dropout": float}
+            "dropout": float, **{key: float for key in LORAPLUS_ARGS}, **{key: str for key in BLOCK_ARGS}}
 
     def settings(self, config) -> dict[str, Any]:
         settings = {
@@ -103,18 +122,27 @@ class LoRAMethod(NetworkMethod):
             "conv_dim": config.conv_dim, "conv_alpha": config.conv_alpha,
             "network_dropout": config.network_dropout, "rank_dropout": config.rank_dropout,
             "module_dropout": config.module_dropout,
+            **{key: getattr(config, key) for key in LORAPLUS_ARGS}, "blocks": {},
         }
         # kohya spells these as --network_args "conv_dim=4"; they override the fields.
         problems = []
+        settings["given_args"] = sorted(config.parsed_network_args())
         for key, value in config.parsed_network_args().items():
             if key not in self.ARGS:
                 problems.append(f"network_args: {key} is not an option of {self.module} "
                                 f"(it takes {', '.join(self.ARGS)})")
                 continue
+            if key in BLOCK_ARGS:  # read once the model's layout is known (blocks.py)
+                settings["blocks"][key] = value
+                continue
             try:
                 settings["network_dropout" if key == "dropout" else key] = self.ARGS[key](value)
             except ValueError:
                 problems.append(f"network_args: {key}={value!r} must be a number")
+        problems += check_block_args(settings["blocks"])
+        for key in LORAPLUS_ARGS:
+            if settings[key] is not None and settings[key] < 0:
+                problems.append(f"{key}={settings[key]} must not be negative")
         for key in ("network_dropout", "rank_dropout", "module_dropout"):
             if not 0.0 <= settings[key] < 1.0:
                 problems.append(f"{key}={settings[key]} must be at least 0 and below 1")
@@ -128,13 +156,48 @@ class LoRAMethod(NetworkMethod):
         return settings
 
     def adapts_conv(self, settings: dict[str, Any]) -> bool:
-        return settings["conv_dim"] > 0
+        return settings["conv_dim"] > 0 or "conv_block_dims" in settings.get("blocks", {})
 
     def create(self, targets: list[TargetLayer], settings: dict[str, Any]) -> Network:
+        return self._network([(target, rank, alpha) for target, rank, alpha in self._ranks(targets, settings)],
+                             settings)
+
+    def trainable_for(self, config, bundle, settings: dict[str, Any]):
+        if not config.dim_from_weights:
+            return super().trainable_for(config, bundle, settings)
+        # kohya's create_network_from_weights: the layers the file has, each with its rank and
+        # alpha; the loop then loads the weights themselves.
+        from ..formats.lora_file import load_lora
+
+        state = load_lora(config.network_weights)
+        targets = bundle.target_layers(include_conv=True, train_unet=config.train_unet(),
+                                       train_text_encoder=config.train_text_encoder())
+        layers = []
+        for target in targets:
+            down, alpha = state.get(f"{target.name}.lora_down.weight"), state.get(f"{target.name}.alpha")
+            if down is not None:
+                layers.append((target, down.shape[0], float(alpha) if alpha is not None else down.shape[0]))
+        if not layers:
+            raise InvalidInput(f"dim_from_weights: {config.network_weights} has no LoRA layer of this model "
+                               "(lora_down.weight keys of its layers)")
+        return self._network(layers, settings)
+
+    def _network(self, layers: list[tuple[TargetLayer, int, float]], settings: dict[str, Any]) -> Network:
+        """The network of these (layer, rank, alpha), with its block lr weights and LoRA+ ratios."""
         adapters = [LoRAModule(target, rank, alpha, settings["network_dropout"], settings["rank_dropout"],
-                               settings["module_dropout"])
-                    for target, rank, alpha in self._ranks(targets, settings)]
-        return Network(adapters, self, settings)
+                               settings["module_dropout"]) for target, rank, alpha in layers]
+        network = Network(adapters, self, settings)
+        unet = [adapter.kohya_name for adapter in adapters if adapter.component == "unet"]
+        sdxl = is_sdxl_layout(unet)
+        weights = lr_weights(settings.get("blocks", {}), sdxl) if unet else None
+        if weights is not None:
+            network.lr_weights = {name: (block_index(name, sdxl), weights[block_index(name, sdxl)]) for name in unet}
+        # kohya: the part's own ratio, else loraplus_lr_ratio (0 counts as not set there too)
+        for part, key in (("unet", "loraplus_unet_lr_ratio"), ("text_encoder", "loraplus_text_encoder_lr_ratio")):
+            ratio = settings.get(key) or settings.get("loraplus_lr_ratio")
+            if ratio is not None:
+                network.plus_ratios[part] = ratio
+        return network
 
     def parameter_count(self, targets: list[TargetLayer], settings: dict[str, Any]) -> int:
         total = 0
@@ -148,7 +211,10 @@ class LoRAMethod(NetworkMethod):
         return total
 
     def file_metadata(self, settings: dict[str, Any]) -> dict[str, str]:
-        args = {}
+        args = dict(settings.get("blocks", {}))  # as given, as kohya records its network_args
+        for key in LORAPLUS_ARGS:  # ss_network_args: the ratios given as network_args
+            if key in settings.get("given_args", ()):
+                args[key] = settings[key]
         if settings["conv_dim"]:
             args.update(conv_dim=settings["conv_dim"], conv_alpha=settings["conv_alpha"])
         for key in ("rank_dropout", "module_dropout"):
@@ -189,8 +255,19 @@ class LoRAMethod(NetworkMethod):
 
     @staticmethod
     def _ranks(targets: list[TargetLayer], settings: dict[str, Any]):
-        """(target, rank, alpha) of every adapted layer: 3x3 convs only with conv_dim."""
+        """(target, rank, alpha) of every adapted layer: 3x3 convs only with conv_dim; with
+        block ranks or block lrs, the UNet layer's block decides (rank 0: no adapter)."""
+        unet = [target.name for target in targets if target.component == "unet"]
+        sdxl = is_sdxl_layout(unet)
+        ranks = block_ranks(settings.get("blocks", {}), sdxl, settings["network_dim"], settings["network_alpha"],
+                            settings["conv_dim"], settings["conv_alpha"]) if unet else None
         for target in targets:
+            if ranks is not None and target.component == "unet":
+                index = block_index(target.name, sdxl)  # kohya's -1 (no block) reads the last one
+                kind = "conv_" if target.is_conv3x3 else ""
+                if ranks[f"{kind}dims"] is not None and ranks[f"{kind}dims"][index]:
+                    yield target, ranks[f"{kind}dims"][index], ranks[f"{kind}alphas"][index]
+                continue
             if target.is_conv3x3:
                 if settings["conv_dim"]:
                     yield target, settings["conv_dim"], settings["conv_alpha"]

@@ -55,8 +55,9 @@ def final_path(output_dir: str, name: str) -> str:
 
 class CheckpointWriter:
     def __init__(self, config: TrainConfig, trainable: Trainable, base_metadata: dict[str, str],
-                 recent_losses: Sequence[float] = (), progress=None) -> None:
+                 recent_losses: Sequence[float] = (), progress=None, ema=None) -> None:
         self.config = config
+        self.ema = ema  # train/ema.py: its file goes beside each saved one
         self.progress = progress
         self.rescue_dir: str | None = None  # where files go once output_dir has refused one
         self.trainable = trainable
@@ -84,6 +85,8 @@ class CheckpointWriter:
 
     def _write(self, path: str, metadata: dict[str, str], interrupted: bool) -> None:
         self.trainable.write_file(path, metadata, SAVE_DTYPES[self.config.save_precision])
+        if self.ema is not None:
+            self.ema.write_beside(self.trainable, path, metadata, SAVE_DTYPES[self.config.save_precision])
         # The config goes next to the files it produced, so a run can be repeated. A stopped
         # run's goes beside its own name-stepN file: it must not replace a finished run's.
         config_name = os.path.splitext(os.path.basename(path))[0] if interrupted else self.config.output_name

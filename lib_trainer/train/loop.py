@@ -29,6 +29,7 @@ from ..networks.registry import create_trainable
 from ..networks.trainable import TEXT_ENCODER, TOKEN_EMBEDDINGS
 from ..progress import Progress
 from .checkpoints import CheckpointWriter, epoch_path, final_path, step_path
+from .ema import make_average
 from .optimizers import make_optimizer
 from .output_guard import claimed_output
 from .precision import SAVE_DTYPES, autocast, check_precision, compute_dtype, grad_scaler, resolve_device
@@ -38,6 +39,7 @@ from . import noise as diffusion
 from .schedulers import make_scheduler, warmup_steps
 from .step_loss import batch_loss, loss_option_notes, loss_option_refusals
 from .text_cache import TextEncoderCache
+from .weight_norms import apply_max_norm
 
 
 class TrainingDiverged(UserError, RuntimeError):
@@ -123,9 +125,12 @@ def _run(config, bundle, plan, trainable, device, progress, data_rng, noise_rng,
     scaler = grad_scaler(device, config.mixed_precision)
     run = RunPosition.start(data_rng, noise_rng)
     checks = fingerprint(bundle.family, bundle.prediction_type, plan.training_set, trainable)
+    ema = make_average(config, trainable)  # ema_decay: an average of the weights, saved beside them
     if saved_state is not None:
         run = _resume(config, saved_state, checks, trainable, optimizer, scheduler, scaler, data_rng, noise_rng,
                       progress)
+        if ema is not None:
+            ema.load_state_dict(saved_state.ema)
     metadata = training_metadata(config, plan.training_set, bundle.family, bundle.prediction_type,
                                  bundle.model_name, uuid.uuid4().hex, time.time(), plan.total_steps,
                                  optimizer_text, trainable.file_metadata(), warmup,
@@ -133,9 +138,9 @@ def _run(config, bundle, plan, trainable, device, progress, data_rng, noise_rng,
     metadata["ss_trained_parts"] = json.dumps(trainable.conditioned())
     losses: list[float] = list(run.losses)
     window: deque[float] = deque(losses[-plan.steps_per_epoch:], maxlen=max(1, plan.steps_per_epoch))
-    writer = CheckpointWriter(config, trainable, metadata, recent_losses=window, progress=progress)
-    states = StateWriter(config, trainable, optimizer, scheduler, scaler, checks, progress)
-    samples = SampleMaker(config, bundle, trainable, device, progress)
+    writer = CheckpointWriter(config, trainable, metadata, recent_losses=window, progress=progress, ema=ema)
+    states = StateWriter(config, trainable, optimizer, scheduler, scaler, checks, progress, ema=ema)
+    samples = SampleMaker(config, bundle, trainable, device, progress, ema=ema)
     params = [p for group in optimizer.param_groups for p in group["params"]]
 
     step, stopped = run.step, False
@@ -170,11 +175,14 @@ def _run(config, bundle, plan, trainable, device, progress, data_rng, noise_rng,
                 optimizer.zero_grad(set_to_none=True)
                 if scale_before is None or scaler.get_scale() >= scale_before:  # fp16 overflow skips the step
                     scheduler.step()
+                norms = apply_max_norm(trainable, config.scale_weight_norms)  # scale_weight_norms
                 step += 1
+                if ema is not None:
+                    ema.after_step(step)
                 losses.append(window[-1])
                 run.after_step(step, epoch, index + 1, len(batches), losses, data_rng, noise_rng)
                 # --- report ---
-                _report(progress, step - first_step, step, epoch, plan.total_steps, window, optimizer, started)
+                _report(progress, step - first_step, step, epoch, plan.total_steps, window, optimizer, started, norms)
                 # --- samples, save and stop checks ---
                 samples.after_step(step)
                 if config.save_every_n_steps and step % config.save_every_n_steps == 0 and step < plan.total_steps:
@@ -231,8 +239,9 @@ def _resume(config, saved, checks, trainable, optimizer, scheduler, scaler, data
     scaler.load_state_dict(saved.scaler)
     # A changed learning rate applies from here on, along the same schedule.
     lrs = {"unet": config.effective_unet_lr(), "text_encoder": config.effective_text_encoder_lr()}
-    for group in optimizer.param_groups:
-        group["initial_lr"] = lrs.get(group.get("name"), group["initial_lr"])
+    for group in optimizer.param_groups:  # a block's or LoRA+ group keeps its factor on the part's lr
+        if group.get("name") in lrs:
+            group["initial_lr"] = lrs[group["name"]] * group.get("lr_factor", 1.0)
     scheduler.base_lrs = [group["initial_lr"] for group in optimizer.param_groups]
     for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
         group["lr"] = base * factor(scheduler.last_epoch)
@@ -244,12 +253,13 @@ def _resume(config, saved, checks, trainable, optimizer, scheduler, scaler, data
 def _expected_output_bytes(config, plan, trainable) -> int:
     """What the run writes at most: its files, and the run states beside them (one at least,
     for a stop): the trained weights in the save precision, plus fp32 weights and two
-    optimizer moments in a state."""
+    optimizer moments in a state (with EMA, twice the files and the average too)."""
     parameters = sum(p.numel() for p in trainable.parameters())
     files = 1 + (plan.epochs // config.save_every_n_epochs if config.save_every_n_epochs else 0) \
         + (plan.total_steps // config.save_every_n_steps if config.save_every_n_steps else 0)
     states = files if config.save_state else 1
-    return parameters * (files * SAVE_DTYPES[config.save_precision].itemsize + states * 12)
+    copies = 2 if config.ema_decay else 1  # ema_decay: an -ema file beside each, its fp32 average in each state
+    return parameters * (copies * files * SAVE_DTYPES[config.save_precision].itemsize + states * (8 + copies * 4))
 
 
 @contextlib.contextmanager
@@ -347,17 +357,21 @@ def _vae_encoder(bundle, device):
     return encode
 
 
-def _report(progress, steps_now, step, epoch, total, window, optimizer, started) -> None:
-    """steps_now: the steps of this session (not those before a resumption), for it/s."""
+def _report(progress, steps_now, step, epoch, total, window, optimizer, started, extra=None) -> None:
+    """steps_now: the steps of this session (not those before a resumption), for it/s; extra:
+    more of the step's info (scale_weight_norms')."""
     elapsed = time.monotonic() - started
     rate = steps_now / elapsed if elapsed > 0 else 0.0
-    lrs = {group.get("name"): group["lr"] for group in optimizer.param_groups}
+    # Each part's lr on the schedule (a block's or LoRA+ group has it times its factor).
+    lrs = {}
+    for group in optimizer.param_groups:
+        lrs.setdefault(group.get("name"), group["lr"] / group.get("lr_factor", 1.0))
     info = {"epoch": epoch, "loss": window[-1], "avg_loss": sum(window) / len(window),
             "lr": lrs.get("unet", lrs.get("text_encoder", next(iter(lrs.values())))), "it_per_s": rate,
             "eta_s": (total - step) / rate if rate else math.inf}
     if "text_encoder" in lrs:
         info["lr_te"] = lrs["text_encoder"]
-    progress.step(step, **info)
+    progress.step(step, **info, **(extra or {}))
 
 
 def _diverged_message(loss, step, epoch, saved, config) -> str:

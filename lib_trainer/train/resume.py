@@ -40,6 +40,7 @@ RESUMABLE_CHANGES = {
     "sample_every_n_steps", "sample_every_n_epochs", "sample_at_first", "sample_prompts", "sample_sampler",
     "logging_dir", "log_prefix", "training_comment", "device", "gradient_checkpointing", "xformers",
     "cache_latents_to_disk", "latents_cache_dir", "network_weights", "config_version",
+    "ema_for_samples",
 }
 
 
@@ -62,6 +63,7 @@ class TrainState:
     config: dict
     losses: list
     version: int = STATE_VERSION
+    ema: dict | None = None    # the weight average (train/ema.py), when ema_decay is set
 
 
 def state_dir_for(file_path: str) -> str:
@@ -266,8 +268,9 @@ class StateWriter:
     """Writes run states: beside saved files when asked (--save_state), and always when a run
     stops or fails, so that it can be resumed."""
 
-    def __init__(self, config: TrainConfig, trainable, optimizer, scheduler, scaler, checks: dict, progress) -> None:
-        self.config, self.trainable, self.progress = config, trainable, progress
+    def __init__(self, config: TrainConfig, trainable, optimizer, scheduler, scaler, checks: dict, progress,
+                 ema=None) -> None:
+        self.config, self.trainable, self.progress, self.ema = config, trainable, progress, ema
         self.optimizer, self.scheduler, self.scaler, self.checks = optimizer, scheduler, scaler, checks
         self.last: str | None = None
 
@@ -276,7 +279,8 @@ class StateWriter:
             step=run.step, epoch=run.epoch, batches_done=run.batches_done, epoch_rng=run.epoch_rng,
             optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
             scaler=self.scaler.state_dict(), trainable=self.trainable.state_dict(), fingerprint=self.checks,
-            config=self.config.to_dict(), losses=list(run.losses), **run.generators)
+            config=self.config.to_dict(), losses=list(run.losses),
+            ema=self.ema.state_dict() if self.ema is not None else None, **run.generators)
         write_state(folder, state, self.config.replace(resume=""))
         self.last = folder
         self.progress.state_saved(folder)

@@ -7,7 +7,10 @@ import time
 from ..progress import END, STEP, ProgressEvent
 from ..errors import Unavailable
 
-SCALARS = {"loss": "loss/current", "avg_loss": "loss/average", "lr": "lr/unet", "lr_te": "lr/text_encoder"}
+SCALARS = {"loss": "loss/current", "avg_loss": "loss/average", "lr": "lr/unet", "lr_te": "lr/text_encoder",
+           # scale_weight_norms, by kohya's tags
+           "keys_scaled": "max_norm/keys_scaled", "avg_key_norm": "norm/avg_key_norm",
+           "max_key_norm": "max_norm/max_key_norm"}
 
 
 class TensorBoardSink:
