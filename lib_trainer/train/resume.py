@@ -40,6 +40,9 @@ RESUMABLE_CHANGES = {
     "sample_every_n_steps", "sample_every_n_epochs", "sample_at_first", "sample_prompts", "sample_sampler",
     "logging_dir", "log_prefix", "training_comment", "device", "gradient_checkpointing", "xformers",
     "cache_latents_to_disk", "latents_cache_dir", "network_weights", "config_version",
+    "save_last_n_epochs", "save_last_n_steps", "save_n_epoch_ratio", "save_model_as", "output_config", "no_metadata",
+    "metadata_title", "metadata_author", "metadata_description", "metadata_license", "metadata_tags",
+    "max_data_loader_n_workers", "persistent_data_loader_workers",
 }
 
 
