@@ -6,13 +6,12 @@ exits, and the length kohya picks when neither length option is set is said and 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
 from PIL import Image
 
+from lib_trainer.__main__ import main
 from lib_trainer.config import TrainConfig
 from lib_trainer.config_files import load_config_file
 from lib_trainer.dataset.plan import make_plan
@@ -129,18 +128,11 @@ def test_neither_length_option_set_says_kohyas_default_and_warns_when_it_cuts_th
     assert "ends the run after" not in make_plan(TrainConfig(**base, max_train_steps=100)).summary()
 
 
-def run_cli(*args: str, cwd: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": os.getcwd()}
-    return subprocess.run([sys.executable, "-m", "lib_trainer", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=120)
-
-
-def test_output_config_writes_the_config_file_and_trains_nothing(tmp_path):
-    done = run_cli("train", "--output_config", "--config_file", "run", "--network_dim", "12",
-                   "--output_dir", "out", cwd=str(tmp_path))
-    assert done.returncode == 0, done.stderr
-    written = TrainConfig.from_dict(load_config_file(str(tmp_path / "run.toml")))
+def test_output_config_writes_the_config_file_and_trains_nothing(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--output_config", "--config_file", "run", "--network_dim", "12", "--output_dir", "out"]) == 0
+    written = TrainConfig.from_dict(load_config_file(str(tmp_path / "run.toml")))  # sd-scripts adds .toml too
     assert written.network_dim == 12 and not written.output_config
     assert not (tmp_path / "out").exists()  # nothing trained
-    again = run_cli("train", "--output_config", "--config_file", "run.toml", cwd=str(tmp_path))
-    assert again.returncode == 1 and "run.toml exists already" in again.stderr
+    assert main(["train", "--output_config", "--config_file", "run.toml"]) == 1
+    assert "run.toml exists already" in capsys.readouterr().err
