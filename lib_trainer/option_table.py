@@ -71,3 +71,9 @@ def readme_block(readme: str) -> str:
     """The generated part of a README's text (between the markers), as it stands."""
     start, end = readme.index(START) + len(START), readme.index(END)
     return readme[start:end].strip("\n") + "\n"
+
+
+def with_table(readme: str) -> str:
+    """The README's text with the generated block replaced by the current table."""
+    start, end = readme.index(START) + len(START), readme.index(END)
+    return readme[:start] + "\n" + markdown_table() + readme[end:]
