@@ -26,7 +26,7 @@ from .config import TrainConfig, coerce_values, field_specs, without_kohya_only_
 from .config_files import flatten_sections, load_config_data
 from .config_import_gui import parse_flags_with, translate
 from .fileio import write_text_atomic
-from .sd_scripts_args import OUT_OF_SCOPE, sd_scripts_arguments
+from .sd_scripts_args import OUT_OF_SCOPE, OUT_OF_SCOPE_WHY, sd_scripts_arguments
 
 OURS, SD_SCRIPTS, LORA_SCRIPTS, KOHYA_SS_GUI = "lib_trainer", "sd-scripts", "lora-scripts", "kohya_ss GUI"
 
@@ -52,7 +52,7 @@ def config_format(path: str, data: dict[str, Any]) -> str:
     # A flat file is sd-scripts' when it names an sd-scripts argument that is not ours; a file of
     # our names only is ours, read strictly, so a typo is an error.
     specs = field_specs()
-    if any(key not in specs and key in sd_scripts_arguments() for key in data):
+    if any(key not in specs and (key in sd_scripts_arguments() or key in OUT_OF_SCOPE) for key in data):
         return SD_SCRIPTS
     return OURS
 
@@ -101,6 +101,11 @@ def _foreign_config(values: dict[str, Any], path: str, base: TrainConfig) -> tup
         spec = specs[name]
         if value == "" and "None" not in str(spec.type) and _is_number(spec):
             continue  # the kohya_ss GUI writes "" for numbers left empty
+        if isinstance(value, list) and _is_number(spec):
+            # sd-scripts' text_encoder_lr is a list (one per text encoder); one rate is used here
+            if len(set(value)) > 1:
+                unused.append(f"{key} beyond its first value {value[0]} (one rate for every text encoder here)")
+            value = value[0] if value else None
         usable[name] = "" if value is None and str(spec.type).startswith("str") else value
     return base.replace(**coerce_values(usable, path)), unused_notes(unused)
 
@@ -113,7 +118,7 @@ def unused_notes(keys: list[str]) -> list[str]:
     if rest:
         notes.append(f"not used here ({len(rest)}): " + ", ".join(rest))
     if out_of_scope:
-        notes.append(f"out of scope here ({len(out_of_scope)}): "
+        notes.append(f"out of scope here ({len(out_of_scope)}), {OUT_OF_SCOPE_WHY}: "
                      + "; ".join(f"{key} ({OUT_OF_SCOPE[key]})" for key in out_of_scope))
     return notes
 

@@ -8,7 +8,7 @@ from dataclasses import fields
 
 from .config import TrainConfig
 from .config_export import NETWORK_ARGS_FIELDS, NOT_EXPORTED, kohya_name
-from .sd_scripts_args import OUT_OF_SCOPE, SCRIPT_NAMES, TEXTUAL_INVERSION, sd_scripts_arguments
+from .sd_scripts_args import OUT_OF_SCOPE, OUT_OF_SCOPE_WHY, SCRIPT_NAMES, TEXTUAL_INVERSION, sd_scripts_arguments
 
 START, END = "<!-- option table: start (python -m lib_trainer options --markdown) -->", "<!-- option table: end -->"
 
@@ -54,8 +54,8 @@ def option_rows() -> list[tuple[str, str, str, str, str]]:
 def markdown_table() -> str:
     lines = ["| option | group | meaning | default | sd-scripts | ours differs |", "|---|---|---|---|---|---|"]
     lines += ["| " + " | ".join(row) + " |" for row in option_rows()]
-    lines += ["", "Out of scope: options of sd-scripts' DiT / flow-matching scripts (and of the kohya_ss GUI's "
-              "pages for them). An imported file that sets one is told so.", "",
+    lines += ["", f"Out of scope: {OUT_OF_SCOPE_WHY} (and the kohya_ss GUI's switches for them). An imported "
+              "file that sets one is told so.", "",
               "| sd-scripts option | why it is not here |", "|---|---|"]
     lines += [f"| `{name}` | {_cell(why)} |" for name, why in OUT_OF_SCOPE.items()]
     return "\n".join(lines) + "\n"
