@@ -6,6 +6,7 @@ exits, and the length kohya picks when neither length option is set is said and 
 from __future__ import annotations
 
 import os
+import zipfile
 
 import pytest
 import torch
@@ -66,6 +67,8 @@ def test_save_last_n_keeps_the_newest_files_and_never_the_final_one(pruned_ckpt_
 
 def test_save_model_as_ckpt_is_a_state_dict_an_independent_loader_takes(pruned_ckpt_run):
     _, result, _, _ = pruned_ckpt_run
+    # torch's non-zip layout: the WebUI 1.10's safe unpickler refuses the zip entries new torch adds
+    assert not zipfile.is_zipfile(result.final_path)
     state = torch.load(result.final_path, map_location="cpu", weights_only=True)  # as the WebUI reads .ckpt
     assert any(key.endswith(".lora_down.weight") for key in state) and any(key.endswith(".alpha") for key in state)
     from lib_trainer.hosts.components import build_components

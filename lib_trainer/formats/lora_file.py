@@ -34,7 +34,11 @@ def save_lora(path: str, tensors: dict[str, torch.Tensor], metadata: dict[str, s
     save_weights writes those; the WebUI's Lora loader reads them with torch.load."""
     if path.lower().endswith((".ckpt", ".pt")):
         buffer = io.BytesIO()
-        torch.save({key: tensor.contiguous() for key, tensor in tensors.items()}, buffer)
+        # torch's older (non-zip) layout: the WebUI 1.10's safe unpickler refuses the zip entries
+        # that newer torch writes (.format_version, .storage_alignment), so it would not load the
+        # default layout; it loads this one, and torch.load(weights_only=True) too.
+        torch.save({key: tensor.contiguous() for key, tensor in tensors.items()}, buffer,
+                   _use_new_zipfile_serialization=False)
         write_bytes_atomic(path, buffer.getvalue())
         return
     metadata = {key: str(value) for key, value in metadata.items()}
