@@ -43,10 +43,10 @@ def statuses(events: list) -> list[str]:
 
 @pytest.fixture(scope="module")
 def pruned_ckpt_run(one_step_root, tmp_path_factory):
-    """5 epochs of 1 step, a file every epoch and every step, kohya's pruning on, as .ckpt."""
+    """4 epochs of 1 step, a file every epoch and every step, kohya's pruning on, as .ckpt."""
     out = str(tmp_path_factory.mktemp("pruned"))
     events: list = []
-    config = quick_config(one_step_root, out, max_train_steps=0, max_train_epochs=5, save_every_n_epochs=1,
+    config = quick_config(one_step_root, out, max_train_steps=0, max_train_epochs=4, save_every_n_epochs=1,
                           save_last_n_epochs=2, save_every_n_steps=1, save_last_n_steps=1, save_model_as="ckpt")
     result = train(config, progress=Progress([events.append]))
     return config, result, out, events
@@ -54,12 +54,12 @@ def pruned_ckpt_run(one_step_root, tmp_path_factory):
 
 def test_save_last_n_keeps_the_newest_files_and_never_the_final_one(pruned_ckpt_run):
     _, result, out, events = pruned_ckpt_run
-    # epoch files at epochs 1-4 (5 is the final file): the last 2 stay. Step files at steps
-    # 1-4: save_last_n_steps=1 keeps those of the last step before each save, as kohya counts.
+    # epoch files at epochs 1-3 (4 is the final file): the last 2 stay. Step files at steps
+    # 1-3: save_last_n_steps=1 keeps those of the last step before each save, as kohya counts.
     assert sorted(name for name in os.listdir(out) if name.endswith(".ckpt")) == [
-        "test-000003.ckpt", "test-000004.ckpt", "test-step00000003.ckpt", "test-step00000004.ckpt", "test.ckpt"]
+        "test-000002.ckpt", "test-000003.ckpt", "test-step00000002.ckpt", "test-step00000003.ckpt", "test.ckpt"]
     removed = [text for text in statuses(events) if text.startswith("removed the older file")]
-    assert len(removed) == 4
+    assert len(removed) == 2
     assert any("test-000001.ckpt (save_last_n_epochs)" in text for text in removed)
     assert any("test-step00000001.ckpt (save_last_n_steps)" in text for text in removed)
     assert result.final_path == os.path.join(out, "test.ckpt")

@@ -291,7 +291,9 @@ class StateWriter:
         if not self.config.save_state:
             return
         self.write(state_dir_for(path), run)
-        keep = self.config.save_last_n_epochs_state if kind == "epoch" else self.config.save_last_n_steps_state
+        # As sd-scripts: without their own count, epoch states follow the epoch files' (save_last_n_epochs).
+        c = self.config
+        keep = (c.save_last_n_epochs_state or c.save_last_n_epochs) if kind == "epoch" else c.save_last_n_steps_state
         for removed in prune_states(os.path.dirname(path) or ".", self.config.output_name, keep, kind):
             self.progress.status(f"removed the older run state {removed}")
 
