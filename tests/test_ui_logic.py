@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import fields
 
 import gradio as gr
@@ -162,3 +163,13 @@ def test_refresh_redraws_only_what_changed():
     service.queue.add(TrainConfig(output_name="y"))
     changed = view.refresh(versions, None)
     assert changed[5] != gr.update() and changed[6]["choices"] == ["#1 y"]
+
+
+def test_load_config_in_the_ui_maps_a_kohya_ss_gui_file_as_the_cli_does(train_tab):
+    path = os.path.join(os.path.dirname(__file__), "data", "config_import", "kohya_ss_gui_lokr.json")
+    values = [update["value"] for update in train_tab.form.updates(TrainConfig())]
+    message, network_type, *updates = train_tab._load_config(path, *values)
+    shown = dict(zip(train_tab.form.components, (update["value"] for update in updates)))
+    assert (shown["network_module"], shown["network_args"], shown["max_train_epochs"]) == \
+        ("lycoris.kohya", "algo=lokr preset=attn-mlp factor=6", 10)
+    assert "out of scope here (2)" in message and "blocks_to_swap" in message
