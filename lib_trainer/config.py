@@ -206,7 +206,8 @@ class TrainConfig:
                                 choices=("safetensors", "ckpt", "pt"))
     output_config: bool = option(False, "Write the resolved config to the --config_file path (default: "
                                  "<output_dir>/<output_name>.toml) and exit without training, as sd-scripts does; "
-                                 "an existing file is not replaced.", "training", ui=False)
+                                 "an existing file is not replaced.", "training", ui=False,
+                                 differs="without --config_file it writes <output_dir>/<output_name>.toml")
     no_metadata: bool = option(False, "Leave the ss_* training metadata out of the file, as kohya does: only "
                                "ss_v2, ss_base_model_version, ss_network_module/dim/alpha/args and the "
                                "modelspec.* keys stay.", "training")

@@ -7,7 +7,7 @@ import dataclasses
 from dataclasses import fields
 
 from .config import TrainConfig
-from .config_export import NETWORK_ARGS_FIELDS, NOT_EXPORTED, kohya_name
+from .config_export import NETWORK_ARGS_FIELDS, kohya_name
 from .sd_scripts_args import OUT_OF_SCOPE, OUT_OF_SCOPE_WHY, SCRIPT_NAMES, TEXTUAL_INVERSION, sd_scripts_arguments
 
 START, END = "<!-- option table: start (python -m lib_trainer options --markdown) -->", "<!-- option table: end -->"
@@ -45,7 +45,7 @@ def option_rows() -> list[tuple[str, str, str, str, str]]:
     for spec in fields(TrainConfig):
         if spec.metadata["group"] == "meta":
             continue
-        differs = spec.metadata.get("differs") or NOT_EXPORTED.get(spec.name, "")
+        differs = spec.metadata.get("differs") or ""
         rows.append((f"`{spec.name}`", spec.metadata["group"], _cell(spec.metadata["help"]), _default_text(spec),
                      kohya_equivalent(spec), _cell(differs)))
     return rows
