@@ -28,6 +28,8 @@ NOT_EXPORTED = {
     "resume": "our run states are not accelerate's state folders",
     "output_config": "it would make sd-scripts write a config and exit",
 }
+# What to do in sd-scripts instead, for our options that users miss there.
+HINTS = {"trigger_word": "in sd-scripts: caption_prefix, with keep_tokens at least 1"}
 # Where our value means sd-scripts' "not given" although it is not 0, False or empty.
 KOHYA_UNSET = {"max_token_length": 75}
 # Counts where 0 is a real value (elsewhere a 0 count is "not given").
@@ -101,7 +103,8 @@ def sd_scripts_toml(config: TrainConfig) -> tuple[str, list[str]]:
         header.append("# cache_text_encoder_outputs is an sdxl_train_network.py option.")
     if ours:
         header.append("# Left out: options of lib_trainer that sd-scripts does not have, as this run sets them:")
-        header += [f"#   {name} = {_toml_value(value)}" for name, value in ours.items()]
+        header += [f"#   {name} = {_toml_value(value)}" + (f"  ({HINTS[name]})" if name in HINTS else "")
+                   for name, value in ours.items()]
         notes.append(f"left out ({len(ours)}), sd-scripts has no such option: " + ", ".join(ours))
     body = [f"{name} = {_toml_value(value)}" for name, value in exported.items()]
     return "\n".join(header + [""] + body) + "\n", notes
