@@ -22,6 +22,7 @@ COMMANDS = {
     "doctor": ("lib_trainer.commands.doctor", "check a dataset folder before training, and plan its steps"),
     "compare": ("lib_trainer.commands.compare", "a run's saved files x weights in one labelled image grid"),
     "ui": ("lib_trainer.commands.ui", "the LoRA Train page in the browser (train, queue, dataset, tags)"),
+    "options": ("lib_trainer.commands.options", "every training option: default, sd-scripts' name, where ours differs"),
 }
 
 

@@ -26,8 +26,10 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         kind = str(spec.type)
         default_text = f" (default: {spec.default!r})" if not kind.startswith("list") else ""
         arguments = dict(dest=spec.name, default=argparse.SUPPRESS, help=meta["help"] + default_text)
-        # Other tools' names for the same option (the WebUI's --init_text for init_word).
-        names = (f"--{spec.name}", *meta.get("aliases", ()))
+        # Other tools' names for the same option (the WebUI's --init_text for init_word; sd-scripts'
+        # own name where it differs, kohya=).
+        kohya = (f"--{meta['kohya']}",) if meta.get("kohya") and meta["kohya"] != spec.name else ()
+        names = (f"--{spec.name}", *meta.get("aliases", ()), *kohya)
         if kind.startswith("bool"):
             group.add_argument(*names, action=argparse.BooleanOptionalAction, **arguments)
         elif kind.startswith("list"):

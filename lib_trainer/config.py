@@ -61,7 +61,8 @@ class TrainConfig:
         "or tiny:sd1 / tiny:sd2 / tiny:sdxl (built-in test models).", "model")
     vae: str = option("", "A separate VAE file that replaces the checkpoint's own.", "model")
     v2: bool = option(False, "sd-scripts' flag for an SD 2.x base model. The family is read from the checkpoint "
-                      "itself; when set, it must agree.", "model")
+                      "itself; when set, it must agree.", "model",
+                      differs="the family is read from the checkpoint; v2 only has to agree with it")
     v_parameterization: bool = option(False, "The model predicts v instead of noise (SD2.x 768-v models; detected "
                                       "from a .yaml beside the checkpoint or a v_pred key).", "model")
     zero_terminal_snr: bool = option(False, "Rescale the noise schedule to zero SNR at the last step "
@@ -69,7 +70,8 @@ class TrainConfig:
     clip_skip: int = option(1, "Use the output of the N-th last text-encoder layer (2 for most anime models), as "
                             "the WebUI applies it: SD1 only; SD2 always uses the penultimate layer; SDXL's CLIP-L "
                             "takes it like the WebUI's 'SDXL CLIP-L skip' option when 2 or more.",
-                            "model", minimum=1, maximum=12)
+                            "model", minimum=1, maximum=12,
+                            differs="applied as the WebUI applies it (SD2 always penultimate; SDXL's CLIP-L only)")
     device: str = option("auto", "Where to train: auto (cuda if present), cuda, cuda:1, cpu.", "model")
 
     # --- dataset ---
@@ -85,7 +87,9 @@ class TrainConfig:
     caption_tag_dropout_rate: float = option(0.0, "Probability of dropping each (non-kept) tag.",
                                              "dataset", minimum=0.0, maximum=1.0)
     max_token_length: int = option(75, "Caption tokens used: 75, 150 or 225 (chunked like the WebUI).",
-                                   "dataset", choices=(75, 150, 225))
+                                   "dataset", choices=(75, 150, 225),
+                                   differs="75 is a value here (kohya: not set); long captions are chunked as "
+                                   "the WebUI chunks prompts")
     resolution: str = option("512", "Training resolution: 512 or 512,768 (width,height).", "dataset")
     enable_bucket: bool = option(True, "Aspect-ratio bucketing instead of square crops.", "dataset")
     min_bucket_reso: int = option(256, "Smallest bucket side in pixels.", "dataset", minimum=64)
@@ -175,7 +179,8 @@ class TrainConfig:
     text_encoder_lr: float | None = option(None, "Learning rate of the text-encoder LoRA.", "optimizer", minimum=0.0)
     optimizer_type: str = option("AdamW", "Optimizer.", "optimizer", choices=OPTIMIZERS)
     optimizer_args: list = option([], "Extra key=value optimizer arguments (e.g. weight_decay=0.01).", "optimizer")
-    lr_scheduler: str = option("cosine", "Learning-rate schedule.", "optimizer", choices=SCHEDULERS)
+    lr_scheduler: str = option("cosine", "Learning-rate schedule.", "optimizer", choices=SCHEDULERS,
+                               differs="constant with a warm-up, which kohya refuses, trains as constant_with_warmup")
     lr_warmup_steps: float = option(0, "Warm-up steps, or a fraction of all steps when below 1.", "optimizer",
                                     minimum=0.0)
     lr_scheduler_num_cycles: int = option(1, "Restarts of cosine_with_restarts.", "optimizer", minimum=1)
@@ -201,8 +206,9 @@ class TrainConfig:
     # otherwise max_train_steps does, 1600 when it is not set either.
     max_train_epochs: int = option(0, "Epochs to train (0 = not set). When set it decides the length and "
                                    "max_train_steps is ignored, as in kohya.", "training", minimum=0)
-    max_train_steps: int = option(0, "Steps to train when max_train_epochs is not set (0 = kohya's default, "
-                                  "1600).", "training", minimum=0)
+    max_train_steps: int = option(0, "Steps to train when max_train_epochs is not set (0 = not set: with neither "
+                                  "set, kohya's default 1600, which the plan says, with a warning when that ends "
+                                  "the first epoch early).", "training", minimum=0)
     gradient_accumulation_steps: int = option(1, "Batches summed before each optimizer step.", "training", minimum=1)
     mixed_precision: str = option("no", "Compute precision: no (fp32), fp16 or bf16.", "training", choices=PRECISIONS)
     save_precision: str = option("fp16", "Precision of the saved file.", "training", choices=SAVE_PRECISIONS)
@@ -217,9 +223,42 @@ class TrainConfig:
                                            minimum=0)
     save_last_n_steps_state: int = option(0, "Keep only the newest N step states (0 = keep all).", "training",
                                           minimum=0)
+    # --- run and save options (issue 14) ---
+    save_last_n_epochs: int = option(0, "Keep only the newest N epoch files (name-000004...), deleting older ones as "
+                                     "new ones are written; the final file is never deleted (0 = keep all).",
+                                     "training", minimum=0)
+    save_last_n_steps: int = option(0, "Keep only the step files (name-stepN) of the last N steps, deleting older "
+                                    "ones as new ones are written, as kohya counts it: steps, not files "
+                                    "(0 = keep all).", "training", minimum=0)
+    save_n_epoch_ratio: int = option(0, "Save about N epoch files in all: replaces save_every_n_epochs with "
+                                     "floor(epochs / N), at least 1 (0 = off).", "training", minimum=0)
+    save_model_as: str = option("safetensors", "File format of a LoRA-family file: safetensors (with the ss_* "
+                                "metadata), or ckpt / pt: a plain torch state dict without metadata, as kohya "
+                                "writes them; the WebUI's Lora loader reads all three.", "training",
+                                choices=("safetensors", "ckpt", "pt"))
+    output_config: bool = option(False, "Write the resolved config to the --config_file path (default: "
+                                 "<output_dir>/<output_name>.toml) and exit without training, as sd-scripts does; "
+                                 "an existing file is not replaced.", "training", ui=False,
+                                 differs="without --config_file it writes <output_dir>/<output_name>.toml")
+    no_metadata: bool = option(False, "Leave the ss_* training metadata out of the file, as kohya does: only "
+                               "ss_v2, ss_base_model_version, ss_network_module/dim/alpha/args and the "
+                               "modelspec.* keys stay.", "training")
+    metadata_title: str = option("", "modelspec.title of the file (empty: output_name).", "training")
+    metadata_author: str = option("", "modelspec.author of the file.", "training")
+    metadata_description: str = option("", "modelspec.description of the file.", "training")
+    metadata_license: str = option("", "modelspec.license of the file.", "training")
+    metadata_tags: str = option("", "modelspec.tags of the file (comma-separated).", "training")
+    max_data_loader_n_workers: int = option(
+        0, "Accepted for sd-scripts' configs; no effect: images are read in the training process (with "
+        "cache_latents, once, before the first step).", "training", minimum=0,
+        differs="no loader processes: images are read in the training process")
+    persistent_data_loader_workers: bool = option(
+        False, "Accepted for sd-scripts' configs; no effect (there are no loader processes to keep).", "training",
+        differs="no loader processes to keep")
     resume: str = option("", "Continue a run from a state folder it saved (<name>-...-state): the same steps, "
                          "random draws and optimizer, so the result equals an uninterrupted run. network_weights "
-                         "instead starts from a file's weights with a new optimizer and schedule.", "training")
+                         "instead starts from a file's weights with a new optimizer and schedule.", "training",
+                         differs="a state folder this trainer saved (not accelerate's), resumed bit for bit")
     gradient_checkpointing: bool = option(False, "Trade compute for memory.", "training")
     xformers: bool = option(False, "Use xformers attention (CUDA, when installed).", "training")
     seed: int = option(42, "Seed for noise, data order, augmentation and initial weights.", "training",
@@ -282,7 +321,8 @@ class TrainConfig:
     sample_prompts: str = option("", "A .txt file with one prompt per line and kohya's options: --n negative "
                                  "prompt, --w width, --h height, --s steps, --l CFG scale, --d seed.", "sampling")
     sample_sampler: str = option("ddim", "Sampler of the sample images (ddim, euler and euler_a work here; "
-                                 "k_euler and k_euler_a are the same two).", "sampling", choices=KOHYA_SAMPLERS)
+                                 "k_euler and k_euler_a are the same two).", "sampling", choices=KOHYA_SAMPLERS,
+                                 differs="only ddim, euler and euler_a (k_euler, k_euler_a) sample here")
 
     # --- hypernetwork ---
     hypernetwork_layer_structure: str = option(
@@ -393,6 +433,7 @@ class TrainConfig:
             found += self._sampling_problems()
         found += self._netargs_problems()
         found += self._noise_loss_problems()
+        found += self._configio_problems()
         return found
 
     def _noise_loss_problems(self) -> list[str]:
@@ -439,6 +480,21 @@ class TrainConfig:
             found.append(f"ema_decay={self.ema_decay} must be below 1 (e.g. 0.999; 0 = off)")
         if self.ema_for_samples and not self.ema_decay:
             found.append("ema_for_samples needs ema_decay (e.g. 0.999)")
+        return found
+
+    def _configio_problems(self) -> list[str]:
+        """The run/save options (issue 14): what kohya would crash on, or a format for another kind of file."""
+        found = []
+        if self.save_model_as != "safetensors" and (self.network_module in ("embedding", "hypernetwork")
+                                                     or self.pivotal_tuning):
+            found.append(f"save_model_as={self.save_model_as} is for LoRA-family files: an embedding's format is "
+                         "embedding_format, a hypernetwork is always .pt; set save_model_as=safetensors")
+        if self.save_last_n_epochs and not (self.save_every_n_epochs or self.save_n_epoch_ratio):
+            found.append("save_last_n_epochs keeps epoch files, but none are saved: set save_every_n_epochs or "
+                         "save_n_epoch_ratio, or clear save_last_n_epochs")
+        if self.save_last_n_steps and not self.save_every_n_steps:
+            found.append("save_last_n_steps keeps step files, but none are saved: set save_every_n_steps, or "
+                         "clear save_last_n_steps")
         return found
 
     def _text_cache_problems(self) -> list[str]:
@@ -599,9 +655,6 @@ def _literal(text: str) -> Any:
 KOHYA_OPTIONS_WITHOUT_EFFECT = {
     "sdpa": "PyTorch SDPA attention is always used",
     "mem_eff_attn": "PyTorch SDPA attention is always used",
-    "save_model_as": "files are always written as .safetensors",
-    "max_data_loader_n_workers": "images are loaded without worker processes",
-    "persistent_data_loader_workers": "images are loaded without worker processes",
     "lowram": "models are loaded straight to their device",
     "highvram": "latents are cached before training starts",
     "no_half_vae": "the VAE always runs in fp32",

@@ -6,74 +6,36 @@ config all read files here, so a file imports the same way everywhere.
   that is not an option is an error naming the file and the key, with a "did you mean".
 - **Other tools' files** hold many options this trainer has no use for (the kohya_ss GUI
   saves every field of its form). Those are listed back in the notes instead of failing the
-  import; a known key with a bad value is still an error naming it.
-  - sd-scripts' `--config_file` TOML and lora-scripts' TOML: sd-scripts' own names, often in
-    sections (`[training_arguments]`), which are flattened; lora-scripts' GUI writes them
-    flat with its `model_train_type`.
-  - kohya_ss GUI JSON: a few other names (`epoch`, `max_resolution`, `LoRA_type`, `lr_warmup`
-    in percent, `xformers` as a string, `noise_offset_type`, the sample prompts themselves
-    instead of a file), translated here.
+  import, sorted into sd-scripts options not used here, options of sd-scripts' DiT / flow
+  models (out of scope, with why) and keys sd-scripts does not know; a known key with a bad
+  value is still an error naming it.
+  - sd-scripts' `--config_file` TOML (also what the kohya_ss GUI writes for each run) and
+    lora-scripts' TOML: sd-scripts' names, often in sections (`[training_arguments]`), which
+    are flattened. A name maps onto the option of the same name, or the one whose `kohya=`
+    metadata names it, so an option added with kohya's name imports by itself; the few
+    other spellings are in FOREIGN_NAMES.
+  - kohya_ss GUI JSON: its own names and units, translated first (config_import_gui.py).
 """
 from __future__ import annotations
 
+import argparse
 import os
 from typing import Any
 
-from .config import ConfigError, TrainConfig, coerce_values, field_specs, without_kohya_only_options
+from .config import TrainConfig, coerce_values, field_specs, without_kohya_only_options
 from .config_files import flatten_sections, load_config_data
+from .config_import_gui import parse_flags_with, translate
 from .fileio import write_text_atomic
+from .sd_scripts_args import OUT_OF_SCOPE, OUT_OF_SCOPE_WHY, sd_scripts_arguments
 
 OURS, SD_SCRIPTS, LORA_SCRIPTS, KOHYA_SS_GUI = "lib_trainer", "sd-scripts", "lora-scripts", "kohya_ss GUI"
 
-# Keys only sd-scripts' own flat files have (its --output_config writes every argument).
-SD_SCRIPTS_KEYS = {"v2", "dataset_config", "output_config", "save_model_as", "max_data_loader_n_workers",
-                   "persistent_data_loader_workers", "huggingface_repo_id", "log_with", "mem_eff_attn", "sdpa"}
 # Keys only the kohya_ss GUI writes (every GUI config has several of them).
 KOHYA_SS_GUI_KEYS = {"LoRA_type", "epoch", "max_resolution", "lr_warmup", "model_list", "save_model_as",
                      "lora_network_weights", "sdxl", "use_wandb", "optimizer"}
-
-
-def _resolution(value: Any) -> dict[str, Any]:
-    width, _, height = str(value).partition(",")
-    same = not height.strip() or height.strip() == width.strip()
-    return {"resolution": width.strip() if same else f"{width.strip()},{height.strip()}"}
-
-
-def _network_type(value: Any) -> dict[str, Any]:
-    """The GUI's LoRA_type. It saves conv_dim with every config, whatever the type, and passes it
-    to sd-scripts only for the LoCon types: so "Standard" means no convolution LoRA."""
-    text = str(value).lower()
-    if "locon" in text:  # LoCon, Kohya LoCon, LyCORIS/LoCon: conv_dim / conv_alpha come with the file
-        return {}
-    if text in ("standard", "lora"):
-        return {"conv_dim": 0}
-    raise ConfigError(f"LoRA_type={value!r}: only Standard (LoRA) and LoCon can be trained here")
-
-
-def _xformers(value: Any) -> dict[str, Any]:
-    if isinstance(value, str):
-        return {"xformers": value.strip().lower() in ("xformers", "true", "1")}
-    return {"xformers": bool(value)}
-
-
-def _noise_offset_type(value: Any) -> dict[str, Any]:
-    """The GUI's noise_offset_type. It saves the fields of both kinds and passes sd-scripts only
-    the chosen kind's: Original (noise_offset, its random strength, adaptive_noise_scale) or
-    Multires (multires_noise_iterations and _discount); the other kind stays at its default."""
-    if str(value).lower() == "multires":
-        return {"noise_offset": 0.0, "noise_offset_random_strength": False, "adaptive_noise_scale": 0.0}
-    return {"multires_noise_iterations": 0, "multires_noise_discount": 0.3}
-
-
-# kohya_ss GUI name -> function(value) -> {our names: values}
-KOHYA_SS_GUI_NAMES = {
-    "epoch": lambda v: {"max_train_epochs": v},
-    "max_resolution": _resolution,
-    "optimizer": lambda v: {"optimizer_type": v},
-    "lr_warmup": lambda v: {"lr_warmup_steps": float(v) / 100},  # the GUI's warm-up is a percentage
-    "LoRA_type": _network_type,
-    "xformers": _xformers,
-    "noise_offset_type": _noise_offset_type,
+# Other tools' spellings of our options, where they are not sd-scripts' current name.
+FOREIGN_NAMES = {
+    "lr_restart_cycles": "lr_scheduler_num_cycles",  # lora-scripts' older TOML (config/default.toml)
 }
 
 
@@ -85,8 +47,13 @@ def config_format(path: str, data: dict[str, Any]) -> str:
         return KOHYA_SS_GUI
     if "model_train_type" in data:
         return LORA_SCRIPTS
-    if any(isinstance(value, dict) for value in data.values()) or SD_SCRIPTS_KEYS & set(data):
+    if any(isinstance(value, dict) for value in data.values()):
         return SD_SCRIPTS  # sections: sd-scripts' --config_file layout, also lora-scripts' older files
+    # A flat file is sd-scripts' when it names an sd-scripts argument that is not ours; a file of
+    # our names only is ours, read strictly, so a typo is an error.
+    specs = field_specs()
+    if any(key not in specs and (key in sd_scripts_arguments() or key in OUT_OF_SCOPE) for key in data):
+        return SD_SCRIPTS
     return OURS
 
 
@@ -98,6 +65,11 @@ def read_config_file(path: str, base: TrainConfig) -> tuple[TrainConfig, list[st
     if kind == OURS:
         config = base.replace(**coerce_values(values, path))
     else:
+        if kind == KOHYA_SS_GUI:
+            values, gui_notes = translate(values, parse_flags_with(_flag_parser))
+            notes += gui_notes
+            values, more = without_kohya_only_options(values)  # from additional_parameters too
+            notes += more
         config, unused = _foreign_config(values, path, base)
         notes += unused
     if path.lower().endswith(".json") and _holds_prompt_text(config.sample_prompts):
@@ -106,26 +78,57 @@ def read_config_file(path: str, base: TrainConfig) -> tuple[TrainConfig, list[st
     return config, notes
 
 
+def our_name(key: str) -> str | None:
+    """The option an sd-scripts (or lora-scripts) key sets, or None."""
+    specs = field_specs()
+    if key in specs:
+        return key
+    for name, spec in specs.items():
+        if spec.metadata.get("kohya") == key:
+            return name
+    return FOREIGN_NAMES.get(key)
+
+
 def _foreign_config(values: dict[str, Any], path: str, base: TrainConfig) -> tuple[TrainConfig, list[str]]:
     specs = field_specs()
     usable: dict[str, Any] = {}
-    translated: dict[str, Any] = {}
-    unused, notes = [], []
+    unused: list[str] = []
     for key, value in values.items():
-        if value == "" and key in specs and "None" not in str(specs[key].type) and _is_number(specs[key]):
-            continue  # the kohya_ss GUI writes "" for numbers left empty
-        if key in KOHYA_SS_GUI_NAMES:
-            translated.update(KOHYA_SS_GUI_NAMES[key](value))
-        elif key in specs:
-            usable[key] = "" if value is None and str(specs[key].type).startswith("str") else value
-        else:
+        name = our_name(key)
+        if name is None:
             unused.append(key)
-    # The GUI's own names decide over the raw keys they stand for (LoRA_type over conv_dim),
-    # whatever their order in the file.
-    usable.update(translated)
-    if unused:
-        notes.append(f"not used here ({len(unused)}): " + ", ".join(sorted(unused)))
-    return base.replace(**coerce_values(usable, path)), notes
+            continue
+        spec = specs[name]
+        if value == "" and "None" not in str(spec.type) and _is_number(spec):
+            continue  # the kohya_ss GUI writes "" for numbers left empty
+        if isinstance(value, list) and _is_number(spec):
+            # sd-scripts' text_encoder_lr is a list (one per text encoder); one rate is used here
+            if len(set(value)) > 1:
+                unused.append(f"{key} beyond its first value {value[0]} (one rate for every text encoder here)")
+            value = value[0] if value else None
+        usable[name] = "" if value is None and str(spec.type).startswith("str") else value
+    return base.replace(**coerce_values(usable, path)), unused_notes(unused)
+
+
+def unused_notes(keys: list[str]) -> list[str]:
+    """What a file sets that is not used here, in three kinds."""
+    out_of_scope = sorted(key for key in keys if key in OUT_OF_SCOPE)
+    rest = sorted(key for key in keys if key not in OUT_OF_SCOPE)
+    notes = []
+    if rest:
+        notes.append(f"not used here ({len(rest)}): " + ", ".join(rest))
+    if out_of_scope:
+        notes.append(f"out of scope here ({len(out_of_scope)}), {OUT_OF_SCOPE_WHY}: "
+                     + "; ".join(f"{key} ({OUT_OF_SCOPE[key]})" for key in out_of_scope))
+    return notes
+
+
+def _flag_parser() -> argparse.ArgumentParser:
+    from .cli_args import add_config_arguments  # cli_args imports this module
+
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    add_config_arguments(parser)
+    return parser
 
 
 def _holds_prompt_text(value: str) -> bool:

@@ -232,4 +232,4 @@ def test_sd_scripts_options_without_effect_load_with_a_note(tmp_path, capsys):
     assert config.network_dim == 32
     err = capsys.readouterr().err
     assert "sdpa ignored: PyTorch SDPA attention is always used" in err
-    assert "save_model_as ignored" in err
+    assert "save_model_as" not in err  # an option now (save_model_as = "safetensors")

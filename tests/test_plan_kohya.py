@@ -96,7 +96,8 @@ def plan_for(root: str, **changes):
     (dict(max_train_steps=25), 25, 2, "max_train_steps=25 stops the run after 5 of 20 steps of epoch 2"),
     (dict(max_train_steps=40), 40, 2, "max_train_steps=40 runs 2 whole epochs of 20 steps = 40 steps"),
     # neither set: sd-scripts' default --max_train_steps 1600 = 80 epochs of 20
-    (dict(), 1600, 80, "kohya's default of 1600 runs 80 whole epochs of 20 steps"),
+    (dict(), 1600, 80, "1600 steps: neither max_train_epochs nor max_train_steps is set, so kohya's default "
+     "max_train_steps=1600 runs 80 whole epochs of 20 steps"),
     # 200 steps alone are 200 steps (not capped by a default epoch count): 10 per epoch with
     # accumulation 2 -> 20 epochs
     (dict(max_train_steps=200, gradient_accumulation_steps=2), 200, 20,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import fields
 
 import gradio as gr
@@ -28,8 +29,20 @@ def train_tab():
 
 
 def test_every_config_option_has_exactly_one_field(train_tab):
-    options = {spec.name for spec in fields(TrainConfig) if spec.metadata["group"] != "meta"}
+    # ui=False: a command-line action (output_config), not a setting of a run
+    options = {spec.name for spec in fields(TrainConfig)
+               if spec.metadata["group"] != "meta" and spec.metadata.get("ui", True)}
     assert set(train_tab.form.components) == options
+    assert "output_config" not in train_tab.form.components and "save_model_as" in train_tab.form.components
+
+
+def test_export_for_sd_scripts_writes_the_form_as_an_sd_scripts_toml(train_tab, tmp_path):
+    config = TrainConfig(output_dir=str(tmp_path), output_name="sls", conv_dim=4, trigger_word="sls")
+    values = [update["value"] for update in train_tab.form.updates(config)]
+    message = train_tab._export_config("", *values)
+    text = (tmp_path / "sls-sd-scripts.toml").read_text()
+    assert "sd-scripts config written to" in message and "trigger_word" in message  # the left-out note
+    assert 'network_args = ["conv_dim=4"]' in text and '#   trigger_word = "sls"' in text
 
 
 def test_form_values_round_trip_to_the_same_config(train_tab):
@@ -97,7 +110,7 @@ def test_kohya_ss_gui_json_imports_with_notes(tmp_path):
         (4, "768", 0.1, "Lion")
     assert (config.network_dim, config.unet_lr, config.xformers, config.conv_dim) == (32, 2e-4, True, 0)
     assert any("color_aug" in note for note in notes)
-    assert any("save_model_as" in note for note in notes)
+    assert not any("save_model_as" in note for note in notes) and config.save_model_as == "safetensors"
 
 
 def test_kohya_ss_gui_sample_prompts_text_becomes_a_prompt_file(tmp_path):
@@ -150,3 +163,13 @@ def test_refresh_redraws_only_what_changed():
     service.queue.add(TrainConfig(output_name="y"))
     changed = view.refresh(versions, None)
     assert changed[5] != gr.update() and changed[6]["choices"] == ["#1 y"]
+
+
+def test_load_config_in_the_ui_maps_a_kohya_ss_gui_file_as_the_cli_does(train_tab):
+    path = os.path.join(os.path.dirname(__file__), "data", "config_import", "kohya_ss_gui_lokr.json")
+    values = [update["value"] for update in train_tab.form.updates(TrainConfig())]
+    message, network_type, *updates = train_tab._load_config(path, *values)
+    shown = dict(zip(train_tab.form.components, (update["value"] for update in updates)))
+    assert (shown["network_module"], shown["network_args"], shown["max_train_epochs"]) == \
+        ("lycoris.kohya", "algo=lokr preset=attn-mlp factor=6", 10)
+    assert "out of scope here (2)" in message and "blocks_to_swap" in message

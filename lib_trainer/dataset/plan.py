@@ -64,6 +64,7 @@ class TrainingPlan:
             f"= {self.steps_per_epoch} steps per epoch"
         )
         lines.append(f"Length: {self.length}")
+        lines += [f"  warning: {text}" for text in length_warning(c, self.steps_per_epoch, self.total_steps)]
         warmup = warmup_steps(c.lr_warmup_steps, self.total_steps)
         if effective_scheduler(c.lr_scheduler, warmup) != c.lr_scheduler:
             lines.append(f"  lr_scheduler=constant with {warmup} warm-up steps trains as constant_with_warmup "
@@ -165,9 +166,20 @@ def run_length(config: TrainConfig, per_epoch: int) -> tuple[int, int, str]:
     total = config.max_train_steps or KOHYA_DEFAULT_MAX_TRAIN_STEPS
     epochs = math.ceil(total / per_epoch)
     option = (f"max_train_steps={total}" if config.max_train_steps else
-              f"max_train_steps is not set, so kohya's default of {total}")
+              f"{total} steps: neither max_train_epochs nor max_train_steps is set, so kohya's default "
+              f"max_train_steps={total}")
     last = total - (epochs - 1) * per_epoch
     if last == per_epoch:
         return total, epochs, f"{option} runs {epochs} whole epochs of {per_epoch} steps = {total} steps"
     return total, epochs, (f"{option} stops the run after {last} of {per_epoch} steps of epoch {epochs} "
                            f"({total} steps)")
+
+
+def length_warning(config: TrainConfig, per_epoch: int, total: int) -> list[str]:
+    """Said when kohya's default length (neither option set) ends the run inside its first
+    epoch: a large dataset would otherwise be cut without anyone having asked for it."""
+    if config.max_train_epochs or config.max_train_steps or total >= per_epoch:
+        return []
+    return [f"kohya's default of {total} steps ends the run after {total} of the {per_epoch} steps of the first "
+            f"epoch, so part of the dataset is never trained: set max_train_epochs (e.g. 1 = {per_epoch} steps) "
+            "or max_train_steps"]

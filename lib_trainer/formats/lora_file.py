@@ -9,6 +9,7 @@ with only the `ss_*` metadata, so user metadata added later does not change them
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import struct
 
@@ -28,7 +29,18 @@ def legacy_hash(serialized: bytes) -> str:
 
 
 def save_lora(path: str, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    """Atomically write tensors + string metadata, with kohya's sshs_* hashes added."""
+    """Atomically write tensors + string metadata, with kohya's sshs_* hashes added. A .ckpt or
+    .pt path (save_model_as) gets a plain torch state dict without metadata, as kohya's
+    save_weights writes those; the WebUI's Lora loader reads them with torch.load."""
+    if path.lower().endswith((".ckpt", ".pt")):
+        buffer = io.BytesIO()
+        # torch's older (non-zip) layout: the WebUI 1.10's safe unpickler refuses the zip entries
+        # that newer torch writes (.format_version, .storage_alignment), so it would not load the
+        # default layout; it loads this one, and torch.load(weights_only=True) too.
+        torch.save({key: tensor.contiguous() for key, tensor in tensors.items()}, buffer,
+                   _use_new_zipfile_serialization=False)
+        write_bytes_atomic(path, buffer.getvalue())
+        return
     metadata = {key: str(value) for key, value in metadata.items()}
     training_only = save(tensors, {k: v for k, v in metadata.items() if k.startswith("ss_")})
     metadata["sshs_model_hash"] = tensor_data_hash(training_only)

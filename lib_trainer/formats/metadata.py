@@ -100,9 +100,10 @@ def training_metadata(config: TrainConfig, training_set: TrainingSet, family: st
         "modelspec.architecture": f"{modelspec_architecture(family, prediction_type)}/lora",
         "modelspec.implementation": "https://github.com/Stability-AI/generative-models" if family == "sdxl"
         else "diffusers",
-        "modelspec.title": config.output_name,
+        "modelspec.title": config.metadata_title or config.output_name,
         "modelspec.resolution": f"{width}x{height}",
         "modelspec.prediction_type": "v" if prediction_type == "v_prediction" else "epsilon",
+        **user_modelspec(config),
     }
     meta.update(network_args_metadata(config))
     for key, value in zip(("ss_sd_model_hash", "ss_new_sd_model_hash"), model_hashes):
@@ -119,6 +120,25 @@ def network_args_metadata(config: TrainConfig) -> dict:
         if getattr(config, key) is not None:
             meta[f"ss_{key}"] = getattr(config, key)
     return meta
+
+
+# What kohya's --no_metadata keeps of the ss_* keys (train_util.SS_METADATA_MINIMUM_KEYS): enough
+# for a loader to tell the model family and the network's shape.
+MINIMUM_KEYS = ("ss_v2", "ss_base_model_version", "ss_network_module", "ss_network_dim", "ss_network_alpha",
+                "ss_network_args")
+# metadata_<name> options -> the modelspec key sd-scripts writes them to (sai_model_spec.py).
+USER_MODELSPEC = ("author", "description", "license", "tags")
+
+
+def user_modelspec(config: TrainConfig) -> dict[str, str]:
+    """modelspec.author/description/license/tags, only where given (as sd-scripts leaves None out)."""
+    return {f"modelspec.{name}": getattr(config, f"metadata_{name}") for name in USER_MODELSPEC
+            if getattr(config, f"metadata_{name}")}
+
+
+def minimum_metadata(metadata: dict[str, str]) -> dict[str, str]:
+    """The file's metadata under no_metadata: kohya's minimum keys and the modelspec.* keys."""
+    return {key: value for key, value in metadata.items() if key in MINIMUM_KEYS or key.startswith("modelspec.")}
 
 
 def base_model_version(family: str, prediction_type: str) -> str:

@@ -8,17 +8,23 @@ a broken or half-written one. The extension is the trainable's: `.pt` for hypern
 A save that fails anyway (the folder became read-only, the disk filled up during the run)
 does not lose the run: the file, its config and its state go to a rescue folder in the
 user's home (or the temporary folder) instead, and the run says where.
+
+kohya's save options live here too: `save_model_as` (the LoRA file's extension),
+`no_metadata`, `save_n_epoch_ratio`, and `save_last_n_epochs` / `save_last_n_steps`, which
+delete older epoch / step files as new ones are written (never the final file).
 """
 from __future__ import annotations
 
+import math
 import os
+import re
 import tempfile
 import time
 from typing import Sequence
 
 from ..config import TrainConfig
 from ..config_files import save_config
-from ..formats.metadata import AVERAGE_LOSS_KEY, checkpoint_metadata
+from ..formats.metadata import AVERAGE_LOSS_KEY, checkpoint_metadata, minimum_metadata
 from ..networks.trainable import Trainable
 from .precision import SAVE_DTYPES
 from ..errors import UserError
@@ -53,6 +59,29 @@ def final_path(output_dir: str, name: str) -> str:
     return os.path.join(output_dir, f"{name}.safetensors")
 
 
+def epoch_save_interval(config: TrainConfig, epochs: int) -> int:
+    """Epochs between epoch files: save_every_n_epochs, unless save_n_epoch_ratio asks for about
+    N files in all (floor(epochs / N), at least 1), which replaces it as in sd-scripts."""
+    if config.save_n_epoch_ratio:
+        return math.floor(epochs / config.save_n_epoch_ratio) or 1
+    return config.save_every_n_epochs
+
+
+def older_files(output_dir: str, name: str, kind: str, below: int) -> list[str]:
+    """This run's epoch ('epoch') or step ('step') files numbered below `below`, in any of the
+    formats save_model_as writes; the final file (no number) never matches."""
+    if not os.path.isdir(output_dir):
+        return []
+    number = r"-step(\d{8})" if kind == "step" else r"-(\d{6})"
+    pattern = re.compile(re.escape(name) + number + r"\.(safetensors|ckpt|pt)")
+    found = []
+    for entry in sorted(os.listdir(output_dir)):
+        match = pattern.fullmatch(entry)
+        if match and int(match.group(1)) < below:
+            found.append(os.path.join(output_dir, entry))
+    return found
+
+
 class CheckpointWriter:
     def __init__(self, config: TrainConfig, trainable: Trainable, base_metadata: dict[str, str],
                  recent_losses: Sequence[float] = (), progress=None, ema=None) -> None:
@@ -68,12 +97,14 @@ class CheckpointWriter:
         self.saved: list[str] = []
 
     def save(self, path: str, epoch: int, step: int, interrupted: bool = False) -> str:
-        path = self.trainable.file_path(path)
+        path = self.file_path(path)
         if not self.trainable.all_finite():
             raise UnsafeToSave(f"not writing {path}: the trained weights are not finite")
         metadata = checkpoint_metadata(self.base_metadata, epoch, step, time.time(), interrupted)
         if self.recent_losses:
             metadata[AVERAGE_LOSS_KEY] = f"{sum(self.recent_losses) / len(self.recent_losses):.6g}"
+        if self.config.no_metadata:
+            metadata = minimum_metadata(metadata)
         if self.rescue_dir is not None:
             path = os.path.join(self.rescue_dir, os.path.basename(path))
         try:
@@ -82,6 +113,37 @@ class CheckpointWriter:
             path = self._rescue(path, metadata, interrupted, error)
         self.saved.append(path)
         return path
+
+    def file_path(self, path: str) -> str:
+        """The trainable's file for `path`, with save_model_as's extension for a LoRA-family
+        file (config checks keep ckpt/pt away from embeddings and hypernetworks)."""
+        path = self.trainable.file_path(path)
+        if self.config.save_model_as != "safetensors" and path.endswith(".safetensors"):
+            path = path[:-len(".safetensors")] + "." + self.config.save_model_as
+        return path
+
+    def prune(self, kind: str, number: int, interval: int) -> list[str]:
+        """After saving epoch/step `number`: delete what save_last_n_epochs / save_last_n_steps
+        no longer keeps, and return it. Epochs keep the last N files (kohya deletes epoch
+        number - interval x N); steps keep the files of the last N steps (kohya deletes those
+        numbered below number - N)."""
+        if kind == "epoch":
+            keep, below = self.config.save_last_n_epochs, number - interval * self.config.save_last_n_epochs + 1
+        else:
+            keep, below = self.config.save_last_n_steps, number - self.config.save_last_n_steps
+        if not keep:
+            return []
+        folder = os.path.dirname(self.saved[-1]) if self.saved else self.config.output_dir
+        removed = []
+        for path in older_files(folder, self.config.output_name, kind, below):
+            try:
+                os.remove(path)
+            except OSError:
+                continue  # gone already, or not ours to delete: keeping a file is harmless
+            removed.append(path)
+            if self.progress is not None:
+                self.progress.status(f"removed the older file {path} (save_last_n_{kind}s)")
+        return removed
 
     def _write(self, path: str, metadata: dict[str, str], interrupted: bool) -> None:
         self.trainable.write_file(path, metadata, SAVE_DTYPES[self.config.save_precision])

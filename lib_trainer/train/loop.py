@@ -28,7 +28,7 @@ from ..networks.embedding import embedding_prompts, embedding_run_config, is_emb
 from ..networks.registry import create_trainable
 from ..networks.trainable import TEXT_ENCODER, TOKEN_EMBEDDINGS
 from ..progress import Progress
-from .checkpoints import CheckpointWriter, epoch_path, final_path, step_path
+from .checkpoints import CheckpointWriter, epoch_path, epoch_save_interval, final_path, step_path
 from .ema import make_average
 from .optimizers import make_optimizer
 from .output_guard import claimed_output
@@ -143,6 +143,7 @@ def _run(config, bundle, plan, trainable, device, progress, data_rng, noise_rng,
     samples = SampleMaker(config, bundle, trainable, device, progress, ema=ema)
     params = [p for group in optimizer.param_groups for p in group["params"]]
 
+    every_epochs = epoch_save_interval(config, plan.epochs)  # save_every_n_epochs, or save_n_epoch_ratio's
     step, stopped = run.step, False
     progress.start("training", plan.total_steps)
     try:
@@ -188,6 +189,7 @@ def _run(config, bundle, plan, trainable, device, progress, data_rng, noise_rng,
                 if config.save_every_n_steps and step % config.save_every_n_steps == 0 and step < plan.total_steps:
                     states.saved_file(writer.save(step_path(config.output_dir, config.output_name, step), epoch, step),
                                   run, "step")
+                    writer.prune("step", step, config.save_every_n_steps)
                 if progress.commands.take_save_request():
                     states.saved_file(writer.save(step_path(config.output_dir, config.output_name, step), epoch, step),
                                   run, "step")
@@ -199,9 +201,10 @@ def _run(config, bundle, plan, trainable, device, progress, data_rng, noise_rng,
                 samples.after_epoch(epoch)
             if stopped or step >= plan.total_steps:
                 break
-            if config.save_every_n_epochs and epoch % config.save_every_n_epochs == 0 and epoch < plan.epochs:
+            if every_epochs and epoch % every_epochs == 0 and epoch < plan.epochs:
                 states.saved_file(writer.save(epoch_path(config.output_dir, config.output_name, epoch), epoch, step),
                               run, "epoch")
+                writer.prune("epoch", epoch, every_epochs)
     except TrainingDiverged:
         progress.end("training stopped: the loss diverged")
         raise
@@ -255,7 +258,8 @@ def _expected_output_bytes(config, plan, trainable) -> int:
     for a stop): the trained weights in the save precision, plus fp32 weights and two
     optimizer moments in a state (with EMA, twice the files and the average too)."""
     parameters = sum(p.numel() for p in trainable.parameters())
-    files = 1 + (plan.epochs // config.save_every_n_epochs if config.save_every_n_epochs else 0) \
+    every_epochs = epoch_save_interval(config, plan.epochs)
+    files = 1 + (plan.epochs // every_epochs if every_epochs else 0) \
         + (plan.total_steps // config.save_every_n_steps if config.save_every_n_steps else 0)
     states = files if config.save_state else 1
     copies = 2 if config.ema_decay else 1  # ema_decay: an -ema file beside each, its fp32 average in each state

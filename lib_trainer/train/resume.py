@@ -41,6 +41,9 @@ RESUMABLE_CHANGES = {
     "logging_dir", "log_prefix", "training_comment", "device", "gradient_checkpointing", "xformers",
     "cache_latents_to_disk", "latents_cache_dir", "network_weights", "config_version",
     "ema_for_samples",
+    "save_last_n_epochs", "save_last_n_steps", "save_n_epoch_ratio", "save_model_as", "output_config", "no_metadata",
+    "metadata_title", "metadata_author", "metadata_description", "metadata_license", "metadata_tags",
+    "max_data_loader_n_workers", "persistent_data_loader_workers",
 }
 
 
@@ -292,7 +295,9 @@ class StateWriter:
         if not self.config.save_state:
             return
         self.write(state_dir_for(path), run)
-        keep = self.config.save_last_n_epochs_state if kind == "epoch" else self.config.save_last_n_steps_state
+        # As sd-scripts: without their own count, epoch states follow the epoch files' (save_last_n_epochs).
+        c = self.config
+        keep = (c.save_last_n_epochs_state or c.save_last_n_epochs) if kind == "epoch" else c.save_last_n_steps_state
         for removed in prune_states(os.path.dirname(path) or ".", self.config.output_name, keep, kind):
             self.progress.status(f"removed the older run state {removed}")
 

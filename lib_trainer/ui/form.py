@@ -100,7 +100,8 @@ class ConfigForm:
         groups: dict[str, list[str]] = {}
         for name, spec in self.specs.items():
             group = spec.metadata["group"]
-            if name not in self.components and group not in HIDDEN_GROUPS:
+            # ui=False: a command-line action (output_config), not a setting of a run
+            if name not in self.components and group not in HIDDEN_GROUPS and spec.metadata.get("ui", True):
                 groups.setdefault(group, []).append(name)
         for group, names in groups.items():
             with gr.Accordion(GROUP_TITLES.get(group, group.title()), open=False,

@@ -12,6 +12,7 @@ from typing import Callable
 import gradio as gr
 
 from ..config import TrainConfig
+from ..config_export import export_sd_scripts_toml
 from ..config_files import save_config
 from ..config_import import read_config_file
 from ..dataset.folders import scan_dataset
@@ -102,10 +103,13 @@ class TrainTab:
         with gr.Accordion("Config files", open=False, elem_id="lt_config_files"):
             self.config_path = gr.Textbox(label="Config file (.toml or .json)", elem_id="lt_config_path",
                                           info="Save writes this form there; Load reads ours, sd-scripts' TOML or "
-                                               "kohya_ss GUI JSON. Empty: <output_dir>/<output_name>.toml")
+                                               "kohya_ss GUI JSON. Empty: <output_dir>/<output_name>.toml. Export "
+                                               "writes an sd-scripts --config_file TOML (empty: "
+                                               "<output_dir>/<output_name>-sd-scripts.toml).")
             with gr.Row():
                 self.save_config = gr.Button("Save config", elem_id="lt_save_config")
                 self.load_config = gr.Button("Load config", elem_id="lt_load_config")
+                self.export_config = gr.Button("Export for sd-scripts", elem_id="lt_export_config")
             self.upload = gr.File(label="Import a kohya_ss / sd-scripts config file", file_types=[".toml", ".json"],
                                   elem_id="lt_import_config")
         self.compare_when_done = gr.Checkbox(
@@ -146,6 +150,7 @@ class TrainTab:
         self.stop.click(self._stop, None, self.message)
         self.save_now.click(self._save_now, None, self.message)
         self.save_config.click(self._save_config, [self.config_path, *inputs], self.message)
+        self.export_config.click(self._export_config, [self.config_path, *inputs], self.message)
         self.load_config.click(self._load_config, [self.config_path, *inputs],
                                [self.message, self.network_type, *inputs])
         self.upload.upload(self._import_config, [self.upload, *inputs], [self.message, self.network_type, *inputs])
@@ -234,6 +239,18 @@ class TrainTab:
             notes = [f"this config has problems to fix before training: {p}" for p in problems]
             return message_html(ok=f"Config saved to {os.path.abspath(target)}", notes=notes)
         return save()
+
+    def _export_config(self, path, *values):
+        @shows_errors(1)
+        def export():
+            config, problems = self.form.read(list(values))
+            if config is None or problems:
+                raise InvalidInput("\n".join(problems))
+            target = path.strip() or os.path.join(config.output_dir, config.output_name + "-sd-scripts.toml")
+            notes = export_sd_scripts_toml(config, target)
+            return message_html(ok=f"sd-scripts config written to {os.path.abspath(target)} (train_network.py "
+                                   "--config_file)", notes=notes)
+        return export()
 
     def _load_config(self, path, *values):
         if not path.strip():
