@@ -18,7 +18,7 @@ import gradio as gr
 from ..config import ConfigError, TrainConfig, coerce_values
 
 GROUP_TITLES = {"model": "Model", "dataset": "Dataset", "network": "Network", "optimizer": "Optimizer",
-                "training": "Training", "sampling": "Samples",
+                "training": "Training", "sampling": "Samples", "validation": "Validation loss",
                 "embedding": "Embedding (textual inversion)", "hypernetwork": "Hypernetwork"}
 HIDDEN_GROUPS = ("meta",)  # config_version: a file-format detail, not a setting
 

@@ -52,6 +52,7 @@ def loss_frame(view: RunView):
 
     rows = [(step, loss, "loss") for step, loss, _ in view.losses]
     rows += [(step, avg, "average") for step, _, avg in view.losses]
+    rows += [(step, loss, "validation") for step, loss in view.validation_losses]
     return pd.DataFrame(rows, columns=["step", "loss", "series"])
 
 
