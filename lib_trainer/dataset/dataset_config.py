@@ -121,7 +121,10 @@ def dataset_config_problems(config: TrainConfig) -> list[str]:
     try:
         read_dataset_config(config.dataset_config, config)
     except DatasetConfigError as error:
-        return [line.strip(" -") for line in str(error).splitlines()[1:]] or [str(error)]
+        lines = str(error).splitlines()
+        if len(lines) == 1:  # the file itself cannot be read; the message names it
+            return lines
+        return [f"dataset_config {config.dataset_config}: {line.strip(' -')}" for line in lines[1:]]
     return []
 
 
