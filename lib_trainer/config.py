@@ -104,7 +104,8 @@ class TrainConfig:
         "", "A .toml dataset config in sd-scripts' layout ([general], [[datasets]], [[datasets.subsets]] with "
         "image_dir, num_repeats, is_reg, class_tokens, ...): several datasets, each with its own resolution, "
         "buckets and batch size. When set, train_data_dir and reg_data_dir are ignored, as in sd-scripts.",
-        "dataset")
+        "dataset", differs="fine-tuning (metadata_file) and ControlNet subsets are refused; a relative image_dir is "
+        "also looked for beside the dataset config; validation_split and validation_seed may be set per subset")
 
     # --- network ---
     network_module: str = option("networks.lora", "Network method (networks.lora: LoRA, LoCon with conv_dim; "
@@ -220,7 +221,9 @@ class TrainConfig:
     validation_split: float = option(
         0.0, "Fraction of each training folder's images held out for the validation loss, never trained on "
         "(a dataset config can set it per dataset or subset; 1.0 holds out a whole subset). Regularisation "
-        "images are never held out.", "validation", minimum=0.0, maximum=1.0)
+        "images are never held out.", "validation", minimum=0.0, maximum=1.0,
+        differs="an image is either held out or trained on; sd-scripts' rounding can put one image of an odd-sized "
+        "folder in both")
     validation_seed: int | None = option(
         None, "Seed of which images are held out (validation_split) and of the validation loss' fixed noise and "
         "timesteps (empty = seed).", "validation", minimum=0, maximum=2**32 - 1)
@@ -228,7 +231,8 @@ class TrainConfig:
                                          "validation", minimum=0)
     validate_every_n_epochs: int = option(
         0, "Compute the validation loss after every N epochs (0 = not set: after every epoch, as sd-scripts). "
-        "It is always computed at the end of the run too.", "validation", minimum=0)
+        "It is always computed at the end of the run too.", "validation", minimum=0,
+        differs="also computed at the end of the run; 0 stands for sd-scripts' unset value (None)")
     max_validation_steps: int = option(0, "Validation batches per validation pass (0 = all of them).",
                                        "validation", minimum=0)
 

@@ -283,3 +283,21 @@ def test_dataset_config_from_the_command_line(tmp_path):
                                                  "--max_validation_steps", "2"]))
     assert (config.dataset_config, config.validation_split, config.validation_seed, config.validate_every_n_steps,
             config.max_validation_steps) == ("d.toml", 0.25, 3, 10, 2)
+
+
+def test_subset_alpha_mask_reaches_its_examples(tmp_path):
+    masked, plain = _folder(str(tmp_path / "masked"), 1), _folder(str(tmp_path / "plain"), 1)
+    toml = _toml(tmp_path, f"""
+[[datasets]]
+  [[datasets.subsets]]
+  image_dir = "{masked}"
+  alpha_mask = true
+  [[datasets.subsets]]
+  image_dir = "{plain}"
+""")
+    from lib_trainer.dataset.dataset_config import example_alpha_mask
+
+    config = _config(tmp_path, toml)
+    examples = make_plan(config).training_set.examples
+    assert {os.path.basename(e.item.concept.folder): example_alpha_mask(config, e) for e in examples} == \
+        {"masked": True, "plain": False}
