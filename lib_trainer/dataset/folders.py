@@ -195,6 +195,10 @@ def _explain_missing_captions(concept: Concept, caption_extension: str, caption_
                 f"{concept.folder} has {count} {other} caption files but no {caption_extension} files: "
                 f"set caption_extension to {other} (--caption_extension {other}) or rename them")
             return
+    if concept.subset is not None and not concept.name:
+        scan.warnings.append(f"{concept.folder}: no {caption_extension} captions and no class_tokens in its subset, "
+                             "so every image trains with an empty caption")
+        return
     source = "its subset's class_tokens" if concept.subset is not None else "its folder name"
     scan.warnings.append(f"{concept.folder}: no {caption_extension} captions, "
                          f"every image is captioned with {source} {concept.name!r}")

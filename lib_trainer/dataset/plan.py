@@ -67,7 +67,8 @@ class TrainingPlan:
             lines.append(f"  regularisation examples per epoch: {ts.num_reg_images} (reg images x repeats "
                          f"{ts.reg_images_with_repeats}, balanced to the {ts.num_train_images} training examples "
                          "as kohya does)")
-        lines.append(f"  images without a caption file: {self.uncaptioned} (captioned with their folder name)")
+        source = "their subset's class_tokens" if ts.scan.datasets else "their folder name"
+        lines.append(f"  images without a caption file: {self.uncaptioned} (captioned with {source})")
         for path, reason in ts.scan.skipped:
             lines.append(f"  skipped {path}: {reason}")
         if ts.scan.hidden:

@@ -59,7 +59,7 @@ def loss_frame(view: RunView):
 def queue_rows(items: list[QueueItem]) -> list[list]:
     rows = []
     for item in items:
-        folder = item.config.get("train_data_dir", "")
+        folder = item.config.get("dataset_config") or item.config.get("train_data_dir", "")
         dataset = os.path.basename(os.path.normpath(folder)) if folder else "-"
         detail = item.error or item.result or item.note
         if item.resumable():
