@@ -107,6 +107,13 @@ class TrainConfig:
         False, "Encode every caption once before training (needs the text encoders frozen, fixed captions).",
         "dataset")
     prior_loss_weight: float = option(1.0, "Loss weight of regularisation images.", "dataset", minimum=0.0)
+    # --- dataset config (issue 14) ---
+    dataset_config: str = option(
+        "", "A .toml dataset config in sd-scripts' layout ([general], [[datasets]], [[datasets.subsets]] with "
+        "image_dir, num_repeats, is_reg, class_tokens, ...): several datasets, each with its own resolution, "
+        "buckets and batch size. When set, train_data_dir and reg_data_dir are ignored, as in sd-scripts.",
+        "dataset", differs="fine-tuning (metadata_file) and ControlNet subsets are refused; a relative image_dir is "
+        "also looked for beside the dataset config; validation_split and validation_seed may be set per subset")
 
     # --- network ---
     network_module: str = option("networks.lora", "Network method (networks.lora: LoRA, LoCon with conv_dim; "
@@ -324,6 +331,25 @@ class TrainConfig:
                                  "k_euler and k_euler_a are the same two).", "sampling", choices=KOHYA_SAMPLERS,
                                  differs="only ddim, euler and euler_a (k_euler, k_euler_a) sample here")
 
+    # --- validation loss (issue 14) ---
+    validation_split: float = option(
+        0.0, "Fraction of each training folder's images held out for the validation loss, never trained on "
+        "(a dataset config can set it per dataset or subset; 1.0 holds out a whole subset). Regularisation "
+        "images are never held out.", "validation", minimum=0.0, maximum=1.0,
+        differs="an image is either held out or trained on; sd-scripts' rounding can put one image of an odd-sized "
+        "folder in both")
+    validation_seed: int | None = option(
+        None, "Seed of which images are held out (validation_split) and of the validation loss' fixed noise and "
+        "timesteps (empty = seed).", "validation", minimum=0, maximum=2**32 - 1)
+    validate_every_n_steps: int = option(0, "Also compute the validation loss every N steps (0 = off).",
+                                         "validation", minimum=0)
+    validate_every_n_epochs: int = option(
+        0, "Compute the validation loss after every N epochs (0 = not set: after every epoch, as sd-scripts). "
+        "It is always computed at the end of the run too.", "validation", minimum=0,
+        differs="also computed at the end of the run; 0 stands for sd-scripts' unset value (None)")
+    max_validation_steps: int = option(0, "Validation batches per validation pass (0 = all of them).",
+                                       "validation", minimum=0)
+
     # --- hypernetwork ---
     hypernetwork_layer_structure: str = option(
         "1, 2, 1", "Hypernetwork (network_module hypernetwork): the widths of its layers as multiples of the "
@@ -434,6 +460,7 @@ class TrainConfig:
         found += self._netargs_problems()
         found += self._noise_loss_problems()
         found += self._configio_problems()
+        found += self._dataset_config_problems()
         return found
 
     def _noise_loss_problems(self) -> list[str]:
@@ -496,6 +523,14 @@ class TrainConfig:
             found.append("save_last_n_steps keeps step files, but none are saved: set save_every_n_steps, or "
                          "clear save_last_n_steps")
         return found
+
+    def _dataset_config_problems(self) -> list[str]:
+        """The dataset config file is read now, so a bad key is reported before anything loads."""
+        if not self.dataset_config:
+            return []
+        from .dataset.dataset_config import dataset_config_problems  # imports the dataset side
+
+        return dataset_config_problems(self)
 
     def _text_cache_problems(self) -> list[str]:
         """Cached conditioning is computed once per caption, so captions must not change

@@ -21,7 +21,9 @@ from typing import Any, Callable, Iterable
 
 # Event kinds a sink may receive.
 # STATE: a run state folder was written (train/resume.py); the text is its path.
+# VALIDATION: a validation loss (train/validation.py): `done` is the step, info["validation_loss"] the value.
 START, STEP, STATUS, SAVED, STATE, IMAGE, END = "start", "step", "status", "saved", "state", "image", "end"
+VALIDATION = "validation"
 
 
 @dataclass
@@ -108,6 +110,10 @@ class Progress:
 
     def state_saved(self, folder: str) -> None:
         self.emit(ProgressEvent(STATE, label=self._label, text=folder))
+
+    def validation(self, step: int, loss: float) -> None:
+        self.emit(ProgressEvent(VALIDATION, label=self._label, done=step, total=self._total,
+                                info={"validation_loss": loss}))
 
     def image(self, image: Any, caption: str = "") -> None:
         self.emit(ProgressEvent(IMAGE, label=self._label, text=caption, info={"image": image}))

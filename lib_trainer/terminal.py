@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 
-from .progress import END, SAVED, START, STATE, STATUS, STEP, ProgressEvent
+from .progress import END, SAVED, START, STATE, STATUS, STEP, VALIDATION, ProgressEvent
 
 
 class TerminalSink:
@@ -23,9 +23,10 @@ class TerminalSink:
             shown = {k: _short(event.info[k]) for k in self.show_keys if k in event.info}
             if shown:
                 self._bar.set_postfix(shown, refresh=False)
-        elif event.kind in (STATUS, SAVED, STATE):
-            prefix = {STATUS: "", SAVED: "saved ", STATE: "run state saved to "}[event.kind]
-            message = prefix + event.text
+        elif event.kind in (STATUS, SAVED, STATE, VALIDATION):
+            prefix = {STATUS: "", SAVED: "saved ", STATE: "run state saved to ", VALIDATION: ""}[event.kind]
+            message = prefix + (f"validation loss {event.info['validation_loss']:.6g} at step {event.done}"
+                                if event.kind == VALIDATION else event.text)
             if self._bar is not None:
                 self._bar.write(message, file=self.stream)
             else:

@@ -182,7 +182,7 @@ def test_a_crash_in_the_middle_of_gradient_accumulation_saves_a_resumable_state(
     """The state is the one of the last optimizer step (2), not of the half-accumulated step 3."""
     from lib_trainer.train import loop
 
-    real, calls = loop._batch_loss, []
+    real, calls = loop.batch_loss, []
 
     def crash_at_sixth_batch(*args, **kwargs):
         calls.append(1)
@@ -190,10 +190,10 @@ def test_a_crash_in_the_middle_of_gradient_accumulation_saves_a_resumable_state(
             raise RuntimeError("simulated crash")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(loop, "_batch_loss", crash_at_sixth_batch)
+    monkeypatch.setattr(loop, "batch_loss", crash_at_sixth_batch)
     with pytest.raises(RuntimeError, match="simulated crash"):
         train(_config(two_bucket_root, tmp_path))
-    monkeypatch.setattr(loop, "_batch_loss", real)
+    monkeypatch.setattr(loop, "batch_loss", real)
     state_dir = os.path.join(tmp_path, "test-step00000002-state")
     assert read_state_info(state_dir)["step"] == 2
     resumed = train(_config(two_bucket_root, tmp_path, resume=state_dir))

@@ -2,7 +2,8 @@
 
 A run writes `name-000002.safetensors` after epoch 2, `name-step00000100.safetensors` after a
 step save or a stop, and `name.safetensors` at the end (train/checkpoints.py), each with
-`ss_output_name`, `ss_epoch`, `ss_steps` and our `lib_trainer_average_loss` in its metadata.
+`ss_output_name`, `ss_epoch`, `ss_steps`, our `lib_trainer_average_loss` and, when the run
+computed one, `ss_validation_loss` in its metadata.
 Files are grouped by run (their `ss_output_name`, or their own name when they have none, as
 for a file another tool wrote) and ordered by step, then epoch, so a run's files read in the
 order they were trained. Hypernetworks (`.pt`, the WebUI's layout) carry the same keys in
@@ -27,7 +28,7 @@ from ..config_files import load_config_file
 from ..formats.embedding_file import read_embedding_metadata
 from ..formats.hypernetwork_file import is_hypernetwork_path, read_hypernetwork_metadata
 from ..formats.lora_file import read_metadata
-from ..formats.metadata import AVERAGE_LOSS_KEY
+from ..formats.metadata import AVERAGE_LOSS_KEY, VALIDATION_LOSS_KEY
 
 NETWORK_EXTENSIONS = (".safetensors", ".pt")
 EMBEDDING = "embedding"
@@ -43,6 +44,7 @@ class SavedFile:
     average_loss: float | None   # over the last epoch's steps when the file was saved
     metadata: dict
     kind: str = "network"        # or EMBEDDING: a textual-inversion embedding
+    validation_loss: float | None = None  # the run's newest validation loss when the file was saved
 
     @property
     def name(self) -> str:
@@ -84,6 +86,8 @@ class SavedFile:
             parts.append(f"step {self.step}")
         if self.average_loss is not None:
             parts.append(f"avg loss {self.average_loss:.4f}")
+        if self.validation_loss is not None:
+            parts.append(f"val loss {self.validation_loss:.4f}")
         return ", ".join(parts)
 
 
@@ -108,7 +112,8 @@ def read_saved_file(path: str) -> SavedFile:
         metadata = read_hypernetwork_metadata(path) if is_hypernetwork_path(path) else read_metadata(path)
         saved = SavedFile(path=path, run=metadata.get("ss_output_name") or stem,
                           epoch=_number(metadata, "ss_epoch", int), step=_number(metadata, "ss_steps", int),
-                          average_loss=_number(metadata, AVERAGE_LOSS_KEY, float), metadata=metadata)
+                          average_loss=_number(metadata, AVERAGE_LOSS_KEY, float), metadata=metadata,
+                          validation_loss=_number(metadata, VALIDATION_LOSS_KEY, float))
     with _cache_lock:
         _cache[path] = (stamp, saved)
     return saved
@@ -125,7 +130,8 @@ def _embedding_file(path: str, stem: str, metadata: dict) -> SavedFile:
     if epoch is None and step is None and suffix:  # an SDXL .pt: its name says when it was saved
         epoch, step = (int(suffix.group(1)), None) if suffix.group(1) else (None, int(suffix.group(2)))
     return SavedFile(path=path, run=word, epoch=epoch, step=step,
-                     average_loss=_number(metadata, AVERAGE_LOSS_KEY, float), metadata=metadata, kind=EMBEDDING)
+                     average_loss=_number(metadata, AVERAGE_LOSS_KEY, float), metadata=metadata, kind=EMBEDDING,
+                     validation_loss=_number(metadata, VALIDATION_LOSS_KEY, float))
 
 
 def saved_files(folder: str) -> list[SavedFile]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 from .captions import CaptionError, encoding_report, read_caption
 from .images import ImageReadError, decoded_sizes, hidden_images, is_image_file, list_images, unusable_files
@@ -28,6 +29,10 @@ class Concept:
     repeats: int
     name: str  # the folder name after "N_", the caption of uncaptioned images
     is_reg: bool = False
+    # A dataset config's subset (dataset/dataset_config.py SubsetSpec): its own caption and image
+    # settings; None for a <repeats>_<concept> folder, which takes the run's.
+    subset: Any = None
+    dataset: int = 0  # its [[datasets]] entry: batches never mix two
 
 
 @dataclass
@@ -46,6 +51,7 @@ class DatasetScan:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
     warnings: list[str] = field(default_factory=list)
     hidden: int = 0  # hidden files (.name.png, ._name.png) left out, as kohya leaves them out
+    datasets: list = field(default_factory=list)  # a dataset config's DatasetSpecs; empty for folders
 
     def train_items(self) -> list[ImageItem]:
         return [item for item in self.items if not item.concept.is_reg]
@@ -86,6 +92,22 @@ def scan_dataset(train_data_dir: str, reg_data_dir: str = "", caption_extension:
     if not scan.train_items():
         reasons = "".join(f"\n  - {path}: {reason}" for path, reason in scan.skipped)
         raise DatasetError(f"No usable training images in {train_data_dir}.{reasons}")
+    return scan
+
+
+def scan_subsets(subsets: list[tuple[Concept, str]], min_side: int = 64) -> DatasetScan:
+    """A dataset config's subsets, each a concept folder with its own caption extension; raises
+    DatasetError as `scan_dataset` does."""
+    scan = DatasetScan()
+    caption_problems: list[str] = []
+    for concept, caption_extension in subsets:
+        scan.concepts.append(concept)
+        _scan_concept(concept, caption_extension, min_side, scan, caption_problems)
+    if caption_problems:
+        raise DatasetError("Some captions cannot be used:\n  - " + "\n  - ".join(caption_problems))
+    if not scan.train_items():
+        reasons = "".join(f"\n  - {path}: {reason}" for path, reason in scan.skipped)
+        raise DatasetError(f"No usable training images in the dataset config's subsets.{reasons}")
     return scan
 
 
@@ -173,5 +195,10 @@ def _explain_missing_captions(concept: Concept, caption_extension: str, caption_
                 f"{concept.folder} has {count} {other} caption files but no {caption_extension} files: "
                 f"set caption_extension to {other} (--caption_extension {other}) or rename them")
             return
+    if concept.subset is not None and not concept.name:
+        scan.warnings.append(f"{concept.folder}: no {caption_extension} captions and no class_tokens in its subset, "
+                             "so every image trains with an empty caption")
+        return
+    source = "its subset's class_tokens" if concept.subset is not None else "its folder name"
     scan.warnings.append(f"{concept.folder}: no {caption_extension} captions, "
-                         f"every image is captioned with its folder name {concept.name!r}")
+                         f"every image is captioned with {source} {concept.name!r}")

@@ -1,6 +1,7 @@
 """The plan shown before training: what will be trained, how often, with which prompts."""
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from dataclasses import dataclass, field
@@ -10,8 +11,9 @@ from ..config import TrainConfig
 from ..train.schedulers import effective_scheduler, warmup_steps
 from .buckets import BucketAssigner, BucketSettings
 from .captions import CaptionOptions
-from .folders import DatasetScan, scan_dataset
-from .training_set import TrainingSet, steps_per_epoch
+from .folders import Concept, DatasetScan, scan_dataset, scan_subsets
+from .training_set import Example, TrainingSet, steps_per_epoch
+from .validation_split import fixed_batches, split_validation
 
 PREVIEW_COUNT = 3
 # The side each family was trained at: a suggested resolution never goes above it.
@@ -30,6 +32,17 @@ class TrainingPlan:
     previews: list[tuple[str, str]] = field(default_factory=list)  # (image, caption as trained or as written)
     over_length: list[tuple[str, int]] = field(default_factory=list)  # (image, tokens) beyond max_token_length
     length: str = ""  # which option ended the count, in words
+    # Held-out images (validation_split) in the fixed batches each validation pass scores.
+    validation_batches: list[list[Example]] = field(default_factory=list)
+
+    @property
+    def validation_examples(self) -> list[Example]:
+        return [example for batch in self.validation_batches for example in batch]
+
+    @property
+    def cached_examples(self) -> list[Example]:
+        """What the latent and text caches hold: the training and the validation examples."""
+        return self.training_set.examples + self.validation_examples
 
     @property
     def uncaptioned(self) -> int:
@@ -37,17 +50,25 @@ class TrainingPlan:
 
     def summary(self) -> str:
         c, ts = self.config, self.training_set
-        lines = [f"Dataset {c.train_data_dir}"]
+        lines = [f"Dataset config {c.dataset_config}" if c.dataset_config else f"Dataset {c.train_data_dir}"]
+        if c.dataset_config and (c.train_data_dir or c.reg_data_dir):
+            lines.append("  warning: train_data_dir and reg_data_dir are ignored: the dataset config names the "
+                         "folders (as sd-scripts does)")
+        for index, spec in enumerate(ts.scan.datasets):
+            (width, height), buckets = spec.buckets.resolution, "buckets" if spec.buckets.enable_bucket else "no buckets"
+            lines.append(f"  [[datasets]] #{index + 1}: {width}x{height}, batch {spec.batch_size}, {buckets}")
         for concept in ts.scan.concepts:
             count = sum(1 for item in ts.scan.items if item.concept is concept)
             kind = "reg " if concept.is_reg else ""
-            lines.append(f"  {kind}{os.path.basename(concept.folder)}: {count} images x {concept.repeats} repeats "
-                         f"= {count * concept.repeats}")
+            where = f"#{concept.dataset + 1} " if ts.scan.datasets else ""
+            lines.append(f"  {where}{kind}{os.path.basename(concept.folder)}: {count} images x {concept.repeats} "
+                         f"repeats = {count * concept.repeats}")
         if ts.num_reg_images:
             lines.append(f"  regularisation examples per epoch: {ts.num_reg_images} (reg images x repeats "
                          f"{ts.reg_images_with_repeats}, balanced to the {ts.num_train_images} training examples "
                          "as kohya does)")
-        lines.append(f"  images without a caption file: {self.uncaptioned} (captioned with their folder name)")
+        source = "their subset's class_tokens" if ts.scan.datasets else "their folder name"
+        lines.append(f"  images without a caption file: {self.uncaptioned} (captioned with {source})")
         for path, reason in ts.scan.skipped:
             lines.append(f"  skipped {path}: {reason}")
         if ts.scan.hidden:
@@ -58,8 +79,10 @@ class TrainingPlan:
         buckets = ", ".join(f"{w}x{h}: {n}" for (w, h), n in ts.bucket_counts().items())
         lines.append(f"Buckets (images x repeats): {buckets}")
         lines += [f"  warning: {text}" for text in upscale_warning(ts)]
+        lines += validation_lines(self)
         lines.append(
-            f"Steps: {ts.num_train_images + ts.num_reg_images} examples / batch {c.train_batch_size} = "
+            f"Steps: {ts.num_train_images + ts.num_reg_images} examples / batch "
+            f"{', '.join(str(size) for _, size in ts.datasets)} = "
             f"{ts.batches_per_epoch()} batches per epoch; / gradient accumulation {c.gradient_accumulation_steps} "
             f"= {self.steps_per_epoch} steps per epoch"
         )
@@ -121,6 +144,20 @@ def caption_options(config: TrainConfig) -> CaptionOptions:
                           config.caption_dropout_rate, config.caption_tag_dropout_rate)
 
 
+def validation_lines(plan: TrainingPlan) -> list[str]:
+    c = plan.config
+    if not plan.validation_batches:
+        if c.validate_every_n_steps or c.validate_every_n_epochs or c.max_validation_steps:
+            return ["Validation: no image is held out (validation_split is 0), so no validation loss is computed"]
+        return []
+    passes = [f"every {c.validate_every_n_steps} steps"] if c.validate_every_n_steps else []
+    passes.append(f"every {c.validate_every_n_epochs} epochs" if c.validate_every_n_epochs else "after every epoch")
+    batches = len(plan.validation_batches)
+    scored = min(batches, c.max_validation_steps) if c.max_validation_steps else batches
+    return [f"Validation: {len(plan.validation_examples)} images held out (never trained on), {scored} of "
+            f"{batches} batches scored {', '.join(passes)} and at the end"]
+
+
 def make_plan(config: TrainConfig, count_tokens: Callable[[str], int] | None = None) -> TrainingPlan:
     """Scan the dataset and count steps; raises DatasetError / ConfigError with what to fix."""
     config.validate()
@@ -128,15 +165,38 @@ def make_plan(config: TrainConfig, count_tokens: Callable[[str], int] | None = N
 
 
 def scan_config_dataset(config: TrainConfig) -> DatasetScan:
+    """The run's images: its dataset config's subsets when it has one, else train_data_dir's folders."""
+    if config.dataset_config:
+        from .dataset_config import read_dataset_config
+
+        specs = read_dataset_config(config.dataset_config, config)
+        subsets = [(Concept(subset.image_dir, subset.num_repeats, subset.class_tokens or "", subset.is_reg,
+                            subset=subset, dataset=index), subset.caption_extension)
+                   for index, spec in enumerate(specs) for subset in spec.subsets]
+        steps = min(spec.buckets.bucket_reso_steps for spec in specs)
+        scan = scan_subsets(subsets, min_side=min(64, steps))
+        scan.datasets = specs
+        return scan
     return scan_dataset(config.train_data_dir, config.reg_data_dir, config.caption_extension,
                         min_side=min(64, config.bucket_reso_steps))
+
+
+def dataset_assigners(config: TrainConfig, scan: DatasetScan) -> list[tuple[BucketAssigner, int]]:
+    """(bucket assigner, batch size) of each dataset: a dataset config's own, else the run's."""
+    if scan.datasets:
+        return [(BucketAssigner(spec.buckets), spec.batch_size) for spec in scan.datasets]
+    return [(BucketAssigner(bucket_settings(config)), config.train_batch_size)]
 
 
 def plan_from_scan(config: TrainConfig, scan: DatasetScan,
                    count_tokens: Callable[[str], int] | None = None) -> TrainingPlan:
     """`make_plan` over a scan already made (the step planner tries repeats on one scan)."""
-    training_set = TrainingSet(scan, BucketAssigner(bucket_settings(config)), config.train_batch_size,
-                               config.trigger_word, config.caption_separator, config.prior_loss_weight)
+    datasets = dataset_assigners(config, scan)
+    scan, held_out = split_validation(scan, config)
+    training_set = TrainingSet(scan, datasets[0][0], config.train_batch_size, config.trigger_word,
+                               config.caption_separator, config.prior_loss_weight, datasets)
+    validation = TrainingSet(dataclasses.replace(scan, items=held_out), datasets[0][0], config.train_batch_size,
+                             config.trigger_word, config.caption_separator, 1.0, datasets).examples
     per_epoch = steps_per_epoch(training_set.batches_per_epoch(), config.gradient_accumulation_steps)
     total, epochs, length = run_length(config, per_epoch)
     # Shuffling and dropout draw anew at every step, so no single draw is "the" prompt:
@@ -148,7 +208,8 @@ def plan_from_scan(config: TrainConfig, scan: DatasetScan,
             tokens = count_tokens(example.caption)
             if tokens > config.max_token_length:
                 over.append((example.path, tokens))
-    return TrainingPlan(config, training_set, per_epoch, total, epochs, previews, over, length)
+    return TrainingPlan(config, training_set, per_epoch, total, epochs, previews, over, length,
+                        fixed_batches(validation, [size for _, size in datasets]))
 
 
 def run_length(config: TrainConfig, per_epoch: int) -> tuple[int, int, str]:

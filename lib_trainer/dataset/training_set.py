@@ -25,19 +25,32 @@ class Example:
 
 
 class TrainingSet:
+    """The examples of a run, in one dataset (a train_data_dir) or several (a dataset config's
+    [[datasets]]): each dataset has its own buckets and batch size, a batch never mixes two,
+    and an epoch goes through all of them, as sd-scripts' DatasetGroup does."""
+
     def __init__(self, scan: DatasetScan, assigner: BucketAssigner, batch_size: int, trigger_word: str = "",
-                 separator: str = ",", prior_loss_weight: float = 1.0) -> None:
+                 separator: str = ",", prior_loss_weight: float = 1.0,
+                 datasets: list[tuple[BucketAssigner, int]] | None = None) -> None:
+        """`datasets`: (bucket assigner, batch size) of each dataset a concept's `dataset` index
+        names; None: one dataset of `assigner` and `batch_size`."""
         self.scan = scan
         self.batch_size = batch_size
+        self.datasets = datasets or [(assigner, batch_size)]
         self.examples = [
-            Example(item, assigner.place(item.size), put_trigger_first(item.caption, trigger_word, separator),
+            Example(item, self.datasets[item.concept.dataset][0].place(item.size),
+                    put_trigger_first(item.caption, trigger_word, separator),
                     prior_loss_weight if item.concept.is_reg else 1.0)
             for item in scan.items
         ]
-        train = [e for e in self.examples if not e.item.concept.is_reg]
-        reg = [e for e in self.examples if e.item.concept.is_reg]
-        self.epoch_examples = _repeat(train) + [
-            e for e, times in balanced_reg_repeats(reg, len(_repeat(train))) for _ in range(times)]
+        self.epoch_examples = []
+        for index in range(len(self.datasets)):
+            own = [e for e in self.examples if e.item.concept.dataset == index]
+            train = [e for e in own if not e.item.concept.is_reg]
+            reg = [e for e in own if e.item.concept.is_reg]
+            # Regularisation images balance against their own dataset's training images, as in kohya.
+            self.epoch_examples += _repeat(train) + [
+                e for e, times in balanced_reg_repeats(reg, len(_repeat(train))) for _ in range(times)]
 
     @property
     def num_train_images(self) -> int:
@@ -55,26 +68,31 @@ class TrainingSet:
         as "num reg images" and writes as ss_num_reg_images."""
         return sum(e.item.concept.repeats for e in self.examples if e.item.concept.is_reg)
 
-    def bucket_counts(self) -> dict[tuple[int, int], int]:
+    def bucket_counts(self, dataset: int | None = None) -> dict[tuple[int, int], int]:
+        """Examples per bucket in an epoch: of one dataset, or of all (for the summary and metadata)."""
         counts: dict[tuple[int, int], int] = defaultdict(int)
         for example in self.epoch_examples:
-            counts[example.placement.bucket] += 1
+            if dataset is None or example.item.concept.dataset == dataset:
+                counts[example.placement.bucket] += 1
         return dict(sorted(counts.items()))
 
     def batches_per_epoch(self) -> int:
-        """A batch never mixes buckets, so each bucket rounds up on its own."""
-        return sum(math.ceil(count / self.batch_size) for count in self.bucket_counts().values())
+        """A batch never mixes buckets (nor datasets), so each bucket rounds up on its own."""
+        return sum(math.ceil(count / batch_size) for index, (_, batch_size) in enumerate(self.datasets)
+                   for count in self.bucket_counts(index).values())
 
     def epoch_batches(self, rng: random.Random) -> list[list[Example]]:
         """Shuffle within each bucket, cut into batches, then shuffle the batches."""
-        by_bucket: dict[tuple[int, int], list[Example]] = defaultdict(list)
-        for example in self.epoch_examples:
-            by_bucket[example.placement.bucket].append(example)
         batches = []
-        for bucket in sorted(by_bucket):
-            members = by_bucket[bucket]
-            rng.shuffle(members)
-            batches += [members[i: i + self.batch_size] for i in range(0, len(members), self.batch_size)]
+        for index, (_, batch_size) in enumerate(self.datasets):
+            by_bucket: dict[tuple[int, int], list[Example]] = defaultdict(list)
+            for example in self.epoch_examples:
+                if example.item.concept.dataset == index:
+                    by_bucket[example.placement.bucket].append(example)
+            for bucket in sorted(by_bucket):
+                members = by_bucket[bucket]
+                rng.shuffle(members)
+                batches += [members[i: i + batch_size] for i in range(0, len(members), batch_size)]
         rng.shuffle(batches)
         return batches
 

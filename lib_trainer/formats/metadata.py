@@ -14,6 +14,8 @@ from ..dataset.training_set import TrainingSet, steps_per_epoch
 
 # Ours, not kohya's: the mean loss over the last epoch's steps when the file was saved.
 AVERAGE_LOSS_KEY = "lib_trainer_average_loss"
+# The newest validation loss when the file was saved (train/validation.py); sd-scripts logs it only.
+VALIDATION_LOSS_KEY = "ss_validation_loss"
 BASE_MODEL_VERSIONS = {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0"}
 ARCHITECTURES = {"sd1": "stable-diffusion-v1", "sd2": "stable-diffusion-v2-512", "sd2_v": "stable-diffusion-v2-768-v",
                  "sdxl": "stable-diffusion-xl-v1-base"}
@@ -22,7 +24,7 @@ ARCHITECTURES = {"sd1": "stable-diffusion-v1", "sd2": "stable-diffusion-v2-512",
 def training_metadata(config: TrainConfig, training_set: TrainingSet, family: str, prediction_type: str,
                       model_name: str, session_id: str, started_at: float, total_steps: int,
                       optimizer_description: str, network_metadata: dict[str, str], warmup_steps: int,
-                      model_hashes: tuple[str, str] = ("", "")) -> dict[str, str]:
+                      model_hashes: tuple[str, str] = ("", ""), num_validation_images: int = 0) -> dict[str, str]:
     """The metadata fixed for the whole run; `checkpoint_metadata` adds the per-save keys.
     `network_metadata`: the trainable's own ss_network_* keys. `model_hashes`: the base
     model's legacy and sha256 hashes, left out when unknown (as kohya leaves them out for a
@@ -38,6 +40,7 @@ def training_metadata(config: TrainConfig, training_set: TrainingSet, family: st
         # The counts as kohya writes them: what the run resolved to, not the options given.
         "ss_num_train_images": training_set.num_train_images,
         "ss_num_reg_images": training_set.reg_images_with_repeats,
+        "ss_num_validation_images": num_validation_images,
         "ss_num_batches_per_epoch": training_set.batches_per_epoch(),
         "ss_num_epochs": math.ceil(total_steps / steps_per_epoch(training_set.batches_per_epoch(),
                                                                  config.gradient_accumulation_steps)),
@@ -96,6 +99,12 @@ def training_metadata(config: TrainConfig, training_set: TrainingSet, family: st
         "ss_reg_dataset_dirs": json.dumps(dataset_dirs(training_set, is_reg=True)),
         "ss_tag_frequency": json.dumps(tag_frequency(training_set, config.caption_separator)),
         "ss_bucket_info": json.dumps(bucket_info(training_set)),
+        # sd-scripts writes its validation options as given: None when not set (0 here).
+        "ss_validation_seed": config.validation_seed,
+        "ss_validation_split": config.validation_split,
+        "ss_max_validation_steps": config.max_validation_steps or None,
+        "ss_validate_every_n_epochs": config.validate_every_n_epochs or None,
+        "ss_validate_every_n_steps": config.validate_every_n_steps or None,
         "modelspec.sai_model_spec": "1.0.0",
         "modelspec.architecture": f"{modelspec_architecture(family, prediction_type)}/lora",
         "modelspec.implementation": "https://github.com/Stability-AI/generative-models" if family == "sdxl"
@@ -106,6 +115,8 @@ def training_metadata(config: TrainConfig, training_set: TrainingSet, family: st
         **user_modelspec(config),
     }
     meta.update(network_args_metadata(config))
+    if training_set.scan.datasets:
+        meta["ss_datasets"] = json.dumps(datasets_metadata(training_set))
     for key, value in zip(("ss_sd_model_hash", "ss_new_sd_model_hash"), model_hashes):
         if value:
             meta[key] = value
@@ -139,6 +150,34 @@ def user_modelspec(config: TrainConfig) -> dict[str, str]:
 def minimum_metadata(metadata: dict[str, str]) -> dict[str, str]:
     """The file's metadata under no_metadata: kohya's minimum keys and the modelspec.* keys."""
     return {key: value for key, value in metadata.items() if key in MINIMUM_KEYS or key.startswith("modelspec.")}
+def datasets_metadata(training_set: TrainingSet) -> list[dict]:
+    """sd-scripts' ss_datasets for a dataset config: each dataset's batch size, resolution, buckets,
+    image counts and subsets."""
+    datasets = []
+    for index, spec in enumerate(training_set.scan.datasets):
+        own = [e for e in training_set.epoch_examples if e.item.concept.dataset == index]
+        subsets = []
+        for concept in (c for c in training_set.scan.concepts if c.dataset == index):
+            subset = concept.subset
+            captions = dict(subset.captions)
+            subsets.append({
+                "img_count": sum(1 for item in training_set.scan.items if item.concept is concept),
+                "num_repeats": subset.num_repeats, "flip_aug": subset.flip_aug, "random_crop": subset.random_crop,
+                "shuffle_caption": captions.get("shuffle_caption"), "keep_tokens": captions.get("keep_tokens"),
+                "image_dir": _folder_name(subset.image_dir), "class_tokens": subset.class_tokens,
+                "is_reg": subset.is_reg})
+        buckets = training_set.bucket_counts(index)
+        datasets.append({
+            "is_dreambooth": True, "batch_size_per_device": spec.batch_size,
+            "num_train_images": sum(1 for e in own if not e.item.concept.is_reg),
+            "num_reg_images": sum(e.item.concept.repeats for e in training_set.examples
+                                  if e.item.concept.dataset == index and e.item.concept.is_reg),
+            "resolution": list(spec.buckets.resolution), "enable_bucket": spec.buckets.enable_bucket,
+            "min_bucket_reso": spec.buckets.min_bucket_reso, "max_bucket_reso": spec.buckets.max_bucket_reso,
+            "bucket_info": {"buckets": {str(i): {"resolution": list(b), "count": n}
+                                        for i, (b, n) in enumerate(buckets.items())}},
+            "subsets": subsets})
+    return datasets
 
 
 def base_model_version(family: str, prediction_type: str) -> str:

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..progress import END, IMAGE, SAVED, START, STATE, STATUS, STEP, ProgressEvent
+from ..progress import END, IMAGE, SAVED, START, STATE, STATUS, STEP, VALIDATION, ProgressEvent
 
 MAX_MESSAGES = 200
 MAX_IMAGES = 16
@@ -34,6 +34,7 @@ class RunView:
     it_per_s: float | None = None
     eta_s: float | None = None
     losses: list[tuple[int, float, float]] = field(default_factory=list)  # (step, loss, avg_loss)
+    validation_losses: list[tuple[int, float]] = field(default_factory=list)  # (step, validation loss)
     images: list[tuple[Any, str]] = field(default_factory=list)  # (PIL image, caption)
     saved: list[str] = field(default_factory=list)
     last_state: str = ""  # the newest run state folder written: where a resumption starts
@@ -55,6 +56,8 @@ class RunView:
             parts.append(f"epoch {self.epoch}")
         if self.loss is not None:
             parts.append(f"loss {self.loss:.4f} (avg {self.avg_loss:.4f})")
+        if self.validation_losses:
+            parts.append(f"validation loss {self.validation_losses[-1][1]:.4f}")
         if self.it_per_s:
             parts.append(f"{self.it_per_s:.2f} it/s")
         if self.eta_s is not None and math.isfinite(self.eta_s) and self.phase == "training":
@@ -110,6 +113,9 @@ class RunState:
                 self._on_step(view, event)
             elif event.kind == STEP:
                 view.phase = event.label or view.phase
+            elif event.kind == VALIDATION:
+                view.validation_losses.append((event.done, float(event.info["validation_loss"])))
+                view.chart_version += 1
             elif event.kind == STATUS:
                 self._add_message(event.text)
             elif event.kind == SAVED:

@@ -20,11 +20,11 @@ import os
 import re
 import tempfile
 import time
-from typing import Sequence
+from typing import Callable, Sequence
 
 from ..config import TrainConfig
 from ..config_files import save_config
-from ..formats.metadata import AVERAGE_LOSS_KEY, checkpoint_metadata, minimum_metadata
+from ..formats.metadata import AVERAGE_LOSS_KEY, VALIDATION_LOSS_KEY, checkpoint_metadata, minimum_metadata
 from ..networks.trainable import Trainable
 from .precision import SAVE_DTYPES
 from ..errors import UserError
@@ -84,7 +84,8 @@ def older_files(output_dir: str, name: str, kind: str, below: int) -> list[str]:
 
 class CheckpointWriter:
     def __init__(self, config: TrainConfig, trainable: Trainable, base_metadata: dict[str, str],
-                 recent_losses: Sequence[float] = (), progress=None, ema=None) -> None:
+                 recent_losses: Sequence[float] = (), progress=None, ema=None,
+                 validation_loss: Callable[[], float | None] | None = None) -> None:
         self.config = config
         self.ema = ema  # train/ema.py: its file goes beside each saved one
         self.progress = progress
@@ -94,6 +95,8 @@ class CheckpointWriter:
         # The loop's window of recent losses: each file records their mean, which the
         # comparison lists beside the file.
         self.recent_losses = recent_losses
+        # The newest validation loss (train/validation.py) when this run computes one.
+        self.validation_loss = validation_loss
         self.saved: list[str] = []
 
     def save(self, path: str, epoch: int, step: int, interrupted: bool = False) -> str:
@@ -103,6 +106,9 @@ class CheckpointWriter:
         metadata = checkpoint_metadata(self.base_metadata, epoch, step, time.time(), interrupted)
         if self.recent_losses:
             metadata[AVERAGE_LOSS_KEY] = f"{sum(self.recent_losses) / len(self.recent_losses):.6g}"
+        latest = self.validation_loss() if self.validation_loss is not None else None
+        if latest is not None:
+            metadata[VALIDATION_LOSS_KEY] = f"{latest:.6g}"
         if self.config.no_metadata:
             metadata = minimum_metadata(metadata)
         if self.rescue_dir is not None:

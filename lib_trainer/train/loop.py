@@ -21,6 +21,7 @@ from ..dataset.latent_cache import LatentCache
 from ..dataset.pixels import crop_box, load_pixels, size_condition
 from ..dataset.plan import TrainingPlan, caption_options, make_plan
 from ..dataset.captions import training_caption
+from ..dataset.dataset_config import example_caption_options, example_flip_aug, example_random_crop
 from ..errors import InvalidInput, UserError
 from ..formats.metadata import training_metadata
 from ..hosts.bundle import ModelBundle
@@ -39,6 +40,7 @@ from . import noise as diffusion
 from .schedulers import make_scheduler, warmup_steps
 from .step_loss import batch_loss, loss_option_notes, loss_option_refusals
 from .text_cache import TextEncoderCache
+from .validation import Validator
 from .weight_norms import apply_max_norm
 
 
@@ -134,11 +136,14 @@ def _run(config, bundle, plan, trainable, device, progress, data_rng, noise_rng,
     metadata = training_metadata(config, plan.training_set, bundle.family, bundle.prediction_type,
                                  bundle.model_name, uuid.uuid4().hex, time.time(), plan.total_steps,
                                  optimizer_text, trainable.file_metadata(), warmup,
-                                 model_hashes=(bundle.sd_model_hash, bundle.new_sd_model_hash))
+                                 model_hashes=(bundle.sd_model_hash, bundle.new_sd_model_hash),
+                                 num_validation_images=len(plan.validation_examples))
     metadata["ss_trained_parts"] = json.dumps(trainable.conditioned())
     losses: list[float] = list(run.losses)
     window: deque[float] = deque(losses[-plan.steps_per_epoch:], maxlen=max(1, plan.steps_per_epoch))
-    writer = CheckpointWriter(config, trainable, metadata, recent_losses=window, progress=progress, ema=ema)
+    validator = Validator(config, bundle, plan, trainable, latents, prompts, schedule, device, progress)
+    writer = CheckpointWriter(config, trainable, metadata, recent_losses=window, progress=progress, ema=ema,
+                              validation_loss=lambda: validator.latest)
     states = StateWriter(config, trainable, optimizer, scheduler, scaler, checks, progress, ema=ema)
     samples = SampleMaker(config, bundle, trainable, device, progress, ema=ema)
     params = [p for group in optimizer.param_groups for p in group["params"]]
@@ -184,8 +189,9 @@ def _run(config, bundle, plan, trainable, device, progress, data_rng, noise_rng,
                 run.after_step(step, epoch, index + 1, len(batches), losses, data_rng, noise_rng)
                 # --- report ---
                 _report(progress, step - first_step, step, epoch, plan.total_steps, window, optimizer, started, norms)
-                # --- samples, save and stop checks ---
+                # --- samples, validation, save and stop checks ---
                 samples.after_step(step)
+                validator.after_step(step)
                 if config.save_every_n_steps and step % config.save_every_n_steps == 0 and step < plan.total_steps:
                     states.saved_file(writer.save(step_path(config.output_dir, config.output_name, step), epoch, step),
                                   run, "step")
@@ -199,6 +205,7 @@ def _run(config, bundle, plan, trainable, device, progress, data_rng, noise_rng,
             # --- end of epoch: samples (after the last epoch too), then the epoch's file ---
             if index == len(batches) - 1:
                 samples.after_epoch(epoch)
+                validator.after_epoch(epoch, step)
             if stopped or step >= plan.total_steps:
                 break
             if every_epochs and epoch % every_epochs == 0 and epoch < plan.epochs:
@@ -224,6 +231,7 @@ def _run(config, bundle, plan, trainable, device, progress, data_rng, noise_rng,
         progress.saved(path)
         states.for_resume(path, run)
     else:
+        validator.at_end(step)
         path = writer.save(final_path(config.output_dir, config.output_name), epoch, step)
         progress.saved(path)
         if config.save_state or config.save_state_on_train_end:
@@ -283,13 +291,16 @@ def _prompt_source(config, bundle, plan, captions, trains_text, device, progress
     (with gradients when text-encoder layers train), or from the text-encoder cache."""
     if config.cache_text_encoder_outputs:
         cache = TextEncoderCache(bundle, config.max_token_length)
-        cache.fill((training_caption(e.caption, captions, None) for e in plan.training_set.examples), progress)
-        return lambda batch, rng: cache.get([training_caption(e.caption, captions, None) for e in batch], device)
+        cache.fill((training_caption(e.caption, example_caption_options(captions, e), None)
+                    for e in plan.cached_examples), progress)
+        return lambda batch, rng: cache.get([training_caption(e.caption, example_caption_options(captions, e), None)
+                                             for e in batch], device)
 
     rewrite = embedding_prompts(config) if is_embedding_run(config) else None
 
     def encode_each_step(batch, rng):
-        prompts = [training_caption(example.caption, captions, rng) for example in batch]
+        prompts = [training_caption(example.caption, example_caption_options(captions, example), rng)
+                   for example in batch]
         if rewrite is not None:  # the embedding's name in its captions, or its template
             prompts = [rewrite(prompt, rng) for prompt in prompts]
         with contextlib.nullcontext() if trains_text else torch.no_grad():
@@ -319,9 +330,11 @@ def _latent_source(config, bundle, plan, device, progress):
     or encoded each step."""
     encode = _vae_encoder(bundle, device)
     if config.cache_latents:
-        cache = LatentCache(encode, bundle.vae_fingerprint(), config.flip_aug,
-                            config.cache_latents_to_disk, config.latents_cache_dir)
-        cache.fill(plan.training_set.examples, progress)
+        # Both orientations are cached when any subset flips.
+        flips = any(example_flip_aug(config, e) for e in plan.training_set.examples)
+        cache = LatentCache(encode, bundle.vae_fingerprint(), flips, config.cache_latents_to_disk,
+                            config.latents_cache_dir)
+        cache.fill(plan.cached_examples, progress)
         if cache.reused_from_disk:
             progress.status(f"reused {cache.reused_from_disk} cached latents from disk")
 
@@ -332,7 +345,7 @@ def _latent_source(config, bundle, plan, device, progress):
         return from_cache
 
     def encode_each_step(batch, flips, rng):
-        crops = [crop_box(e.placement, config.random_crop, rng) for e in batch]
+        crops = [crop_box(e.placement, example_random_crop(config, e), rng) for e in batch]
         pixels = torch.stack([load_pixels(e.path, e.placement, crop, flip)
                               for e, crop, flip in zip(batch, crops, flips)])
         sizes = [size_condition(e.item.size, e.placement, crop) for e, crop in zip(batch, crops)]

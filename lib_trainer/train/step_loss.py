@@ -13,6 +13,7 @@ import dataclasses
 
 import torch
 
+from ..dataset.dataset_config import example_flip_aug
 from . import losses
 from . import noise as diffusion
 
@@ -20,7 +21,7 @@ from . import noise as diffusion
 def batch_loss(config, bundle, batch, latents, prompts, schedule, device, data_rng, noise_rng) -> torch.Tensor:
     """Noise the latents at random timesteps and score the model's prediction of the target.
     Every random draw of the diffusion side comes from `noise_rng`, in a fixed order."""
-    flips = [config.flip_aug and data_rng.random() < 0.5 for _ in batch]
+    flips = [example_flip_aug(config, example) and data_rng.random() < 0.5 for example in batch]
     x0, sizes = latents(batch, flips, data_rng)
     x0 = x0.to(device)
     conditioning = prompts(batch, data_rng)

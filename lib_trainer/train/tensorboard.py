@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import time
 
-from ..progress import END, STEP, ProgressEvent
+from ..progress import END, STEP, VALIDATION, ProgressEvent
 from ..errors import Unavailable
 
 SCALARS = {"loss": "loss/current", "avg_loss": "loss/average", "lr": "lr/unet", "lr_te": "lr/text_encoder",
@@ -27,6 +27,8 @@ class TensorBoardSink:
             for key, tag in SCALARS.items():
                 if key in event.info:
                     self.writer.add_scalar(tag, event.info[key], event.done)
+        elif event.kind == VALIDATION:
+            self.writer.add_scalar("loss/validation", event.info["validation_loss"], event.done)
         elif event.kind == END and event.label == "training":
             self.writer.flush()
 

@@ -19,6 +19,7 @@ from ..config import ConfigError, TrainConfig, coerce_values
 
 GROUP_TITLES = {"model": "Model", "dataset": "Dataset", "network": "Network", "optimizer": "Optimizer",
                 "training": "Training", "noise": "Noise, timesteps and loss", "sampling": "Samples",
+                "validation": "Validation loss",
                 "embedding": "Embedding (textual inversion)", "hypernetwork": "Hypernetwork"}
 HIDDEN_GROUPS = ("meta",)  # config_version: a file-format detail, not a setting
 

@@ -52,13 +52,14 @@ def loss_frame(view: RunView):
 
     rows = [(step, loss, "loss") for step, loss, _ in view.losses]
     rows += [(step, avg, "average") for step, _, avg in view.losses]
+    rows += [(step, loss, "validation") for step, loss in view.validation_losses]
     return pd.DataFrame(rows, columns=["step", "loss", "series"])
 
 
 def queue_rows(items: list[QueueItem]) -> list[list]:
     rows = []
     for item in items:
-        folder = item.config.get("train_data_dir", "")
+        folder = item.config.get("dataset_config") or item.config.get("train_data_dir", "")
         dataset = os.path.basename(os.path.normpath(folder)) if folder else "-"
         detail = item.error or item.result or item.note
         if item.resumable():

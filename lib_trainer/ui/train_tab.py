@@ -31,7 +31,7 @@ from ..errors import InvalidInput, is_expected, log_unexpected, user_message
 BEGINNER_FIELDS = (("pretrained_model_name_or_path",), ("train_data_dir", "trigger_word"),
                    ("output_dir", "output_name"))
 PATH_FIELDS = ("train_data_dir", "reg_data_dir", "output_dir", "logging_dir", "latents_cache_dir", "vae",
-               "network_weights", "resume")
+               "network_weights", "resume", "dataset_config")
 
 
 def absolute_paths(config: TrainConfig) -> TrainConfig:

@@ -13,7 +13,7 @@ from typing import Callable
 
 from ...config import TrainConfig
 from ..buckets import BucketAssigner
-from ..plan import bucket_settings, scan_config_dataset
+from ..plan import bucket_settings, dataset_assigners, scan_config_dataset
 from ..training_set import TrainingSet
 from .captions import caption_findings, tag_frequency
 from .concepts import concept_findings, concept_rows
@@ -46,7 +46,8 @@ def examine(config: TrainConfig, trigger_word: str | None = None,
     trigger = config.trigger_word if trigger_word is None else trigger_word
     scan = scan_config_dataset(config)
     training_set = TrainingSet(scan, BucketAssigner(bucket_settings(config)), config.train_batch_size,
-                               config.trigger_word, config.caption_separator, config.prior_loss_weight)
+                               config.trigger_word, config.caption_separator, config.prior_loss_weight,
+                               dataset_assigners(config, scan))
     resolution = config.resolution_wh()
     report = Report(os.path.abspath(config.train_data_dir), resolution)
     train = [e for e in training_set.examples if not e.item.concept.is_reg]
