@@ -96,6 +96,22 @@ def test_validation_loss_is_fixed_for_fixed_weights_and_in_eval_mode(small_root,
         assert changed != first
         assert validator.loss() == changed  # dropout is off while validating
 
+        # every batch is scored at sd-scripts' four fixed timesteps, whatever the generators hold
+        from lib_trainer.train import noise, validation
+        drawn, real = [], noise.sample_timesteps
+
+        def recorded(*args, **kwargs):
+            drawn.append(real(*args, **kwargs).tolist())
+            return torch.tensor(drawn[-1])
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(noise, "sample_timesteps", recorded)
+            validator.loss()
+        assert sorted({t for batch in drawn for t in batch}) == [200, 400, 600, 800]
+        assert len(drawn) == 4 * len(validator.batches)
+        assert validation.validation_timesteps(config.replace(min_timestep=100, max_timestep=900)) == \
+            [260, 420, 580, 740]  # numpy.linspace(100, 900, 6, dtype=int)[1:-1], sd-scripts' choice
+
 
 class _FakeValidatorPlan:
     validation_batches = [["a"], ["b"], ["c"]]

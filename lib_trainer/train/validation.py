@@ -1,8 +1,8 @@
 """The validation loss: the training loss on held-out images (dataset/validation_split.py),
 with the same noise and timesteps at every pass, so its values compare across the run.
 
-sd-scripts' validation (train_network.py) scores each held-out batch at four timesteps
-spread over the schedule, with its random generators re-seeded by `validation_seed` (the
+sd-scripts' validation (train_network.py) scores each held-out batch at four fixed timesteps
+spread over [min_timestep, max_timestep] (200, 400, 600 and 800 by default), with its random generators re-seeded by `validation_seed` (the
 run's `seed` when not set) for each pass, without gradients and with the network in eval
 mode. Here each pass draws from its own generators, seeded the same way each time, so it
 sees the same images, noise and timesteps at every pass and leaves the training's
@@ -24,8 +24,16 @@ import torch
 from .precision import autocast
 from .step_loss import batch_loss
 
-# sd-scripts scores each batch at NUM_VALIDATION_TIMESTEPS = 4 timesteps.
-DRAWS_PER_BATCH = 4
+# sd-scripts scores each batch at 4 timesteps, evenly inside the trained range.
+TIMESTEPS_PER_BATCH = 4
+
+
+def validation_timesteps(config) -> list[int]:
+    """The timesteps every batch is scored at: the inner points of an even split of
+    [min_timestep, max_timestep] into 5 parts, rounded down, as sd-scripts picks them."""
+    low, high = config.min_timestep, config.max_timestep
+    parts = TIMESTEPS_PER_BATCH + 1
+    return [int(low + (high - low) * i / parts) for i in range(1, parts)]
 
 
 def validation_seed(config) -> int:
@@ -69,8 +77,10 @@ class Validator:
         return self.latest
 
     def loss(self) -> float:
-        """The mean loss over the held-out examples, each batch scored DRAWS_PER_BATCH times."""
+        """The mean loss over the held-out examples, each batch scored at every validation timestep."""
         seed = validation_seed(self.config)
+        # min = max timestep: batch_loss trains that one timestep
+        pinned = [self.config.replace(min_timestep=t, max_timestep=t) for t in validation_timesteps(self.config)]
         data_rng, noise_rng = random.Random(seed), torch.Generator().manual_seed(seed)
         was_training = self.trainable.training
         self.trainable.eval()  # dropout, rank and module dropout off
@@ -78,8 +88,8 @@ class Validator:
         try:
             with torch.no_grad(), autocast(self.device, self.config.mixed_precision):
                 for batch in self.batches:
-                    for _ in range(DRAWS_PER_BATCH):
-                        loss = batch_loss(self.config, self.bundle, batch, self.latents, self.prompts,
+                    for config in pinned:
+                        loss = batch_loss(config, self.bundle, batch, self.latents, self.prompts,
                                           self.schedule, self.device, data_rng, noise_rng)
                         total += loss.item() * len(batch)
                         count += len(batch)
