@@ -10,7 +10,8 @@ from ..config import TrainConfig
 from ..train.schedulers import effective_scheduler, warmup_steps
 from .buckets import BucketAssigner, BucketSettings
 from .captions import CaptionOptions
-from .folders import DatasetScan, scan_dataset
+from .folders import DatasetError, DatasetScan, scan_dataset
+from .masks import mask_file_problems
 from .training_set import TrainingSet, steps_per_epoch
 
 PREVIEW_COUNT = 3
@@ -113,11 +114,18 @@ def bucket_settings(config: TrainConfig) -> BucketSettings:
                           config.max_bucket_reso, config.bucket_reso_steps, config.bucket_no_upscale)
 
 
-def caption_options(config: TrainConfig) -> CaptionOptions:
+def caption_options(config: TrainConfig, total_steps: int = 0) -> CaptionOptions:
+    """The run's caption options; `total_steps` resolves a token_warmup_step below 1 (a
+    fraction of the run, rounded down as kohya does)."""
     # The trigger word is put first and stays first: shuffling and tag dropout never move it.
     keep = max(config.keep_tokens, 1 if config.trigger_word.strip() else 0)
+    warmup = config.token_warmup_step
+    warmup_steps = math.floor(warmup * total_steps) if warmup < 1 else int(warmup)
     return CaptionOptions(config.shuffle_caption, keep, config.caption_separator,
-                          config.caption_dropout_rate, config.caption_tag_dropout_rate)
+                          config.caption_dropout_rate, config.caption_tag_dropout_rate,
+                          config.keep_tokens_separator, config.secondary_separator, config.enable_wildcard,
+                          config.caption_prefix, config.caption_suffix, config.caption_dropout_every_n_epochs,
+                          config.token_warmup_min, warmup_steps)
 
 
 def make_plan(config: TrainConfig, count_tokens: Callable[[str], int] | None = None) -> TrainingPlan:
@@ -128,12 +136,15 @@ def make_plan(config: TrainConfig, count_tokens: Callable[[str], int] | None = N
 
 def scan_config_dataset(config: TrainConfig) -> DatasetScan:
     return scan_dataset(config.train_data_dir, config.reg_data_dir, config.caption_extension,
-                        min_side=min(64, config.bucket_reso_steps))
+                        min_side=min(64, config.bucket_reso_steps), keep_lines=config.enable_wildcard)
 
 
 def plan_from_scan(config: TrainConfig, scan: DatasetScan,
                    count_tokens: Callable[[str], int] | None = None) -> TrainingPlan:
     """`make_plan` over a scan already made (the step planner tries repeats on one scan)."""
+    mask_problems = mask_file_problems(config, scan.items)
+    if mask_problems:
+        raise DatasetError("\n".join(mask_problems))
     training_set = TrainingSet(scan, BucketAssigner(bucket_settings(config)), config.train_batch_size,
                                config.trigger_word, config.caption_separator, config.prior_loss_weight)
     per_epoch = steps_per_epoch(training_set.batches_per_epoch(), config.gradient_accumulation_steps)

@@ -9,6 +9,7 @@ import os
 from collections import Counter
 
 from ..config import TrainConfig
+from ..dataset.caption_image_checks import parse_face_crop_range
 from ..dataset.captions import split_tags
 from ..dataset.training_set import TrainingSet, steps_per_epoch
 
@@ -71,7 +72,7 @@ def training_metadata(config: TrainConfig, training_set: TrainingSet, family: st
         "ss_resolution": f"({width}, {height})",
         "ss_flip_aug": config.flip_aug,
         "ss_random_crop": config.random_crop,
-        "ss_color_aug": False,
+        "ss_color_aug": config.color_aug,
         "ss_shuffle_caption": config.shuffle_caption,
         "ss_keep_tokens": config.keep_tokens,
         "ss_enable_bucket": config.enable_bucket,
@@ -90,10 +91,32 @@ def training_metadata(config: TrainConfig, training_set: TrainingSet, family: st
         "modelspec.resolution": f"{width}x{height}",
         "modelspec.prediction_type": "v" if prediction_type == "v_prediction" else "epsilon",
     }
+    meta.update(caption_image_metadata(config))
     for key, value in zip(("ss_sd_model_hash", "ss_new_sd_model_hash"), model_hashes):
         if value:
             meta[key] = value
     return {key: _text(value) for key, value in meta.items()}
+
+
+def caption_image_metadata(config: TrainConfig) -> dict:
+    """The caption, augmentation and mask options, as sd-scripts writes them: unset ones as
+    None (a face range as its tuple); the separators, prefix and suffix, which kohya keeps in
+    ss_datasets, and the masks, at the top level too, so every run shows them."""
+    return {
+        "ss_caption_dropout_every_n_epochs": config.caption_dropout_every_n_epochs,
+        "ss_face_crop_aug_range": parse_face_crop_range(config.face_crop_aug_range),
+        "ss_resize_interpolation": config.resize_interpolation or None,
+        "ss_keep_tokens_separator": config.keep_tokens_separator,
+        "ss_secondary_separator": config.secondary_separator or None,
+        "ss_enable_wildcard": config.enable_wildcard,
+        "ss_caption_prefix": config.caption_prefix or None,
+        "ss_caption_suffix": config.caption_suffix or None,
+        "ss_token_warmup_min": config.token_warmup_min,
+        "ss_token_warmup_step": config.token_warmup_step,
+        "ss_weighted_captions": config.weighted_captions,
+        "ss_masked_loss": config.masked_loss,
+        "ss_alpha_mask": config.alpha_mask,
+    }
 
 
 def base_model_version(family: str, prediction_type: str) -> str:

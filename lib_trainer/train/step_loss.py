@@ -15,7 +15,7 @@ from . import noise as diffusion
 def batch_loss(config, bundle, batch, latents, prompts, schedule, device, data_rng, noise_rng) -> torch.Tensor:
     """Noise the latents at random timesteps and score the model's prediction of the target."""
     flips = [config.flip_aug and data_rng.random() < 0.5 for _ in batch]
-    x0, sizes = latents(batch, flips, data_rng)
+    x0, sizes, masks = latents(batch, flips, data_rng)
     x0 = x0.to(device)
     conditioning = prompts(batch, data_rng)
 
@@ -26,6 +26,8 @@ def batch_loss(config, bundle, batch, latents, prompts, schedule, device, data_r
 
     prediction = bundle.predict(noisy, timesteps, conditioning, sizes)
     per_sample = torch.nn.functional.mse_loss(prediction.float(), target.float(), reduction="none")
+    if masks is not None:  # masked_loss / alpha_mask: masked-out latents add nothing (dataset/masks.py)
+        per_sample = per_sample * masks.to(device)
     per_sample = per_sample.mean(dim=(1, 2, 3))
     weights = torch.tensor([example.loss_weight for example in batch], device=device)
     if config.min_snr_gamma:
