@@ -178,3 +178,27 @@ def test_the_options_are_fields_of_the_dataset_accordion_and_read_back():
     values.update(caption_prefix="pre", resize_interpolation="nearest", color_aug=True, cache_latents=False)
     config, problems = form.read([values[name] for name in form.components])
     assert (config.caption_prefix, config.resize_interpolation, config.color_aug) == ("pre", "nearest", True)
+
+
+def test_a_run_passes_its_step_and_epoch_to_the_captions(tmp_path):
+    """Token warm-up grows with the steps and every 2nd epoch trains empty captions."""
+    import os
+
+    from conftest import quick_config
+    from lib_trainer.demo_data import DEMO_FOLDER, make_demo_dataset
+    from lib_trainer.hosts import load_bundle
+    from lib_trainer.train.loop import train
+
+    root = make_demo_dataset(str(tmp_path / "data"), count=2, size=64)
+    os.rename(os.path.join(root, DEMO_FOLDER), os.path.join(root, "1_" + DEMO_FOLDER.split("_", 1)[1]))
+
+    bundle = load_bundle("tiny:sd1")
+    seen = []
+    encode = bundle.encode_prompts
+    bundle.encode_prompts = lambda prompts, length=75: seen.append(list(prompts)) or encode(prompts, length)
+    config = quick_config(root, str(tmp_path / "out"), train_batch_size=2, max_train_steps=4, token_warmup_min=1,
+                          token_warmup_step=4, caption_dropout_every_n_epochs=2, network_train_unet_only=True)
+    train(config, bundle=bundle)
+    counts = [{len(p.split(", ")) if p else 0 for p in prompts} for prompts in seen]
+    # one step per epoch; the trigger word is kept, then floor(step * (4 - 1) / 4) + 1 of its 4 other tags
+    assert counts == [{2}, {0}, {3}, {0}]
