@@ -43,7 +43,7 @@ def test_kohya_ss_gui_lora_type_decides_the_convolution_rank_on_the_cli_and_in_t
     assert (config.max_train_epochs, config.resolution, config.lr_warmup_steps, config.optimizer_type,
             config.xformers, config.keep_tokens, config.seed) == (4, "768", 0.1, "Lion", True, 1, 1234)
     err = capsys.readouterr().err
-    assert f"note: {path}: not used here (4): adaptive_noise_scale, additional_parameters, color_aug, model_list" \
+    assert f"note: {path}: not used here (3): adaptive_noise_scale, additional_parameters, model_list" \
         in err
     assert read_config_file(str(path), TrainConfig())[0] == config
 
@@ -53,16 +53,16 @@ def test_the_cli_lists_what_an_sd_scripts_toml_sets_that_is_not_used_here(tmp_pa
     path.write_text('[model_arguments]\npretrained_model_name_or_path = "/models/sd15.safetensors"\nv2 = false\n'
                     '[additional_network_arguments]\nnetwork_dim = 64\nnetwork_alpha = 32\n'
                     'network_module = "networks.lora"\n'
-                    '[training_arguments]\ncolor_aug = false\nface_crop_aug_range = "2.0,4.0"\n'
+                    '[training_arguments]\ndebug_dataset = false\nwandb_api_key = "key"\n'
                     'save_model_as = "safetensors"\nmax_train_epochs = 3\n')
     config = cli_config(path, "--network_dim", "16")
     err = capsys.readouterr().err
     assert (config.network_dim, config.network_alpha, config.max_train_epochs) == (16, 32.0, 3)  # the flag wins
-    assert f"note: {path}: not used here (2): color_aug, face_crop_aug_range" in err
+    assert f"note: {path}: not used here (2): debug_dataset, wandb_api_key" in err
     assert f"note: {path}: save_model_as ignored: files are always written as .safetensors" in err
     ui_config, notes = read_config_file(str(path), TrainConfig())
     assert ui_config == config.replace(network_dim=64)
-    assert "not used here (2): color_aug, face_crop_aug_range" in notes
+    assert "not used here (2): debug_dataset, wandb_api_key" in notes
 
 
 def test_a_lora_scripts_toml_imports_on_the_cli_as_in_the_ui(tmp_path, capsys):
