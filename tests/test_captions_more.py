@@ -131,6 +131,32 @@ def test_weighted_captions_scale_the_words_hidden_states(tiny_bundle):
     assert not torch.allclose(literal, plain)  # off, the brackets are words of the caption
 
 
+def test_weighted_captions_follow_long_captions_into_their_second_chunk(tiny_bundle):
+    import torch
+
+    words = " ".join(["cat"] * 80)
+    with torch.no_grad():
+        plain = tiny_bundle.encode_prompts([words + " dog"], 150).context
+        weighted = tiny_bundle.encode_weighted_prompts([words + " (dog:2)"], 150).context
+    # 81 tokens: 75 in the first chunk, 6 in the second (positions 77 + 1 .. 77 + 6)
+    dog = 77 + 6
+    assert torch.allclose(weighted[0, dog], plain[0, dog] * 2, atol=1e-5)
+    assert torch.allclose(weighted[0, :dog], plain[0, :dog], atol=1e-5)
+
+
+def test_weighted_captions_on_sdxl_weight_both_encoders():
+    import torch
+
+    from lib_trainer.hosts import load_bundle
+
+    bundle = load_bundle("tiny:sdxl")
+    with torch.no_grad():
+        plain = bundle.encode_prompts(["a red ball"])
+        weighted = bundle.encode_weighted_prompts(["a (red:0.5) ball"])
+    assert torch.allclose(weighted.context[0, 2], plain.context[0, 2] * 0.5, atol=1e-5)
+    assert torch.allclose(weighted.pooled, plain.pooled)  # as kohya: the pooled output is left as it is
+
+
 def test_bad_combinations_are_refused():
     problems = TrainConfig(weighted_captions=True, cache_text_encoder_outputs=True,
                            network_train_unet_only=True).problems()

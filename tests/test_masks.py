@@ -152,6 +152,11 @@ def test_mask_options_and_missing_masks_are_refused_by_name(tmp_path):
         make_plan(config)
     assert "ball_02.png" in str(error.value) and "ball_00.png" not in str(error.value).split("mask in")[-1]
     assert "ball_01.png is 32x32" in str(error.value)
+    half_mask(masks / "ball_01.png", (64, 64))
+    half_mask(masks / "ball_02.png", (64, 64))
+    half_mask(masks / "stray.png", (64, 64))
+    plan = make_plan(config)
+    assert "masks of no training image, not used (1): stray.png" in plan.summary()
 
 
 def test_a_run_with_black_masks_leaves_the_lora_untouched(tmp_path):

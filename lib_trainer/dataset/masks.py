@@ -100,3 +100,21 @@ def mask_file_problems(config, items) -> list[str]:
     if wrong_size:
         found.append("masked_loss: masks must be the size of their image: " + "; ".join(wrong_size))
     return found
+
+
+def unmatched_mask_warning(config, items) -> list[str]:
+    """One line naming the mask pictures that belong to no image (kohya refuses them; here they
+    are only left unused, since the images that do have masks train as they should)."""
+    if not (config.masked_loss and config.conditioning_data_dir) or config.alpha_mask:
+        return []
+    used = {os.path.abspath(path) for item in items if (path := find_mask(config.conditioning_data_dir, item.path))}
+    places = [config.conditioning_data_dir] + sorted({os.path.join(config.conditioning_data_dir,
+                                                                   os.path.basename(item.concept.folder))
+                                                      for item in items})
+    unused = sorted(os.path.relpath(os.path.join(place, name), config.conditioning_data_dir)
+                    for place in places if os.path.isdir(place) for name in os.listdir(place)
+                    if is_image_file(name) and os.path.abspath(os.path.join(place, name)) not in used)
+    if not unused:
+        return []
+    return [f"conditioning_data_dir {config.conditioning_data_dir}: masks of no training image, not used "
+            f"({len(unused)}): {', '.join(unused)}"]

@@ -11,7 +11,7 @@ from ..train.schedulers import effective_scheduler, warmup_steps
 from .buckets import BucketAssigner, BucketSettings
 from .captions import CaptionOptions
 from .folders import DatasetError, DatasetScan, scan_dataset
-from .masks import mask_file_problems
+from .masks import mask_file_problems, unmatched_mask_warning
 from .training_set import TrainingSet, steps_per_epoch
 
 PREVIEW_COUNT = 3
@@ -72,7 +72,7 @@ class TrainingPlan:
         if self.over_length:
             lines.append(f"  {len(self.over_length)} captions are longer than max_token_length={c.max_token_length} "
                          f"and will be cut, e.g. {self.over_length[0][0]} ({self.over_length[0][1]} tokens)")
-        if caption_options(c).is_random:
+        if caption_options(c, self.total_steps).is_random:
             lines.append("Prompt previews (caption as written; shuffled/dropped anew at each step):")
         else:
             lines.append("Prompt previews (as trained):")
@@ -145,6 +145,7 @@ def plan_from_scan(config: TrainConfig, scan: DatasetScan,
     mask_problems = mask_file_problems(config, scan.items)
     if mask_problems:
         raise DatasetError("\n".join(mask_problems))
+    scan.warnings.extend(unmatched_mask_warning(config, scan.items))
     training_set = TrainingSet(scan, BucketAssigner(bucket_settings(config)), config.train_batch_size,
                                config.trigger_word, config.caption_separator, config.prior_loss_weight)
     per_epoch = steps_per_epoch(training_set.batches_per_epoch(), config.gradient_accumulation_steps)

@@ -159,7 +159,8 @@ def tag_frequency(training_set: TrainingSet, separator: str) -> dict:
         if example.item.concept.is_reg:
             continue
         counter = frequency.setdefault(_folder_name(example.item.concept.folder), Counter())
-        counter.update(set(split_tags(example.caption, separator)))
+        # A caption of several lines (enable_wildcard trains one of them) counts each line's tags.
+        counter.update(set(split_tags(example.caption.replace("\n", separator), separator)))
     return {folder: dict(counter) for folder, counter in frequency.items()}
 
 
