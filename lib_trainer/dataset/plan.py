@@ -156,7 +156,8 @@ def plan_from_scan(config: TrainConfig, scan: DatasetScan,
     over = []
     if count_tokens is not None:
         for example in training_set.examples:
-            tokens = count_tokens(example.caption)
+            # one line of a caption of several lines trains at a time (enable_wildcard)
+            tokens = max(count_tokens(line) for line in example.caption.split("\n"))
             if tokens > config.max_token_length:
                 over.append((example.path, tokens))
     return TrainingPlan(config, training_set, per_epoch, total, epochs, previews, over, length)

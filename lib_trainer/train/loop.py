@@ -18,12 +18,11 @@ import torch
 
 from ..config import TrainConfig
 from ..dataset.latent_cache import LatentCache
-from ..dataset.pixels import crop_box, load_pixels, size_condition
+from ..dataset.pixels import crop_box, size_condition
 from ..dataset.plan import TrainingPlan, caption_options, make_plan
 from ..dataset.captions import CaptionClock, training_caption
-from ..dataset.face_crop import face_from_name, face_view
-from ..dataset.caption_image_checks import parse_face_crop_range
 from ..dataset.masks import mask_source
+from ..dataset.step_pictures import StepPictures
 from ..errors import InvalidInput, UserError
 from ..formats.metadata import training_metadata
 from ..hosts.bundle import ModelBundle
@@ -327,26 +326,12 @@ def _latent_source(config, bundle, plan, device, progress):
 
         return from_cache
 
-    face_range = parse_face_crop_range(config.face_crop_aug_range)
-
-    def view(example, rng):
-        """(placement, crop corner) of this step: a face-centred crop, or the bucket's."""
-        face = face_from_name(example.path) if face_range else None
-        if face is not None:
-            return face_view(example.item.size, example.placement.bucket, face, face_range, config.random_crop, rng)
-        return example.placement, crop_box(example.placement, config.random_crop, rng)
+    pictures = StepPictures(config)
 
     def encode_each_step(batch, flips, rng):
-        views = [view(e, rng) for e in batch]
-        color_rng = rng if config.color_aug else None
-        pixels = torch.stack([load_pixels(e.path, placement, crop, flip, config.resize_interpolation, color_rng)
-                              for e, (placement, crop), flip in zip(batch, views, flips)])
-        sizes = [size_condition(e.item.size, placement, crop) for e, (placement, crop) in zip(batch, views)]
-        latents = encode(pixels)
-        loss_masks = None if masks is None else torch.stack([
-            masks.load(e.path, placement, crop, flip, tuple(latents.shape[-2:]))
-            for e, (placement, crop), flip in zip(batch, views, flips)])
-        return latents, torch.tensor(sizes), loss_masks
+        views = pictures.views(batch, rng)
+        latents = encode(pictures.pixels(batch, views, flips, rng))
+        return latents, pictures.sizes(batch, views), pictures.loss_masks(batch, views, flips, latents.shape[-2:])
 
     return encode_each_step
 
