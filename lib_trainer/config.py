@@ -50,6 +50,9 @@ HYPERNETWORK_ACTIVATIONS = (
     "linear", "relu", "leakyrelu", "elu", "swish", "tanh", "sigmoid", "celu", "gelu", "hardshrink", "hardsigmoid",
     "hardtanh", "logsigmoid", "logsoftmax", "mish", "prelu", "relu6", "rrelu", "selu", "silu", "softmax", "softmax2d",
     "softmin", "softplus", "softshrink", "softsign", "tanhshrink")
+# kohya's resize_interpolation names (library/utils.py); linear and cubic are other names of bilinear
+# and bicubic, box is area. Empty: kohya's default.
+RESIZE_INTERPOLATIONS = ("", "lanczos", "nearest", "bilinear", "linear", "bicubic", "cubic", "area", "box")
 HYPERNETWORK_INITS = ("Normal", "XavierUniform", "XavierNormal", "KaimingUniform", "KaimingNormal")
 
 
@@ -98,6 +101,48 @@ class TrainConfig:
     bucket_no_upscale: bool = option(False, "Never upscale images to fill a bucket.", "dataset")
     random_crop: bool = option(False, "Random instead of centre crop to the bucket.", "dataset")
     flip_aug: bool = option(False, "Randomly mirror images horizontally.", "dataset")
+    # --- captions, augmentation and loss masks (issue 14) ---
+    keep_tokens_separator: str = option(
+        "", "A separator written in captions (e.g. |||): the tags before it stay in place when shuffling, "
+        "instead of the first keep_tokens; the tags after a second one stay in place at the end.", "dataset",
+        differs="the separator is taken out of the caption even when nothing shuffles (kohya then trains it as text)")
+    secondary_separator: str = option(
+        "", "A separator inside a tag (e.g. ;;;): the tags it joins shuffle and drop as one, and it becomes "
+        "caption_separator after that.", "dataset")
+    enable_wildcard: bool = option(
+        False, "Captions may hold {a|b|c}: one choice is drawn each step; a caption file of several lines "
+        "trains one line, drawn each step ({{ and }} are plain braces).", "dataset")
+    caption_prefix: str = option("", "Text put before every caption (with a space).", "dataset")
+    caption_suffix: str = option("", "Text put after every caption (with a space).", "dataset")
+    caption_dropout_every_n_epochs: int = option(
+        0, "Train every N-th epoch with all captions empty (0 = never).", "dataset", minimum=0)
+    token_warmup_min: int = option(
+        1, "Token warm-up: the tags trained at step 0 (the first ones after the kept ones).", "dataset", minimum=0)
+    token_warmup_step: float = option(
+        0.0, "Token warm-up: the step at which captions reach all their tags, growing evenly from "
+        "token_warmup_min (below 1: a fraction of all steps; 0 = off).", "dataset", minimum=0.0)
+    weighted_captions: bool = option(
+        False, "Read (word:1.2), (word) and [word] in captions as emphasis weights on the text encoder's output, "
+        "as the WebUI reads prompts. Keep commas out of the brackets when shuffling or dropping tags.", "dataset")
+    color_aug: bool = option(
+        False, "Weak colour augmentation: a third of the steps shift the hue a little or apply a slight gamma "
+        "(needs cache_latents off).", "dataset",
+        differs="the gamma is applied to 0..1 values, as the albumentations transform kohya's code replaced did")
+    face_crop_aug_range: str = option(
+        "", "Face-centred crop, e.g. 2.0,4.0: the face is scaled to 1/4..1/2 of the side and the crop centred on "
+        "it; the face's position is read from the file name (name_cx_cy_w_h.png). Needs enable_bucket and "
+        "cache_latents off, as in kohya.", "dataset")
+    resize_interpolation: str = option(
+        "", "How pictures are resized to their bucket (empty: area when shrinking, lanczos when enlarging).",
+        "dataset", choices=RESIZE_INTERPOLATIONS)
+    alpha_mask: bool = option(
+        False, "Use each picture's transparency as a loss mask: transparent areas do not train.", "dataset")
+    masked_loss: bool = option(
+        False, "Weight the loss by a mask image per picture from conditioning_data_dir (its red channel: "
+        "white trains, black is ignored).", "dataset")
+    conditioning_data_dir: str = option(
+        "", "Folder of mask images named like the training images (a.png -> a.png/a.jpg...), directly in it or "
+        "in a subfolder named like the image's <repeats>_<concept> folder.", "dataset")
     cache_latents: bool = option(True, "Encode every image once with the VAE and keep the latents in memory.",
                                  "dataset")
     cache_latents_to_disk: bool = option(False, "Also keep the latents on disk and reuse them in later runs.",
@@ -461,6 +506,7 @@ class TrainConfig:
         found += self._noise_loss_problems()
         found += self._configio_problems()
         found += self._dataset_config_problems()
+        found += self._caption_image_problems()
         return found
 
     def _noise_loss_problems(self) -> list[str]:
@@ -541,6 +587,11 @@ class TrainConfig:
         if self.train_text_encoder():
             found.append("cache_text_encoder_outputs needs frozen text encoders: set network_train_unet_only")
         return found
+
+    def _caption_image_problems(self) -> list[str]:
+        from .dataset.caption_image_checks import caption_image_problems  # keeps this file short
+
+        return caption_image_problems(self)
 
     def _sampling_problems(self) -> list[str]:
         """A prompt file that cannot be read is reported now, not at the first sample."""

@@ -44,7 +44,7 @@ def test_kohya_ss_gui_lora_type_decides_the_convolution_rank_on_the_cli_and_in_t
             config.xformers, config.keep_tokens, config.seed) == (4, "768", 0.1, "Lion", True, 1, 1234)
     err = capsys.readouterr().err
     # adaptive_noise_scale 0 is the GUI's "off" and additional_parameters "" adds nothing: not listed
-    assert f"note: {path}: not used here (2): color_aug, model_list" in err
+    assert f"note: {path}: not used here (1): model_list" in err
     assert read_config_file(str(path), TrainConfig())[0] == config
 
 
@@ -53,16 +53,16 @@ def test_the_cli_lists_what_an_sd_scripts_toml_sets_that_is_not_used_here(tmp_pa
     path.write_text('[model_arguments]\npretrained_model_name_or_path = "/models/sd15.safetensors"\nv2 = false\n'
                     '[additional_network_arguments]\nnetwork_dim = 64\nnetwork_alpha = 32\n'
                     'network_module = "networks.lora"\n'
-                    '[training_arguments]\ncolor_aug = false\nface_crop_aug_range = "2.0,4.0"\n'
+                    '[training_arguments]\ndebug_dataset = false\nwandb_api_key = "key"\n'
                     'save_model_as = "safetensors"\nmax_train_epochs = 3\n')
     config = cli_config(path, "--network_dim", "16")
     err = capsys.readouterr().err
     assert (config.network_dim, config.network_alpha, config.max_train_epochs) == (16, 32.0, 3)  # the flag wins
-    assert f"note: {path}: not used here (2): color_aug, face_crop_aug_range" in err
+    assert f"note: {path}: not used here (2): debug_dataset, wandb_api_key" in err
     assert "save_model_as" not in err  # an option here
     ui_config, notes = read_config_file(str(path), TrainConfig())
     assert ui_config == config.replace(network_dim=64)
-    assert "not used here (2): color_aug, face_crop_aug_range" in notes
+    assert "not used here (2): debug_dataset, wandb_api_key" in notes
 
 
 def test_a_lora_scripts_toml_imports_on_the_cli_as_in_the_ui(tmp_path, capsys):
@@ -108,7 +108,7 @@ def test_formats_are_told_apart_by_their_keys(tmp_path):
              "ours.json": ('{"network_dim": 8}', OURS),
              "sections.toml": ("[training_arguments]\nnetwork_dim = 8\n", SD_SCRIPTS),
              "flat-ours.toml": ("v2 = false\nnetwork_dim = 8\n", OURS),  # our names only: read strictly
-             "flat-sd.toml": ("v2 = false\ncolor_aug = false\nnetwork_dim = 8\n", SD_SCRIPTS),
+             "flat-sd.toml": ("v2 = false\ndebug_dataset = false\nnetwork_dim = 8\n", SD_SCRIPTS),
              "lora-scripts.toml": ('model_train_type = "sd-lora"\n', LORA_SCRIPTS)}
     for name, (text, kind) in cases.items():
         (tmp_path / name).write_text(text)

@@ -115,9 +115,9 @@ def test_kohya_ss_gui_length_warmup_and_learning_rates_follow_the_gui(tmp_path):
 
 def test_additional_parameters_are_read_as_our_flags_and_win(tmp_path):
     config, notes = gui(tmp_path, network_dim=8, additional_parameters='--network_dim 32 --shuffle_caption '
-                        '--network_args "conv_dim=4" --sdpa --color_aug')
+                        '--network_args "conv_dim=4" --sdpa --debug_dataset')
     assert (config.network_dim, config.shuffle_caption, config.network_args) == (32, True, ["conv_dim=4"])
-    assert "additional_parameters not used here: --sdpa --color_aug" in notes
+    assert "additional_parameters not used here: --sdpa --debug_dataset" in notes
 
 
 def test_the_toml_the_kohya_ss_gui_writes_for_a_run_maps_exactly():

@@ -201,7 +201,7 @@ batch_size = 4
 
     def latents(examples, flips, rng):
         seen.append(flips)
-        return torch.zeros(len(examples), 4, 8, 8), torch.zeros(len(examples), 6)
+        return torch.zeros(len(examples), 4, 8, 8), torch.zeros(len(examples), 6), None  # no loss masks
 
     class Bundle:
         prediction_type = "epsilon"
@@ -212,7 +212,7 @@ batch_size = 4
 
     rng, noise = random.Random(0), torch.Generator().manual_seed(0)
     for _ in range(16):
-        batch_loss(config, Bundle, batch, latents, lambda b, r: None, torch.linspace(0.99, 0.01, 10),
+        batch_loss(config.replace(max_timestep=10), Bundle, batch, latents, lambda b, r: None, torch.linspace(0.99, 0.01, 10),
                    torch.device("cpu"), rng, noise)
     assert not any(flips[0] or flips[1] for flips in seen)
     assert {flips[2] for flips in seen} == {True, False} and {flips[3] for flips in seen} == {True, False}
@@ -285,7 +285,9 @@ def test_dataset_config_from_the_command_line(tmp_path):
             config.max_validation_steps) == ("d.toml", 0.25, 3, 10, 2)
 
 
-def test_subset_alpha_mask_reaches_its_examples(tmp_path):
+def test_subset_alpha_mask_must_agree_with_the_run(tmp_path):
+    """Loss masks are one source for the whole run (dataset/masks.py): a subset asking for
+    alpha masks that the run does not use is refused, naming the subset; agreeing is fine."""
     masked, plain = _folder(str(tmp_path / "masked"), 1), _folder(str(tmp_path / "plain"), 1)
     toml = _toml(tmp_path, f"""
 [[datasets]]
@@ -295,9 +297,7 @@ def test_subset_alpha_mask_reaches_its_examples(tmp_path):
   [[datasets.subsets]]
   image_dir = "{plain}"
 """)
-    from lib_trainer.dataset.dataset_config import example_alpha_mask
-
-    config = _config(tmp_path, toml)
-    examples = make_plan(config).training_set.examples
-    assert {os.path.basename(e.item.concept.folder): example_alpha_mask(config, e) for e in examples} == \
-        {"masked": True, "plain": False}
+    with pytest.raises(ConfigError, match=r"subsets\]\] #1: alpha_mask cannot differ between subsets"):
+        make_plan(_config(tmp_path, toml))
+    examples = make_plan(_config(tmp_path, toml).replace(alpha_mask=True)).training_set.examples
+    assert len(examples) == 2

@@ -104,12 +104,12 @@ def test_kohya_ss_gui_json_imports_with_notes(tmp_path):
     path.write_text(json.dumps({
         "LoRA_type": "Standard", "epoch": 4, "max_resolution": "768,768", "lr_warmup": 10, "optimizer": "Lion",
         "network_dim": 32, "network_alpha": 16, "xformers": "xformers", "max_train_steps": "",
-        "unet_lr": 0.0002, "color_aug": False, "save_model_as": "safetensors"}))
+        "unet_lr": 0.0002, "debug_dataset": False, "save_model_as": "safetensors"}))
     config, notes = read_config_file(str(path), TrainConfig())
     assert (config.max_train_epochs, config.resolution, config.lr_warmup_steps, config.optimizer_type) == \
         (4, "768", 0.1, "Lion")
     assert (config.network_dim, config.unet_lr, config.xformers, config.conv_dim) == (32, 2e-4, True, 0)
-    assert any("color_aug" in note for note in notes)
+    assert any("debug_dataset" in note for note in notes)
     assert not any("save_model_as" in note for note in notes) and config.save_model_as == "safetensors"
 
 

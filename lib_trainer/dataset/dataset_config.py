@@ -210,7 +210,7 @@ def _subset(chain: list[dict], config: TrainConfig, base_dir: str, where: str,
         problems.append(f"{where}: random_crop needs a fresh crop every step: turn off cache_latents "
                         "(--no-cache_latents)")
     captions = _caption_settings(value, config, where, problems)
-    for key in ("color_aug", "face_crop_aug_range", "resize_interpolation"):
+    for key in ("color_aug", "face_crop_aug_range", "resize_interpolation", "alpha_mask"):
         if value[key] != _run_value(key, config):
             problems.append(f"{where}: {key} cannot differ between subsets here: set it for the whole run "
                             f"(--{key}) and leave it out of the dataset config")
@@ -345,9 +345,3 @@ def example_flip_aug(config: TrainConfig, example) -> bool:
 def example_random_crop(config: TrainConfig, example) -> bool:
     subset = example.item.concept.subset
     return config.random_crop if subset is None else subset.random_crop
-
-
-def example_alpha_mask(config: TrainConfig, example) -> bool:
-    """The subset's alpha_mask, else the run's (an option the masks' slice adds)."""
-    subset = example.item.concept.subset
-    return bool(getattr(config, "alpha_mask", False)) if subset is None else subset.alpha_mask

@@ -75,7 +75,7 @@ def parse_concept_folder(name: str) -> tuple[int, str] | None:
 
 
 def scan_dataset(train_data_dir: str, reg_data_dir: str = "", caption_extension: str = ".txt",
-                 min_side: int = 64) -> DatasetScan:
+                 min_side: int = 64, keep_lines: bool = False) -> DatasetScan:
     """Find concepts, images and captions; skip unusable images and say why.
 
     Raises DatasetError when nothing can be trained on, or when captions cannot be read
@@ -86,7 +86,7 @@ def scan_dataset(train_data_dir: str, reg_data_dir: str = "", caption_extension:
     roots = [(train_data_dir, False)] + ([(reg_data_dir, True)] if reg_data_dir else [])
     for root, is_reg in roots:
         for concept in _find_concepts(root, is_reg, scan):
-            _scan_concept(concept, caption_extension, min_side, scan, caption_problems)
+            _scan_concept(concept, caption_extension, min_side, scan, caption_problems, keep_lines)
     if caption_problems:
         raise DatasetError("Some captions cannot be used:\n  - " + "\n  - ".join(caption_problems))
     if not scan.train_items():
@@ -145,7 +145,7 @@ def _find_concepts(root: str, is_reg: bool, scan: DatasetScan) -> list[Concept]:
 
 
 def _scan_concept(concept: Concept, caption_extension: str, min_side: int, scan: DatasetScan,
-                  caption_problems: list[str]) -> None:
+                  caption_problems: list[str], keep_lines: bool = False) -> None:
     images = list_images(concept.folder)
     scan.hidden += hidden_images(concept.folder)
     scan.skipped.extend(unusable_files(concept.folder))
@@ -166,7 +166,7 @@ def _scan_concept(concept: Concept, caption_extension: str, min_side: int, scan:
         caption, from_file = concept.name, False
         if os.path.isfile(caption_path):
             try:
-                caption, from_file = read_caption(caption_path), True
+                caption, from_file = read_caption(caption_path, keep_lines), True
                 found_captions += 1
                 if not caption:
                     scan.warnings.append(f"{caption_path} is empty: the image trains with an empty caption")

@@ -28,17 +28,61 @@ def size_condition(image_size: tuple[int, int], placement: Placement, left_top: 
     return [height, width, top, left, bucket_h, bucket_w]
 
 
-def load_pixels(path: str, placement: Placement, left_top: tuple[int, int], flip: bool) -> torch.Tensor:
-    """A (3, H, W) float tensor in [-1, 1]."""
-    image = load_rgb(path)
+# resize_interpolation's names (kohya's, library/utils.py) -> PIL's filters. kohya resizes
+# "area" with OpenCV's INTER_AREA, which averages the pixels each output pixel covers when
+# shrinking: PIL's BOX filter does the same; enlarging, both repeat pixels (near nearest).
+RESIZE_FILTERS = {"lanczos": Image.LANCZOS, "nearest": Image.NEAREST, "bilinear": Image.BILINEAR,
+                  "linear": Image.BILINEAR, "bicubic": Image.BICUBIC, "cubic": Image.BICUBIC,
+                  "area": Image.BOX, "box": Image.BOX}
+
+
+def resize_filter(interpolation: str, size: tuple[int, int], target: tuple[int, int]) -> int:
+    """The PIL filter of `interpolation`; empty: kohya's default, area when shrinking (no side
+    grows), lanczos when enlarging."""
+    if not interpolation:
+        interpolation = "area" if target[0] <= size[0] and target[1] <= size[1] else "lanczos"
+    return RESIZE_FILTERS[interpolation]
+
+
+def fit_to_bucket(image: Image.Image, placement: Placement, left_top: tuple[int, int], flip: bool,
+                  interpolation: str = "") -> Image.Image:
+    """Resize to the placement, crop the bucket at `left_top`, mirror when `flip`: the same
+    steps for a picture and its loss mask, so the two stay aligned."""
     if image.size != placement.resized:
-        image = image.resize(placement.resized, Image.LANCZOS)
+        image = image.resize(placement.resized, resize_filter(interpolation, image.size, placement.resized))
     left, top = left_top
     image = image.crop((left, top, left + placement.bucket[0], top + placement.bucket[1]))
     if flip:
         image = image.transpose(Image.FLIP_LEFT_RIGHT)
+    return image
+
+
+def load_pixels(path: str, placement: Placement, left_top: tuple[int, int], flip: bool, interpolation: str = "",
+                color_rng: random.Random | None = None) -> torch.Tensor:
+    """A (3, H, W) float tensor in [-1, 1]; with `color_rng`, kohya's colour augmentation."""
+    image = fit_to_bucket(load_rgb(path), placement, left_top, flip, interpolation)
+    if color_rng is not None:
+        image = color_augment(image, color_rng)
     array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+
+
+HUE_SHIFT_LIMIT = 8.0  # kohya's, in OpenCV's hue units (180 a full turn): up to 16 degrees
+
+
+def color_augment(image: Image.Image, rng: random.Random) -> Image.Image:
+    """kohya's color_aug: a third of the time, either (even odds) the hue turns by up to 16
+    degrees either way or a gamma of 0.95..1.05 is applied; the picture's shapes never move."""
+    if rng.random() > 0.33:
+        return image
+    if rng.random() > 0.5:
+        turn = rng.uniform(-HUE_SHIFT_LIMIT, HUE_SHIFT_LIMIT) / 180.0  # of a full turn
+        hsv = np.asarray(image.convert("HSV")).copy()
+        hsv[..., 0] = np.rint(hsv[..., 0] + turn * 256.0).astype(np.int64) % 256  # PIL: 256 a turn
+        return Image.fromarray(hsv, "HSV").convert("RGB")
+    gamma = rng.uniform(0.95, 1.05)
+    values = (np.asarray(image, dtype=np.float64) / 255.0) ** gamma
+    return Image.fromarray(np.clip(np.rint(values * 255.0), 0, 255).astype(np.uint8), "RGB")
 
 
 def to_image(pixels: torch.Tensor) -> Image.Image:

@@ -11,7 +11,8 @@ from ..config import TrainConfig
 from ..train.schedulers import effective_scheduler, warmup_steps
 from .buckets import BucketAssigner, BucketSettings
 from .captions import CaptionOptions
-from .folders import Concept, DatasetScan, scan_dataset, scan_subsets
+from .folders import Concept, DatasetError, DatasetScan, scan_dataset, scan_subsets
+from .masks import mask_file_problems, unmatched_mask_warning
 from .training_set import Example, TrainingSet, steps_per_epoch
 from .validation_split import fixed_batches, split_validation
 
@@ -95,7 +96,7 @@ class TrainingPlan:
         if self.over_length:
             lines.append(f"  {len(self.over_length)} captions are longer than max_token_length={c.max_token_length} "
                          f"and will be cut, e.g. {self.over_length[0][0]} ({self.over_length[0][1]} tokens)")
-        if caption_options(c).is_random:
+        if caption_options(c, self.total_steps).is_random:
             lines.append("Prompt previews (caption as written; shuffled/dropped anew at each step):")
         else:
             lines.append("Prompt previews (as trained):")
@@ -137,11 +138,18 @@ def bucket_settings(config: TrainConfig) -> BucketSettings:
                           config.max_bucket_reso, config.bucket_reso_steps, config.bucket_no_upscale)
 
 
-def caption_options(config: TrainConfig) -> CaptionOptions:
+def caption_options(config: TrainConfig, total_steps: int = 0) -> CaptionOptions:
+    """The run's caption options; `total_steps` resolves a token_warmup_step below 1 (a
+    fraction of the run, rounded down as kohya does)."""
     # The trigger word is put first and stays first: shuffling and tag dropout never move it.
     keep = max(config.keep_tokens, 1 if config.trigger_word.strip() else 0)
+    warmup = config.token_warmup_step
+    warmup_steps = math.floor(warmup * total_steps) if warmup < 1 else int(warmup)
     return CaptionOptions(config.shuffle_caption, keep, config.caption_separator,
-                          config.caption_dropout_rate, config.caption_tag_dropout_rate)
+                          config.caption_dropout_rate, config.caption_tag_dropout_rate,
+                          config.keep_tokens_separator, config.secondary_separator, config.enable_wildcard,
+                          config.caption_prefix, config.caption_suffix, config.caption_dropout_every_n_epochs,
+                          config.token_warmup_min, warmup_steps)
 
 
 def validation_lines(plan: TrainingPlan) -> list[str]:
@@ -178,7 +186,7 @@ def scan_config_dataset(config: TrainConfig) -> DatasetScan:
         scan.datasets = specs
         return scan
     return scan_dataset(config.train_data_dir, config.reg_data_dir, config.caption_extension,
-                        min_side=min(64, config.bucket_reso_steps))
+                        min_side=min(64, config.bucket_reso_steps), keep_lines=config.enable_wildcard)
 
 
 def dataset_assigners(config: TrainConfig, scan: DatasetScan) -> list[tuple[BucketAssigner, int]]:
@@ -191,6 +199,10 @@ def dataset_assigners(config: TrainConfig, scan: DatasetScan) -> list[tuple[Buck
 def plan_from_scan(config: TrainConfig, scan: DatasetScan,
                    count_tokens: Callable[[str], int] | None = None) -> TrainingPlan:
     """`make_plan` over a scan already made (the step planner tries repeats on one scan)."""
+    mask_problems = mask_file_problems(config, scan.items)
+    if mask_problems:
+        raise DatasetError("\n".join(mask_problems))
+    scan.warnings.extend(unmatched_mask_warning(config, scan.items))
     datasets = dataset_assigners(config, scan)
     scan, held_out = split_validation(scan, config)
     training_set = TrainingSet(scan, datasets[0][0], config.train_batch_size, config.trigger_word,
@@ -205,7 +217,8 @@ def plan_from_scan(config: TrainConfig, scan: DatasetScan,
     over = []
     if count_tokens is not None:
         for example in training_set.examples:
-            tokens = count_tokens(example.caption)
+            # one line of a caption of several lines trains at a time (enable_wildcard)
+            tokens = max(count_tokens(line) for line in example.caption.split("\n"))
             if tokens > config.max_token_length:
                 over.append((example.path, tokens))
     return TrainingPlan(config, training_set, per_epoch, total, epochs, previews, over, length,

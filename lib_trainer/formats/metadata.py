@@ -9,6 +9,7 @@ import os
 from collections import Counter
 
 from ..config import TrainConfig
+from ..dataset.caption_image_checks import parse_face_crop_range
 from ..dataset.captions import split_tags
 from ..dataset.training_set import TrainingSet, steps_per_epoch
 
@@ -88,7 +89,7 @@ def training_metadata(config: TrainConfig, training_set: TrainingSet, family: st
         "ss_resolution": f"({width}, {height})",
         "ss_flip_aug": config.flip_aug,
         "ss_random_crop": config.random_crop,
-        "ss_color_aug": False,
+        "ss_color_aug": config.color_aug,
         "ss_shuffle_caption": config.shuffle_caption,
         "ss_keep_tokens": config.keep_tokens,
         "ss_enable_bucket": config.enable_bucket,
@@ -117,6 +118,7 @@ def training_metadata(config: TrainConfig, training_set: TrainingSet, family: st
     meta.update(network_args_metadata(config))
     if training_set.scan.datasets:
         meta["ss_datasets"] = json.dumps(datasets_metadata(training_set))
+    meta.update(caption_image_metadata(config))
     for key, value in zip(("ss_sd_model_hash", "ss_new_sd_model_hash"), model_hashes):
         if value:
             meta[key] = value
@@ -150,6 +152,8 @@ def user_modelspec(config: TrainConfig) -> dict[str, str]:
 def minimum_metadata(metadata: dict[str, str]) -> dict[str, str]:
     """The file's metadata under no_metadata: kohya's minimum keys and the modelspec.* keys."""
     return {key: value for key, value in metadata.items() if key in MINIMUM_KEYS or key.startswith("modelspec.")}
+
+
 def datasets_metadata(training_set: TrainingSet) -> list[dict]:
     """sd-scripts' ss_datasets for a dataset config: each dataset's batch size, resolution, buckets,
     image counts and subsets."""
@@ -178,6 +182,27 @@ def datasets_metadata(training_set: TrainingSet) -> list[dict]:
                                         for i, (b, n) in enumerate(buckets.items())}},
             "subsets": subsets})
     return datasets
+
+
+def caption_image_metadata(config: TrainConfig) -> dict:
+    """The caption, augmentation and mask options, as sd-scripts writes them: unset ones as
+    None (a face range as its tuple); the separators, prefix and suffix, which kohya keeps in
+    ss_datasets, and the masks, at the top level too, so every run shows them."""
+    return {
+        "ss_caption_dropout_every_n_epochs": config.caption_dropout_every_n_epochs,
+        "ss_face_crop_aug_range": parse_face_crop_range(config.face_crop_aug_range),
+        "ss_resize_interpolation": config.resize_interpolation or None,
+        "ss_keep_tokens_separator": config.keep_tokens_separator,
+        "ss_secondary_separator": config.secondary_separator or None,
+        "ss_enable_wildcard": config.enable_wildcard,
+        "ss_caption_prefix": config.caption_prefix or None,
+        "ss_caption_suffix": config.caption_suffix or None,
+        "ss_token_warmup_min": config.token_warmup_min,
+        "ss_token_warmup_step": config.token_warmup_step,
+        "ss_weighted_captions": config.weighted_captions,
+        "ss_masked_loss": config.masked_loss,
+        "ss_alpha_mask": config.alpha_mask,
+    }
 
 
 def base_model_version(family: str, prediction_type: str) -> str:
@@ -220,7 +245,8 @@ def tag_frequency(training_set: TrainingSet, separator: str) -> dict:
         if example.item.concept.is_reg:
             continue
         counter = frequency.setdefault(_folder_name(example.item.concept.folder), Counter())
-        counter.update(set(split_tags(example.caption, separator)))
+        # A caption of several lines (enable_wildcard trains one of them) counts each line's tags.
+        counter.update(set(split_tags(example.caption.replace("\n", separator), separator)))
     return {folder: dict(counter) for folder, counter in frequency.items()}
 
 

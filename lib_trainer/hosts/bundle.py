@@ -79,6 +79,13 @@ class ModelBundle:
         """Conditioning for a batch of prompts; gradients flow when text-encoder layers train."""
         raise NotImplementedError
 
+    # weighted_captions: a host that reads (word:1.2) emphasis in captions says so and encodes them.
+    supports_weighted_captions: bool = False
+
+    def encode_weighted_prompts(self, prompts: list[str], max_token_length: int = 75) -> Conditioning:
+        """`encode_prompts` with the captions' emphasis weights applied (weighted_captions)."""
+        raise NotImplementedError
+
     def predict(self, noisy_latents: torch.Tensor, timesteps: torch.Tensor, conditioning: Conditioning,
                 sizes: torch.Tensor | None = None) -> torch.Tensor:
         """The model output. `sizes` (B, 6) is SDXL's size conditioning per image: original

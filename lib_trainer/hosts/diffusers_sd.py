@@ -16,7 +16,8 @@ from torch import nn
 from ..formats.kohya_names import clip_text_encoder_targets, diffusers_unet_targets
 from .bundle import Conditioning, ModelBundle, latent_sizes, module_fingerprint, scaled_linear_alphas_cumprod
 from .components import ModelComponents
-from .prompt_chunks import batch_chunks_with_embeddings
+from .prompt_chunks import batch_chunks_with_embeddings, split_into_chunks
+from .prompt_weights import chunk_weights, weighted_token_ids
 from .prompt_embeddings import PromptEmbeddings, vectors_in_slots
 from ..errors import InvalidInput
 
@@ -86,7 +87,20 @@ class DiffusersSDBundle(ModelBundle):
     def encode_prompts(self, prompts: list[str], max_token_length: int = 75) -> Conditioning:
         """The WebUI's long prompts: 75-token chunks encoded apart and concatenated; SDXL's
         pooled embedding comes from the first chunk, as in the WebUI."""
-        token_ids = self.tokenize(prompts)
+        return self._encode(self.tokenize(prompts), max_token_length)
+
+    supports_weighted_captions = True
+
+    def encode_weighted_prompts(self, prompts: list[str], max_token_length: int = 75) -> Conditioning:
+        """weighted_captions: (word:1.2) emphasis multiplies the words' hidden states, as
+        sd-scripts does (hosts/prompt_weights.py); the pooled embedding is left as it is."""
+        if self.embeddings.vectors:
+            raise InvalidInput("weighted_captions cannot be used while an embedding trains: turn one off")
+        parsed = [weighted_token_ids(prompt, self.token_ids) for prompt in prompts]
+        return self._encode([ids for ids, _ in parsed], max_token_length, [weights for _, weights in parsed])
+
+    def _encode(self, token_ids: list[list[int]], max_token_length: int,
+                token_weights: list[list[float]] | None = None) -> Conditioning:
         find = self.embeddings.find if self.embeddings.vectors else None
         contexts, pooled = [], None
         for index, (encoder, tokenizer) in enumerate(zip(self.encoders, self.tokenizers)):
@@ -99,11 +113,22 @@ class DiffusersSDBundle(ModelBundle):
                 vectors = [(row, slot, self.embeddings.vectors[name][index]) for row, slot, name in fixes[chunk_index]]
                 with vectors_in_slots(encoder.get_input_embeddings(), vectors):
                     states, chunk_pooled = self._encode_chunk(index, torch.tensor(ids, device=device))
+                if token_weights is not None:
+                    states = states * self._chunk_weights(token_ids, token_weights, max_token_length,
+                                                          chunk_index, len(chunks)).to(states)
                 hidden.append(states)
                 if chunk_index == 0 and chunk_pooled is not None:
                     pooled = chunk_pooled
             contexts.append(torch.cat(hidden, dim=1))
         return Conditioning(torch.cat(contexts, dim=-1), pooled)
+
+    def _chunk_weights(self, token_ids, token_weights, max_token_length, chunk_index, count) -> torch.Tensor:
+        """(batch, 77, 1) weights of one chunk of every prompt (chunks follow the prompt's order)."""
+        rows = []
+        for ids, weights in zip(token_ids, token_weights):
+            lengths = [len(chunk) for chunk in split_into_chunks(ids, self._comma_id, max_token_length // 75)]
+            rows.append(chunk_weights(weights, lengths, count)[chunk_index])
+        return torch.stack(rows).unsqueeze(-1)
 
     def _encode_chunk(self, index: int, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The hidden states the WebUI takes from each text encoder, and SDXL's pooled output.

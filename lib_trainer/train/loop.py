@@ -18,10 +18,12 @@ import torch
 
 from ..config import TrainConfig
 from ..dataset.latent_cache import LatentCache
-from ..dataset.pixels import crop_box, load_pixels, size_condition
+from ..dataset.pixels import crop_box, size_condition
 from ..dataset.plan import TrainingPlan, caption_options, make_plan
-from ..dataset.captions import training_caption
-from ..dataset.dataset_config import example_caption_options, example_flip_aug, example_random_crop
+from ..dataset.captions import CaptionClock, training_caption
+from ..dataset.dataset_config import example_caption_options, example_flip_aug
+from ..dataset.masks import mask_source
+from ..dataset.step_pictures import StepPictures
 from ..errors import InvalidInput, UserError
 from ..formats.metadata import training_metadata
 from ..hosts.bundle import ModelBundle
@@ -111,8 +113,8 @@ def _run(config, bundle, plan, trainable, device, progress, data_rng, noise_rng,
     trainable.train()
 
     latents = _latent_source(config, bundle, plan, device, progress)
-    captions = caption_options(config)
-    prompts = _prompt_source(config, bundle, plan, captions, trains_text, device, progress)
+    captions, clock = caption_options(config, plan.total_steps), CaptionClock()
+    prompts = _prompt_source(config, bundle, plan, captions, trains_text, device, progress, clock)
     schedule = _noise_schedule(config, bundle, progress)
     if progress.stop_requested:  # stopped while caching: nothing trained, nothing to save
         progress.end("stopped before training")
@@ -157,10 +159,12 @@ def _run(config, bundle, plan, trainable, device, progress, data_rng, noise_rng,
         started, first_step = time.monotonic(), step  # after the first samples: it/s and ETA are about training
         for epoch in range(run.epoch, plan.epochs + 1):
             batches = run.epoch_batches(plan.training_set, epoch, data_rng, noise_rng)
+            clock.epoch = epoch
             for index, batch in enumerate(batches):
                 if index < run.skip:
                     continue  # trained before the run was resumed
                 # --- loss of one batch (accumulated over gradient_accumulation_steps) ---
+                clock.step = step
                 with autocast(device, config.mixed_precision):
                     loss = batch_loss(config, bundle, batch, latents, prompts, schedule, device, data_rng,
                                       noise_rng)
@@ -286,7 +290,7 @@ def _gradient_checkpointing(bundle: ModelBundle, enabled: bool):
         bundle.set_gradient_checkpointing(False)
 
 
-def _prompt_source(config, bundle, plan, captions, trains_text, device, progress):
+def _prompt_source(config, bundle, plan, captions, trains_text, device, progress, clock):
     """A function (batch, rng) -> conditioning of this step's captions: encoded each step
     (with gradients when text-encoder layers train), or from the text-encoder cache."""
     if config.cache_text_encoder_outputs:
@@ -297,14 +301,20 @@ def _prompt_source(config, bundle, plan, captions, trains_text, device, progress
                                              for e in batch], device)
 
     rewrite = embedding_prompts(config) if is_embedding_run(config) else None
+    encode = bundle.encode_prompts
+    if config.weighted_captions:
+        if not bundle.supports_weighted_captions:
+            raise InvalidInput(f"weighted_captions: this model host ({type(bundle).__name__}) cannot read "
+                               "emphasis weights; turn weighted_captions off")
+        encode = bundle.encode_weighted_prompts
 
     def encode_each_step(batch, rng):
-        prompts = [training_caption(example.caption, example_caption_options(captions, example), rng)
-                   for example in batch]
+        prompts = [training_caption(example.caption, example_caption_options(captions, example), rng, clock.step,
+                                    clock.epoch) for example in batch]
         if rewrite is not None:  # the embedding's name in its captions, or its template
             prompts = [rewrite(prompt, rng) for prompt in prompts]
         with contextlib.nullcontext() if trains_text else torch.no_grad():
-            return bundle.encode_prompts(prompts, config.max_token_length)
+            return encode(prompts, config.max_token_length)
 
     return encode_each_step
 
@@ -326,30 +336,32 @@ def _noise_schedule(config, bundle, progress) -> torch.Tensor:
 
 
 def _latent_source(config, bundle, plan, device, progress):
-    """A function (batch, flips, rng) -> (latents, SDXL size conditioning): from the cache,
-    or encoded each step."""
+    """A function (batch, flips, rng) -> (latents, SDXL size conditioning, loss masks or None):
+    from the cache, or encoded each step."""
     encode = _vae_encoder(bundle, device)
+    masks = mask_source(config)
     if config.cache_latents:
         # Both orientations are cached when any subset flips.
         flips = any(example_flip_aug(config, e) for e in plan.training_set.examples)
         cache = LatentCache(encode, bundle.vae_fingerprint(), flips, config.cache_latents_to_disk,
-                            config.latents_cache_dir)
+                            config.latents_cache_dir, config.resize_interpolation, masks)
         cache.fill(plan.cached_examples, progress)
         if cache.reused_from_disk:
             progress.status(f"reused {cache.reused_from_disk} cached latents from disk")
 
         def from_cache(batch, flips, rng):
             sizes = [size_condition(e.item.size, e.placement, crop_box(e.placement, False, None)) for e in batch]
-            return torch.stack([cache.get(e, f) for e, f in zip(batch, flips)]), torch.tensor(sizes)
+            loss_masks = None if masks is None else torch.stack([cache.get_mask(e, f) for e, f in zip(batch, flips)])
+            return torch.stack([cache.get(e, f) for e, f in zip(batch, flips)]), torch.tensor(sizes), loss_masks
 
         return from_cache
 
+    pictures = StepPictures(config)
+
     def encode_each_step(batch, flips, rng):
-        crops = [crop_box(e.placement, example_random_crop(config, e), rng) for e in batch]
-        pixels = torch.stack([load_pixels(e.path, e.placement, crop, flip)
-                              for e, crop, flip in zip(batch, crops, flips)])
-        sizes = [size_condition(e.item.size, e.placement, crop) for e, crop in zip(batch, crops)]
-        return encode(pixels), torch.tensor(sizes)
+        views = pictures.views(batch, rng)
+        latents = encode(pictures.pixels(batch, views, flips, rng))
+        return latents, pictures.sizes(batch, views), pictures.loss_masks(batch, views, flips, latents.shape[-2:])
 
     return encode_each_step
 

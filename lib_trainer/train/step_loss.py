@@ -22,7 +22,7 @@ def batch_loss(config, bundle, batch, latents, prompts, schedule, device, data_r
     """Noise the latents at random timesteps and score the model's prediction of the target.
     Every random draw of the diffusion side comes from `noise_rng`, in a fixed order."""
     flips = [example_flip_aug(config, example) and data_rng.random() < 0.5 for example in batch]
-    x0, sizes = latents(batch, flips, data_rng)
+    x0, sizes, masks = latents(batch, flips, data_rng)
     x0 = x0.to(device)
     conditioning = prompts(batch, data_rng)
 
@@ -44,10 +44,12 @@ def batch_loss(config, bundle, batch, latents, prompts, schedule, device, data_r
     target = diffusion.prediction_target(x0, noise, timesteps, schedule, bundle.prediction_type)
 
     prediction = bundle.predict(noisy, timesteps, conditioning, sizes)
-    # --- loss: per element, then (per-pixel weights would go here) the mean of each example ---
+    # --- loss: per element, then the masks' per-pixel weights, then the mean of each example ---
     huber_c = (losses.huber_thresholds(timesteps, schedule, config.huber_schedule, config.huber_c, config.huber_scale)
                if config.loss_type in losses.HUBER_LOSSES else None)
     loss = losses.elementwise_loss(prediction.float(), target.float(), config.loss_type, huber_c)
+    if masks is not None:  # masked_loss / alpha_mask: masked-out latents add nothing (dataset/masks.py)
+        loss = loss * masks.to(device)
     per_sample = loss.mean(dim=tuple(range(1, loss.dim())))
     weights = example_weights(config, batch, timesteps, schedule, bundle.prediction_type)
     return (per_sample * weights).mean()

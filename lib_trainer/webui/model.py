@@ -42,6 +42,11 @@ class WebUIBundle(LiveSDBundle):
             self.training_embeddings.ensure_registered()
         return super().encode_prompts(prompts, max_token_length)
 
+    # The WebUI's prompt parser reads emphasis in every prompt it encodes, with the emphasis
+    # mode of its settings (emphasis.py keeps "Original" trainable).
+    supports_weighted_captions = True
+    encode_weighted_prompts = encode_prompts
+
     @contextlib.contextmanager
     def prompt_embeddings(self, embeddings):
         """The WebUI's prompt handling substitutes embeddings from its database (embeddings.py)."""
