@@ -6,6 +6,10 @@ image (next to it, or in `latents_cache_dir`, named after the whole file name so
 carries a key made of the image's content hash, the VAE's fingerprint and the bucket
 placement, so a changed image, another VAE or another bucket re-encodes instead of
 training on stale latents. Flip augmentation caches both orientations.
+
+`vae_batch_size` images of one bucket are encoded together (sd-scripts' option): faster on
+a GPU, more memory. Unless highvram is set, CUDA's cached memory is freed after each batch
+(the `after_batch` hook), as sd-scripts does without it.
 """
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ import hashlib
 import io
 import os
 import zipfile
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -36,8 +40,11 @@ def file_sha256(path: str) -> str:
 
 class LatentCache:
     def __init__(self, encode: Callable[[torch.Tensor], torch.Tensor], vae_fingerprint: str, flip_aug: bool,
-                 to_disk: bool = False, cache_dir: str = "") -> None:
+                 to_disk: bool = False, cache_dir: str = "", batch_size: int = 1,
+                 after_batch: Callable[[], None] | None = None) -> None:
         self.encode = encode  # (B, 3, H, W) pixels in [-1, 1] -> (B, C, h, w) scaled latents
+        self.batch_size = batch_size
+        self.after_batch = after_batch
         self.vae_fingerprint = vae_fingerprint
         self.flip_aug = flip_aug
         self.to_disk = to_disk
@@ -61,34 +68,49 @@ class LatentCache:
     def fill(self, examples: Iterable[Example], progress: Progress) -> None:
         unique = {e.path: e for e in examples}
         progress.start("caching latents", len(unique))
-        for done, example in enumerate(unique.values(), 1):
-            if example.path not in self.latents:
-                self.latents[example.path] = self._load_or_encode(example, progress)
+        done, to_encode = 0, []
+        for example in unique.values():
+            cached = self.latents.get(example.path) or self._from_disk(example, progress)
+            if cached is None:
+                to_encode.append(example)
+                continue
+            self.latents[example.path] = cached
+            done += 1
             progress.step(done)
+        for batch in batches_by_bucket(to_encode, self.batch_size):
             if progress.stop_requested:
                 break
+            for example, latents in zip(batch, self._encode_batch(batch)):
+                self.latents[example.path] = latents
+                if self.to_disk:
+                    self._write(self.disk_path(example.path), self.key(example), latents)
+            if self.after_batch is not None:
+                self.after_batch()
+            done += len(batch)
+            progress.step(done)
         progress.end()
 
     def get(self, example: Example, flip: bool) -> torch.Tensor:
         plain, flipped = self.latents[example.path]
         return flipped if flip and flipped is not None else plain
 
-    def _load_or_encode(self, example: Example, progress: Progress) -> tuple[torch.Tensor, torch.Tensor | None]:
-        key = self.key(example) if self.to_disk else ""
-        if self.to_disk:
-            cached = self._read(self.disk_path(example.path), key, progress)
-            if cached is not None:
-                self.reused_from_disk += 1
-                return cached
-        left_top = crop_box(example.placement, random_crop=False, rng=None)
+    def _from_disk(self, example: Example, progress: Progress) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+        if not self.to_disk:
+            return None
+        cached = self._read(self.disk_path(example.path), self.key(example), progress)
+        if cached is not None:
+            self.reused_from_disk += 1
+        return cached
+
+    def _encode_batch(self, batch: list[Example]) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+        """One VAE call for the batch's images (each in both orientations with flip_aug)."""
         orientations = [False, True] if self.flip_aug else [False]
-        pixels = torch.stack([load_pixels(example.path, example.placement, left_top, flip) for flip in orientations])
+        pixels = torch.stack([load_pixels(e.path, e.placement, crop_box(e.placement, random_crop=False, rng=None), flip)
+                              for e in batch for flip in orientations])
         with torch.no_grad():
             encoded = self.encode(pixels).float().cpu()
-        latents = (encoded[0], encoded[1] if self.flip_aug else None)
-        if self.to_disk:
-            self._write(self.disk_path(example.path), key, latents)
-        return latents
+        per_image = encoded.split(len(orientations))
+        return [(latents[0], latents[1] if self.flip_aug else None) for latents in per_image]
 
     @staticmethod
     def _read(path: str, key: str, progress: Progress) -> tuple[torch.Tensor, torch.Tensor | None] | None:
@@ -116,3 +138,15 @@ class LatentCache:
         buffer = io.BytesIO()
         np.savez(buffer, **arrays)
         write_bytes_atomic(path, buffer.getvalue())
+
+
+def batches_by_bucket(examples: list[Example], size: int) -> Iterator[list[Example]]:
+    """Up to `size` examples of one bucket at a time (one tensor shape), in the order given as
+    far as each bucket's batch allows."""
+    open_batches: dict[tuple[int, int], list[Example]] = {}
+    for example in examples:
+        batch = open_batches.setdefault(tuple(example.placement.bucket), [])
+        batch.append(example)
+        if len(batch) >= size:
+            yield open_batches.pop(tuple(example.placement.bucket))
+    yield from open_batches.values()

@@ -11,10 +11,11 @@ user's home (or the temporary folder) instead, and the run says where.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import time
-from typing import Sequence
+from typing import Callable, ContextManager, Sequence
 
 from ..config import TrainConfig
 from ..config_files import save_config
@@ -55,8 +56,10 @@ def final_path(output_dir: str, name: str) -> str:
 
 class CheckpointWriter:
     def __init__(self, config: TrainConfig, trainable: Trainable, base_metadata: dict[str, str],
-                 recent_losses: Sequence[float] = (), progress=None) -> None:
+                 recent_losses: Sequence[float] = (), progress=None,
+                 weights: Callable[[], ContextManager] = contextlib.nullcontext) -> None:
         self.config = config
+        self.weights = weights  # a context with the weights to save in the trainable (schedule-free: x)
         self.progress = progress
         self.rescue_dir: str | None = None  # where files go once output_dir has refused one
         self.trainable = trainable
@@ -67,6 +70,10 @@ class CheckpointWriter:
         self.saved: list[str] = []
 
     def save(self, path: str, epoch: int, step: int, interrupted: bool = False) -> str:
+        with self.weights():
+            return self._save(path, epoch, step, interrupted)
+
+    def _save(self, path: str, epoch: int, step: int, interrupted: bool) -> str:
         path = self.trainable.file_path(path)
         if not self.trainable.all_finite():
             raise UnsafeToSave(f"not writing {path}: the trained weights are not finite")

@@ -29,13 +29,14 @@ from ..networks.registry import create_trainable
 from ..networks.trainable import TEXT_ENCODER, TOKEN_EMBEDDINGS
 from ..progress import Progress
 from .checkpoints import CheckpointWriter, epoch_path, final_path, step_path
-from .optimizers import make_optimizer
+from .optimizers import eval_weights, is_schedule_free, make_optimizer, optimizer_notes, uses_relative_step
 from .output_guard import claimed_output
-from .precision import SAVE_DTYPES, autocast, check_precision, compute_dtype, grad_scaler, resolve_device
+from .precision import (FP8_DTYPE, SAVE_DTYPES, autocast, check_fp8, check_precision, compute_dtype, grad_scaler,
+                        resolve_device, trainable_dtype)
 from .resume import RunPosition, StateWriter, fingerprint, read_state, resume_notes, state_dir_for
 from .sampling import SampleMaker
 from . import noise as diffusion
-from .schedulers import make_scheduler, warmup_steps
+from .schedulers import apply_learning_rates, make_run_scheduler, warmup_steps
 from .step_loss import batch_loss
 from .text_cache import TextEncoderCache
 
@@ -67,6 +68,8 @@ def train(config: TrainConfig, bundle: ModelBundle | None = None, progress: Prog
     noise_rng = torch.Generator().manual_seed(config.seed)
     device = resolve_device(config.device)
     check_precision(device, config.mixed_precision)
+    if config.fp8_base:
+        check_fp8(device)
     if bundle is None:
         from ..hosts import load_bundle
 
@@ -79,7 +82,12 @@ def train(config: TrainConfig, bundle: ModelBundle | None = None, progress: Prog
         progress.status(note)
     plan = make_plan(config, bundle.count_tokens)
     progress.status(plan.summary())
+    if config.fp8_base and not bundle.owns_weights:
+        raise InvalidInput("fp8_base casts the base UNet to fp8 and back, which would change the WebUI's loaded "
+                           "model: use it with a checkpoint this trainer loads itself")
     trainable = create_trainable(config, bundle).to(device)
+    if trainable_dtype(config.full_fp16, config.full_bf16) is not None:
+        trainable.to(trainable_dtype(config.full_fp16, config.full_bf16))
     if config.network_weights:
         trainable.load_weights(config.network_weights)
         progress.status(f"started from the weights in {config.network_weights} (weights only: a new optimizer "
@@ -88,7 +96,9 @@ def train(config: TrainConfig, bundle: ModelBundle | None = None, progress: Prog
 
     with claimed_output(config.output_dir, config.output_name, _expected_output_bytes(config, plan, trainable),
                         progress), \
-            bundle.frozen_for_training(device, compute_dtype(config.mixed_precision)), trainable.attached(bundle), \
+            bundle.frozen_for_training(device, compute_dtype(config.mixed_precision), no_half_vae=config.no_half_vae,
+                                       denoiser_dtype=FP8_DTYPE if config.fp8_base else None), \
+            trainable.attached(bundle), \
             _gradient_checkpointing(bundle, config.gradient_checkpointing):
         return _run(config, bundle, plan, trainable, device, progress, data_rng, noise_rng, saved_state)
 
@@ -114,10 +124,12 @@ def _run(config, bundle, plan, trainable, device, progress, data_rng, noise_rng,
         config.optimizer_type, trainable.parameter_groups(config.effective_unet_lr(),
                                                           config.effective_text_encoder_lr()),
         config.learning_rate, config.parsed_optimizer_args(), device.type)
+    for note in _optimizer_notes(config, optimizer):
+        progress.status(note)
     warmup = warmup_steps(config.lr_warmup_steps, plan.total_steps)
-    scheduler = make_scheduler(optimizer, config.lr_scheduler, plan.total_steps, warmup,
-                               config.lr_scheduler_num_cycles, config.lr_scheduler_power)
-    scaler = grad_scaler(device, config.mixed_precision)
+    scheduler = make_run_scheduler(config, optimizer, plan.total_steps, warmup, is_schedule_free(config.optimizer_type),
+                                   uses_relative_step(config.optimizer_type, config.parsed_optimizer_args()))
+    scaler = grad_scaler(device, config.mixed_precision, config.full_fp16)
     run = RunPosition.start(data_rng, noise_rng)
     checks = fingerprint(bundle.family, bundle.prediction_type, plan.training_set, trainable)
     if saved_state is not None:
@@ -130,9 +142,11 @@ def _run(config, bundle, plan, trainable, device, progress, data_rng, noise_rng,
     metadata["ss_trained_parts"] = json.dumps(trainable.conditioned())
     losses: list[float] = list(run.losses)
     window: deque[float] = deque(losses[-plan.steps_per_epoch:], maxlen=max(1, plan.steps_per_epoch))
-    writer = CheckpointWriter(config, trainable, metadata, recent_losses=window, progress=progress)
+    # Files and samples get the weights to use: a schedule-free optimizer's average, not its training point.
+    weights = lambda: eval_weights(optimizer)  # noqa: E731
+    writer = CheckpointWriter(config, trainable, metadata, recent_losses=window, progress=progress, weights=weights)
     states = StateWriter(config, trainable, optimizer, scheduler, scaler, checks, progress)
-    samples = SampleMaker(config, bundle, trainable, device, progress)
+    samples = SampleMaker(config, bundle, trainable, device, progress, weights=weights)
     params = [p for group in optimizer.param_groups for p in group["params"]]
 
     step, stopped = run.step, False
@@ -228,14 +242,31 @@ def _resume(config, saved, checks, trainable, optimizer, scheduler, scaler, data
     scaler.load_state_dict(saved.scaler)
     # A changed learning rate applies from here on, along the same schedule.
     lrs = {"unet": config.effective_unet_lr(), "text_encoder": config.effective_text_encoder_lr()}
-    for group in optimizer.param_groups:
-        group["initial_lr"] = lrs.get(group.get("name"), group["initial_lr"])
-    scheduler.base_lrs = [group["initial_lr"] for group in optimizer.param_groups]
-    for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
-        group["lr"] = base * factor(scheduler.last_epoch)
+    if not apply_learning_rates(scheduler, optimizer, lrs) and any(
+            name in config.to_dict() and saved.config.get(name) != getattr(config, name)
+            for name in ("learning_rate", "unet_lr", "text_encoder_lr")):
+        progress.status("the learning rate changed, but this run's scheduler keeps the rates it saved")
     progress.status(f"resumed from {config.resume}: step {saved.step}, epoch {saved.epoch}, "
                     f"after {saved.batches_done} batches of it")
     return RunPosition.resumed(saved)
+
+
+def _optimizer_notes(config, optimizer) -> list[str]:
+    """What sd-scripts says about the chosen optimizer and the schedule it keeps."""
+    notes = optimizer_notes(config.optimizer_type, [group["lr"] for group in optimizer.param_groups
+                                                    if group.get("lr") is not None])
+    if is_schedule_free(config.optimizer_type) and not config.lr_scheduler_type and (
+            config.lr_scheduler not in ("constant", "constant_with_warmup") or config.lr_warmup_steps):
+        notes.append(f"{config.optimizer_type} keeps the learning rate constant (it has no use for lr_scheduler "
+                     f"{config.lr_scheduler} or lr_warmup_steps); for a warm-up give optimizer_args warmup_steps=N")
+    if uses_relative_step(config.optimizer_type, config.parsed_optimizer_args()) and not config.lr_scheduler_type \
+            and config.lr_scheduler != "adafactor":
+        notes.append("Adafactor with relative_step sets its own learning rate: lr_scheduler adafactor is used (as in "
+                     "sd-scripts), learning_rate is its initial rate")
+    if config.full_fp16 or config.full_bf16:
+        notes.append(f"{'full_fp16' if config.full_fp16 else 'full_bf16'}: the trained weights are held in half "
+                     "precision (experimental, as in sd-scripts: small updates can be lost)")
+    return notes
 
 
 def _expected_output_bytes(config, plan, trainable) -> int:
@@ -302,8 +333,10 @@ def _latent_source(config, bundle, plan, device, progress):
     or encoded each step."""
     encode = _vae_encoder(bundle, device)
     if config.cache_latents:
+        # highvram: keep CUDA's freed blocks cached between VAE batches (sd-scripts' meaning)
+        release = torch.cuda.empty_cache if device.type == "cuda" and not config.highvram else None
         cache = LatentCache(encode, bundle.vae_fingerprint(), config.flip_aug,
-                            config.cache_latents_to_disk, config.latents_cache_dir)
+                            config.cache_latents_to_disk, config.latents_cache_dir, config.vae_batch_size, release)
         cache.fill(plan.training_set.examples, progress)
         if cache.reused_from_disk:
             progress.status(f"reused {cache.reused_from_disk} cached latents from disk")
