@@ -16,7 +16,6 @@ from lib_trainer.train.optimizers import (OptimizerUnavailable, eval_weights, ma
 
 from conftest import quick_config
 
-schedulefree = pytest.importorskip("schedulefree")
 
 
 def _stepped(name: str, steps: int = 8, **args):
@@ -34,6 +33,7 @@ def _stepped(name: str, steps: int = 8, **args):
 
 @pytest.mark.parametrize("name", ["AdamWScheduleFree", "RAdamScheduleFree", "SGDScheduleFree"])
 def test_eval_weights_holds_the_average_and_gives_the_training_point_back(name):
+    pytest.importorskip("schedulefree")
     parameter, optimizer = _stepped(name)
     y = parameter.detach().clone()
     with eval_weights(optimizer):
@@ -76,6 +76,7 @@ def _schedule_free_config(root, out, **changes):
 
 @pytest.fixture(scope="module")
 def schedule_free_run(small_root, tmp_path_factory):
+    pytest.importorskip("schedulefree")
     out = tmp_path_factory.mktemp("schedule_free")
     config = _schedule_free_config(small_root, out, save_state_on_train_end=True)
     from lib_trainer.train.loop import train
@@ -90,6 +91,7 @@ def test_schedule_free_run_saves_the_eval_weights(schedule_free_run):
     from lib_trainer.networks.registry import create_trainable
     from lib_trainer.train.resume import read_state, state_dir_for
 
+    schedulefree = pytest.importorskip("schedulefree")
     config, result = schedule_free_run
     state = read_state(state_dir_for(result.final_path))
     assert state.optimizer["param_groups"][0]["train_mode"] is True
@@ -207,3 +209,13 @@ def test_dadaptation_warns_of_a_small_learning_rate_and_several_rates():
     notes = optimizer_notes("DAdaptAdam", [1e-4, 5e-5])
     assert any("usually 1.0" in note for note in notes) and any("only the first" in note for note in notes)
     assert optimizer_notes("DAdaptAdam", [1.0]) == [] and optimizer_notes("AdamW", [1e-4]) == []
+
+
+def test_the_run_says_what_schedule_free_and_relative_step_do_with_the_schedule():
+    from lib_trainer.train.optimizers import run_notes
+
+    notes = run_notes(TrainConfig().replace(optimizer_type="AdamWScheduleFree", lr_scheduler="cosine"), [1e-4])
+    assert any("keeps the learning rate constant" in note and "warmup_steps=N" in note for note in notes)
+    assert run_notes(TrainConfig().replace(optimizer_type="AdamWScheduleFree", lr_scheduler="constant"), [1e-4]) == []
+    notes = run_notes(TrainConfig().replace(optimizer_type="Adafactor", optimizer_args=["relative_step=True"]), [None])
+    assert any("lr_scheduler adafactor is used" in note for note in notes)

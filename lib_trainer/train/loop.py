@@ -29,7 +29,7 @@ from ..networks.registry import create_trainable
 from ..networks.trainable import TEXT_ENCODER, TOKEN_EMBEDDINGS
 from ..progress import Progress
 from .checkpoints import CheckpointWriter, epoch_path, final_path, step_path
-from .optimizers import eval_weights, is_schedule_free, make_optimizer, optimizer_notes, uses_relative_step
+from .optimizers import eval_weights, is_schedule_free, make_optimizer, run_notes, uses_relative_step
 from .output_guard import claimed_output
 from .precision import (FP8_DTYPE, SAVE_DTYPES, autocast, check_fp8, check_precision, compute_dtype, grad_scaler,
                         resolve_device, trainable_dtype)
@@ -124,7 +124,7 @@ def _run(config, bundle, plan, trainable, device, progress, data_rng, noise_rng,
         config.optimizer_type, trainable.parameter_groups(config.effective_unet_lr(),
                                                           config.effective_text_encoder_lr()),
         config.learning_rate, config.parsed_optimizer_args(), device.type)
-    for note in _optimizer_notes(config, optimizer):
+    for note in run_notes(config, [group.get("lr") for group in optimizer.param_groups]):
         progress.status(note)
     warmup = warmup_steps(config.lr_warmup_steps, plan.total_steps)
     scheduler = make_run_scheduler(config, optimizer, plan.total_steps, warmup, is_schedule_free(config.optimizer_type),
@@ -249,24 +249,6 @@ def _resume(config, saved, checks, trainable, optimizer, scheduler, scaler, data
     progress.status(f"resumed from {config.resume}: step {saved.step}, epoch {saved.epoch}, "
                     f"after {saved.batches_done} batches of it")
     return RunPosition.resumed(saved)
-
-
-def _optimizer_notes(config, optimizer) -> list[str]:
-    """What sd-scripts says about the chosen optimizer and the schedule it keeps."""
-    notes = optimizer_notes(config.optimizer_type, [group["lr"] for group in optimizer.param_groups
-                                                    if group.get("lr") is not None])
-    if is_schedule_free(config.optimizer_type) and not config.lr_scheduler_type and (
-            config.lr_scheduler not in ("constant", "constant_with_warmup") or config.lr_warmup_steps):
-        notes.append(f"{config.optimizer_type} keeps the learning rate constant (it has no use for lr_scheduler "
-                     f"{config.lr_scheduler} or lr_warmup_steps); for a warm-up give optimizer_args warmup_steps=N")
-    if uses_relative_step(config.optimizer_type, config.parsed_optimizer_args()) and not config.lr_scheduler_type \
-            and config.lr_scheduler != "adafactor":
-        notes.append("Adafactor with relative_step sets its own learning rate: lr_scheduler adafactor is used (as in "
-                     "sd-scripts), learning_rate is its initial rate")
-    if config.full_fp16 or config.full_bf16:
-        notes.append(f"{'full_fp16' if config.full_fp16 else 'full_bf16'}: the trained weights are held in half "
-                     "precision (experimental, as in sd-scripts: small updates can be lost)")
-    return notes
 
 
 def _expected_output_bytes(config, plan, trainable) -> int:

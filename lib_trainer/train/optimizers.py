@@ -180,6 +180,24 @@ def optimizer_notes(name: str, learning_rates: list[float]) -> list[str]:
     return notes
 
 
+def run_notes(config, learning_rates: list[float | None]) -> list[str]:
+    """What sd-scripts says about a run's optimizer, the schedule it keeps, and full precision."""
+    name = config.optimizer_type
+    notes = optimizer_notes(name, [rate for rate in learning_rates if rate is not None])
+    if is_schedule_free(name) and not config.lr_scheduler_type and (
+            config.lr_scheduler not in ("constant", "constant_with_warmup") or config.lr_warmup_steps):
+        notes.append(f"{name} keeps the learning rate constant (it has no use for lr_scheduler "
+                     f"{config.lr_scheduler} or lr_warmup_steps); for a warm-up give optimizer_args warmup_steps=N")
+    if uses_relative_step(name, config.parsed_optimizer_args()) and not config.lr_scheduler_type \
+            and config.lr_scheduler != "adafactor":
+        notes.append("Adafactor with relative_step sets its own learning rate: lr_scheduler adafactor is used (as in "
+                     "sd-scripts), learning_rate is its initial rate")
+    if config.full_fp16 or config.full_bf16:
+        notes.append(f"{'full_fp16' if config.full_fp16 else 'full_bf16'}: the trained weights are held in half "
+                     "precision (experimental, as in sd-scripts: small updates can be lost)")
+    return notes
+
+
 @contextlib.contextmanager
 def eval_weights(optimizer):
     """The weights to use (a schedule-free optimizer's average x) in the parameters for the

@@ -40,6 +40,7 @@ RESUMABLE_CHANGES = {
     "sample_every_n_steps", "sample_every_n_epochs", "sample_at_first", "sample_prompts", "sample_sampler",
     "logging_dir", "log_prefix", "training_comment", "device", "gradient_checkpointing", "xformers",
     "cache_latents_to_disk", "latents_cache_dir", "network_weights", "config_version",
+    "lowram", "highvram",
 }
 
 
