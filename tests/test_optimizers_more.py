@@ -219,3 +219,30 @@ def test_the_run_says_what_schedule_free_and_relative_step_do_with_the_schedule(
     assert run_notes(TrainConfig().replace(optimizer_type="AdamWScheduleFree", lr_scheduler="constant"), [1e-4]) == []
     notes = run_notes(TrainConfig().replace(optimizer_type="Adafactor", optimizer_args=["relative_step=True"]), [None])
     assert any("lr_scheduler adafactor is used" in note for note in notes)
+
+
+def test_samples_are_made_with_the_eval_weights_and_only_when_due(tmp_path, monkeypatch):
+    """SampleMaker enters the loop's weights context (eval_weights) around a round, and only for
+    a round that is due: a step without samples never switches a schedule-free optimizer."""
+    import contextlib
+
+    from lib_trainer.hosts import load_bundle
+    from lib_trainer.train.sampling import SampleMaker
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a ball --w 64 --h 64 --s 1\n", encoding="utf-8")
+    config = TrainConfig().replace(sample_every_n_steps=2, sample_prompts=str(prompts), output_dir=str(tmp_path))
+    entered, inside = [], []
+
+    @contextlib.contextmanager
+    def weights():
+        entered.append(True)
+        yield
+
+    monkeypatch.setattr(SampleMaker, "_make_one", lambda self, *args: inside.append(len(entered)) or "x.png")
+    maker = SampleMaker(config, load_bundle("tiny:sd1"), torch.nn.Linear(1, 1), torch.device("cpu"), Progress(),
+                        weights=weights)
+    maker.after_step(1)
+    assert entered == [] and inside == []
+    maker.after_step(2)
+    assert entered == [True] and inside == [1]  # the image was made inside the context
