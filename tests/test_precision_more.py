@@ -196,3 +196,13 @@ def test_kohya_memory_flags_are_options_not_ignored_keys():
         assert name not in KOHYA_OPTIONS_WITHOUT_EFFECT
     kept, notes = without_kohya_only_options({"lowram": True, "highvram": True, "no_half_vae": True})
     assert notes == [] and TrainConfig.from_dict(kept).highvram is True
+
+
+def test_the_memory_estimate_counts_half_precision_weights_and_the_new_optimizers():
+    from lib_trainer.train.memory import estimate_memory
+
+    def network_gb(**changes) -> float:
+        return estimate_memory(TrainConfig().replace(**changes), "sd1", 0, [], parameters=10**8).network_gb
+
+    assert network_gb(full_bf16=True, mixed_precision="bf16") == pytest.approx(network_gb() / 2)
+    assert network_gb(optimizer_type="SGDScheduleFree") < network_gb() < network_gb(optimizer_type="DAdaptAdam")
