@@ -150,6 +150,12 @@ def test_a_bare_torch_optim_name_is_torch_optims_class():
     assert optimizer_spec("RAdam").path == "torch.optim.RAdam"
 
 
+def test_sd_scripts_names_match_in_any_case_as_there():
+    assert optimizer_spec("adamwschedulefree").path == "schedulefree.AdamWScheduleFree"
+    assert optimizer_spec("dadaptadam").path == "dadaptation.DAdaptAdam"
+    assert TrainConfig().replace(optimizer_type="adamw8bit").problems() == []
+
+
 def test_a_pytorch_optimizer_class_by_its_path():
     pytorch_optimizer = pytest.importorskip("pytorch_optimizer")
     parameter, optimizer = _stepped("pytorch_optimizer.Lamb", weight_decay=0.5)

@@ -102,6 +102,9 @@ def optimizer_spec(name: str) -> OptimizerSpec:
     """The registry's entry, or a dotted `module.Class` path taken as it is."""
     if name in OPTIMIZERS:
         return OPTIMIZERS[name]
+    by_lower = {known.lower(): spec for known, spec in OPTIMIZERS.items()}
+    if name.lower() in by_lower:  # sd-scripts matches its own names in any case (adamw8bit)
+        return by_lower[name.lower()]
     module, dot, attribute = name.rpartition(".")
     if not dot and name and isinstance(getattr(importlib.import_module("torch.optim"), name, None), type):
         return OptimizerSpec("torch.optim", name)  # sd-scripts' rule: a bare class name is torch.optim's
@@ -119,6 +122,8 @@ def optimizer_type_problems(name: str) -> list[str]:
         spec = optimizer_spec(name)
     except InvalidInput as error:
         return [str(error)]
+    if any(spec is known for known in OPTIMIZERS.values()):
+        return []  # a known name: a missing package is said with its pip install when the run starts
     try:
         module = importlib.import_module(spec.module)
     except ImportError as error:
@@ -156,7 +161,7 @@ def make_optimizer(name: str, parameter_groups: list[dict], learning_rate: float
 
 def uses_relative_step(name: str, extra_args: dict) -> bool:
     """Adafactor with relative_step=True (or warmup_init, which needs it, as kohya turns it on)."""
-    return name == "Adafactor" and bool(extra_args.get("relative_step") or extra_args.get("warmup_init"))
+    return name.lower() == "adafactor" and bool(extra_args.get("relative_step") or extra_args.get("warmup_init"))
 
 
 def is_schedule_free(name: str) -> bool:
