@@ -206,3 +206,25 @@ def test_the_memory_estimate_counts_half_precision_weights_and_the_new_optimizer
 
     assert network_gb(full_bf16=True, mixed_precision="bf16") == pytest.approx(network_gb() / 2)
     assert network_gb(optimizer_type="SGDScheduleFree") < network_gb() < network_gb(optimizer_type="DAdaptAdam")
+
+
+def test_full_fp16_with_adams_tiny_eps_is_said_before_and_after_the_nan():
+    from lib_trainer.train.loop import _diverged_message
+    from lib_trainer.train.optimizers import run_notes
+
+    config = TrainConfig().replace(mixed_precision="fp16", full_fp16=True)
+    assert any("eps=1e-4" in note for note in run_notes(config, [1e-4]))
+    assert not any("eps=1e-4" in note for note in run_notes(config.replace(optimizer_args=["eps=1e-4"]), [1e-4]))
+    assert "eps=1e-4" in _diverged_message(torch.tensor(float("nan")), 1, 1, [], config)
+
+
+def test_full_fp16_trains_with_a_large_enough_eps(small_root, tmp_path):
+    from lib_trainer.train.loop import train
+
+    result = train(quick_config(small_root, str(tmp_path), mixed_precision="fp16", full_fp16=True, max_train_steps=2,
+                                optimizer_args=["eps=1e-4"], save_state_on_train_end=True))
+    from lib_trainer.train.resume import read_state, state_dir_for
+
+    state = read_state(state_dir_for(result.final_path))
+    assert {value.dtype for value in state.trainable.values() if value.is_floating_point()} == {torch.float16}
+    assert all(torch.isfinite(torch.tensor(loss)) for loss in result.losses)

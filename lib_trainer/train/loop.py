@@ -29,7 +29,8 @@ from ..networks.registry import create_trainable
 from ..networks.trainable import TEXT_ENCODER, TOKEN_EMBEDDINGS
 from ..progress import Progress
 from .checkpoints import CheckpointWriter, epoch_path, final_path, step_path
-from .optimizers import eval_weights, is_schedule_free, make_optimizer, run_notes, uses_relative_step
+from .optimizers import (eval_weights, fp16_eps_too_small, is_schedule_free, make_optimizer, run_notes,
+                         uses_relative_step)
 from .output_guard import claimed_output
 from .precision import (FP8_DTYPE, SAVE_DTYPES, autocast, check_fp8, check_precision, compute_dtype, grad_scaler,
                         resolve_device, trainable_dtype)
@@ -378,6 +379,8 @@ def _diverged_message(loss, step, epoch, saved, config) -> str:
     advice = ["lower the learning rate"]
     if config.mixed_precision == "fp16":
         advice.append("use mixed_precision=bf16 (or no) instead of fp16")
+    if config.full_fp16 and fp16_eps_too_small(config):
+        advice.append("set optimizer_args eps=1e-4 (fp16 rounds Adam's 1e-8 to 0) or use full_bf16")
     if not config.max_grad_norm:
         advice.append("set max_grad_norm=1")
     return (f"The loss became {loss.item()} at step {step + 1} (epoch {epoch}); training stopped. {last} "

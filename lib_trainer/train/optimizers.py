@@ -200,7 +200,22 @@ def run_notes(config, learning_rates: list[float | None]) -> list[str]:
     if config.full_fp16 or config.full_bf16:
         notes.append(f"{'full_fp16' if config.full_fp16 else 'full_bf16'}: the trained weights are held in half "
                      "precision (experimental, as in sd-scripts: small updates can be lost)")
+    if config.full_fp16 and fp16_eps_too_small(config):
+        notes.append(FP16_EPS_ADVICE)
     return notes
+
+
+# Adam's default eps (1e-8) is below fp16's smallest number: with full_fp16 a zero second moment
+# (a LoRA's down weights see zero gradients in step 1, its up weights being 0) divides 0 by 0.
+FP16_EPS_ADVICE = ("full_fp16 with Adam's eps of 1e-8, which fp16 rounds to 0: the first steps give NaN; set "
+                   "optimizer_args eps=1e-4, or use full_bf16")
+
+
+def fp16_eps_too_small(config) -> bool:
+    spec = optimizer_spec(config.optimizer_type)
+    if spec.module != "torch.optim" or spec.attribute not in ("AdamW", "Adam", "RAdam", "NAdam", "Adamax"):
+        return False
+    return float(config.parsed_optimizer_args().get("eps", 1e-8)) < 6e-5  # fp16's smallest normal number
 
 
 @contextlib.contextmanager
