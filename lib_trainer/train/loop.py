@@ -6,6 +6,7 @@ dataset/, files in checkpoints.py.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import random
@@ -144,7 +145,7 @@ def _run(config, bundle, plan, trainable, device, progress, data_rng, noise_rng,
     losses: list[float] = list(run.losses)
     window: deque[float] = deque(losses[-plan.steps_per_epoch:], maxlen=max(1, plan.steps_per_epoch))
     # Files and samples get the weights to use: a schedule-free optimizer's average, not its training point.
-    weights = lambda: eval_weights(optimizer)  # noqa: E731
+    weights = functools.partial(eval_weights, optimizer)
     writer = CheckpointWriter(config, trainable, metadata, recent_losses=window, progress=progress, weights=weights)
     states = StateWriter(config, trainable, optimizer, scheduler, scaler, checks, progress)
     samples = SampleMaker(config, bundle, trainable, device, progress, weights=weights)
