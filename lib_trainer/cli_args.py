@@ -35,7 +35,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         elif kind.startswith("list"):
             group.add_argument(*names, nargs="*", metavar="KEY=VALUE", **arguments)
         else:
-            if meta.get("choices"):
+            if meta.get("choices") and not meta.get("open_choices"):  # open: checked by problems()
                 arguments["choices"] = meta["choices"]
             arguments["type"] = {"int": int, "float": float}.get(kind.split(" ")[0], str)
             group.add_argument(*names, **arguments)

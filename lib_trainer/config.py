@@ -30,8 +30,14 @@ def option(default, help: str, group: str, choices=None, minimum=None, maximum=N
     return field(default=default, metadata=metadata)
 
 
-OPTIMIZERS = ("AdamW", "AdamW8bit", "Lion", "Prodigy", "Adafactor", "SGDNesterov")
-SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
+# sd-scripts' optimizer_type names (train/optimizers.py has their packages); a dotted
+# module.Class path of an installed package is accepted too, as in sd-scripts.
+OPTIMIZERS = ("AdamW", "AdamW8bit", "Lion", "Prodigy", "Adafactor", "SGDNesterov", "Lion8bit", "PagedAdamW8bit",
+              "PagedAdamW", "PagedAdamW32bit", "PagedLion8bit", "SGDNesterov8bit", "DAdaptation",
+              "DAdaptAdamPreprint", "DAdaptAdaGrad", "DAdaptAdam", "DAdaptAdan", "DAdaptAdanIP", "DAdaptLion",
+              "DAdaptSGD", "RAdamScheduleFree", "AdamWScheduleFree", "SGDScheduleFree")
+SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial",
+              "cosine_with_min_lr", "warmup_stable_decay", "piecewise_constant", "inverse_sqrt", "adafactor")
 PRECISIONS = ("no", "fp16", "bf16")
 SAVE_PRECISIONS = ("fp16", "bf16", "float")
 # sd-scripts' sample_sampler names, so its configs load; which of them can really sample
@@ -229,15 +235,39 @@ class TrainConfig:
                                   "optimizer", minimum=0.0)
     unet_lr: float | None = option(None, "Learning rate of the UNet LoRA.", "optimizer", minimum=0.0)
     text_encoder_lr: float | None = option(None, "Learning rate of the text-encoder LoRA.", "optimizer", minimum=0.0)
-    optimizer_type: str = option("AdamW", "Optimizer.", "optimizer", choices=OPTIMIZERS)
+    optimizer_type: str = option("AdamW", "Optimizer, by sd-scripts' name, or the module.Class path of an installed "
+                                 "package's optimizer (e.g. torch.optim.Adagrad, pytorch_optimizer.CAME), which "
+                                 "gets optimizer_args. *8bit and Paged* need bitsandbytes and a CUDA GPU; "
+                                 "*ScheduleFree keep their own schedule (lr_scheduler is not used).", "optimizer",
+                                 choices=OPTIMIZERS, open_choices=True)
     optimizer_args: list = option([], "Extra key=value optimizer arguments (e.g. weight_decay=0.01).", "optimizer")
-    lr_scheduler: str = option("cosine", "Learning-rate schedule.", "optimizer", choices=SCHEDULERS,
+    lr_scheduler: str = option("cosine", "Learning-rate schedule (adafactor: with Adafactor's relative_step=True "
+                               "only; cosine_with_min_lr, warmup_stable_decay, piecewise_constant and inverse_sqrt "
+                               "as transformers and diffusers define them).", "optimizer", choices=SCHEDULERS,
                                differs="constant with a warm-up, which kohya refuses, trains as constant_with_warmup")
     lr_warmup_steps: float = option(0, "Warm-up steps, or a fraction of all steps when below 1.", "optimizer",
                                     minimum=0.0)
     lr_scheduler_num_cycles: int = option(1, "Restarts of cosine_with_restarts.", "optimizer", minimum=1)
     lr_scheduler_power: float = option(1.0, "Power of the polynomial schedule.", "optimizer", minimum=0.0)
     max_grad_norm: float = option(1.0, "Clip the gradient norm to this (0 = no clipping).", "optimizer", minimum=0.0)
+
+    # --- optimizers and schedules (issue 14) ---
+    lr_scheduler_type: str = option("", "A scheduler class used instead of lr_scheduler: module.Class, or a class "
+                                    "name of torch.optim.lr_scheduler (e.g. StepLR), built with lr_scheduler_args.",
+                                    "optimizer")
+    lr_scheduler_args: list = option([], "Extra key=value schedule arguments: those of lr_scheduler_type's class "
+                                     "(e.g. step_size=10 gamma=0.5); step_rules=\"1:10,0.1:20,0.01\" for "
+                                     "piecewise_constant; warmup_type / decay_type (linear, cosine, 1-sqrt) for "
+                                     "warmup_stable_decay.", "optimizer")
+    lr_decay_steps: float = option(0, "warmup_stable_decay's decay at the end: steps, or a fraction of all steps "
+                                   "when below 1.", "optimizer", minimum=0.0)
+    lr_scheduler_min_lr_ratio: float | None = option(
+        None, "Where cosine_with_min_lr and warmup_stable_decay end, as a fraction of the learning rate (empty: not "
+        "set; warmup_stable_decay then ends at 0).", "optimizer", minimum=0.0, maximum=1.0, placeholder="empty: not set")
+    lr_scheduler_timescale: int | None = option(
+        None, "inverse_sqrt's time scale in steps (empty: the warm-up steps, or 10000 without warm-up).", "optimizer",
+        minimum=1, placeholder="empty: the warm-up steps")
+
     # --- EMA of the trained weights (issue 14) ---
     ema_decay: float = option(0.0, "Keep an exponential moving average of the trained weights and save it as "
                               "<file>-ema.safetensors beside each file (e.g. 0.999; 0 = off).", "training",
@@ -264,6 +294,25 @@ class TrainConfig:
     gradient_accumulation_steps: int = option(1, "Batches summed before each optimizer step.", "training", minimum=1)
     mixed_precision: str = option("no", "Compute precision: no (fp32), fp16 or bf16.", "training", choices=PRECISIONS)
     save_precision: str = option("fp16", "Precision of the saved file.", "training", choices=SAVE_PRECISIONS)
+    # --- precision (issue 14) ---
+    full_fp16: bool = option(False, "Keep the trained weights, their gradients and the optimizer's state in fp16 too "
+                             "(needs mixed_precision=fp16). Saves memory; small updates can be lost: experimental, "
+                             "as in sd-scripts.", "training")
+    full_bf16: bool = option(False, "The same in bf16 (needs mixed_precision=bf16).", "training")
+    fp8_base: bool = option(False, "Store the base UNet's weights in fp8 (e4m3) to save memory; needs "
+                            "mixed_precision fp16 or bf16 and a CUDA GPU with fp8 (RTX 40xx, L4, H100), and a model "
+                            "this trainer loads itself (not the WebUI's).", "training",
+                            differs="the text encoders stay in the compute dtype (sd-scripts' fp8_base_unet)")
+    no_half_vae: bool = option(False, "Run the VAE in fp32 even when the model holds it in half precision (the "
+                               "WebUI's loaded VAE without --no-half-vae); models loaded here always encode in fp32.",
+                               "training", differs="without it, a model loaded here still encodes in fp32 (SD's VAE "
+                               "overflows in fp16); sd-scripts would use the mixed-precision dtype")
+    vae_batch_size: int = option(1, "Images encoded together when caching latents (same bucket only): faster, more "
+                                 "memory.", "training", minimum=1)
+    lowram: bool = option(False, "sd-scripts' low-RAM loading: here checkpoints are always read memory-mapped and "
+                          "moved to the training device before training, so it only records ss_lowram.", "training")
+    highvram: bool = option(False, "Keep CUDA's freed memory cached while caching latents (no empty_cache after each "
+                            "VAE batch): a little faster on GPUs with memory to spare.", "training")
     save_every_n_epochs: int = option(0, "Also save name-000002.safetensors every N epochs.", "training", minimum=0)
     save_every_n_steps: int = option(0, "Also save name-step00000100.safetensors every N steps.", "training",
                                      minimum=0)
@@ -458,7 +507,7 @@ class TrainConfig:
             value, meta = getattr(self, spec.name), spec.metadata
             if value is None:
                 continue
-            if meta.get("choices") and value not in meta["choices"]:
+            if meta.get("choices") and value not in meta["choices"] and not meta.get("open_choices"):
                 allowed = ", ".join(str(c) for c in meta["choices"])
                 found.append(f"{spec.name}={value!r} is not one of: {allowed}")
             if meta.get("min") is not None and value < meta["min"]:
@@ -491,7 +540,7 @@ class TrainConfig:
 
             found += [f"network_weights {self.network_weights}: {problem}"
                       for problem in network_file_problems(self.network_weights)]
-        for name in ("network_args", "optimizer_args"):
+        for name in ("network_args", "optimizer_args", "lr_scheduler_args"):
             try:
                 parse_key_values(getattr(self, name), name)
             except ConfigError as error:
@@ -507,6 +556,7 @@ class TrainConfig:
         found += self._configio_problems()
         found += self._dataset_config_problems()
         found += self._caption_image_problems()
+        found += self._optim_problems()
         return found
 
     def _noise_loss_problems(self) -> list[str]:
@@ -577,6 +627,37 @@ class TrainConfig:
         from .dataset.dataset_config import dataset_config_problems  # imports the dataset side
 
         return dataset_config_problems(self)
+
+    def _optim_problems(self) -> list[str]:
+        """Optimizer, schedule and precision options sd-scripts refuses, or that cannot be built here."""
+        from .train.optimizers import optimizer_type_problems, uses_relative_step  # no torch needed
+        from .train.schedulers import scheduler_problems  # imports torch, which reading a config does not need
+
+        found = optimizer_type_problems(self.optimizer_type)
+        try:
+            relative_step = uses_relative_step(self.optimizer_type, self.parsed_optimizer_args())
+        except ConfigError:
+            relative_step = False
+        if self.lr_scheduler == "adafactor" and not relative_step and not self.lr_scheduler_type:
+            found.append("lr_scheduler adafactor follows Adafactor's own relative-step rate: set optimizer_type "
+                         "Adafactor with optimizer_args relative_step=True, or choose another lr_scheduler")
+        found += scheduler_problems(self)
+        if self.full_fp16 and self.full_bf16:
+            found.append("full_fp16 and full_bf16 exclude each other: choose one")
+        for flag, precision in (("full_fp16", "fp16"), ("full_bf16", "bf16")):
+            if getattr(self, flag) and self.mixed_precision != precision:
+                found.append(f"{flag} needs mixed_precision={precision} (it is {self.mixed_precision}), as in "
+                             "sd-scripts")
+        if (self.full_fp16 or self.full_bf16) and (self.network_module == "embedding" or self.pivotal_tuning):
+            found.append("full_fp16 / full_bf16 train LoRA-family networks and hypernetworks; an embedding's "
+                         "vectors stay in fp32: turn it off")
+        if self.fp8_base and self.mixed_precision == "no":
+            found.append("fp8_base needs mixed_precision fp16 or bf16 (the fp8 weights are upcast to it in each layer)")
+        return found
+
+    def parsed_lr_scheduler_args(self) -> dict[str, Any]:
+        return {key: _literal(value)
+                for key, value in parse_key_values(self.lr_scheduler_args, "lr_scheduler_args").items()}
 
     def _text_cache_problems(self) -> list[str]:
         """Cached conditioning is computed once per caption, so captions must not change
@@ -741,9 +822,6 @@ def _literal(text: str) -> Any:
 KOHYA_OPTIONS_WITHOUT_EFFECT = {
     "sdpa": "PyTorch SDPA attention is always used",
     "mem_eff_attn": "PyTorch SDPA attention is always used",
-    "lowram": "models are loaded straight to their device",
-    "highvram": "latents are cached before training starts",
-    "no_half_vae": "the VAE always runs in fp32",
     "log_with": "TensorBoard logs are written when logging_dir is set",
 }
 

@@ -8,6 +8,10 @@ placement, so a changed image, another VAE or another bucket re-encodes instead 
 training on stale latents. Flip augmentation caches both orientations. Loss masks
 (dataset/masks.py), at the latents' size, are cached beside them; a flipped mask is the
 mask mirrored.
+
+`vae_batch_size` images of one bucket are encoded together (sd-scripts' option): faster on
+a GPU, more memory. Unless highvram is set, CUDA's cached memory is freed after each batch
+(the `after_batch` hook), as sd-scripts does without it.
 """
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ import hashlib
 import io
 import os
 import zipfile
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -38,8 +42,11 @@ def file_sha256(path: str) -> str:
 
 class LatentCache:
     def __init__(self, encode: Callable[[torch.Tensor], torch.Tensor], vae_fingerprint: str, flip_aug: bool,
-                 to_disk: bool = False, cache_dir: str = "", interpolation: str = "", masks=None) -> None:
+                 to_disk: bool = False, cache_dir: str = "", interpolation: str = "", masks=None,
+                 batch_size: int = 1, after_batch: Callable[[], None] | None = None) -> None:
         self.encode = encode  # (B, 3, H, W) pixels in [-1, 1] -> (B, C, h, w) scaled latents
+        self.batch_size = batch_size
+        self.after_batch = after_batch
         self.vae_fingerprint = vae_fingerprint
         self.flip_aug = flip_aug
         self.to_disk = to_disk
@@ -67,14 +74,31 @@ class LatentCache:
     def fill(self, examples: Iterable[Example], progress: Progress) -> None:
         unique = {e.path: e for e in examples}
         progress.start("caching latents", len(unique))
-        for done, example in enumerate(unique.values(), 1):
-            if example.path not in self.latents:
-                self.latents[example.path], mask = self._load_or_encode(example, progress)
-                if mask is not None:
-                    self.loss_masks[example.path] = mask
+        done, to_encode = 0, []
+        for example in unique.values():
+            cached = None if example.path in self.latents else self._from_disk(example, progress)
+            if cached is None:
+                if example.path not in self.latents:
+                    to_encode.append(example)
+                continue
+            self.latents[example.path], mask = cached
+            if mask is not None:
+                self.loss_masks[example.path] = mask
+            done += 1
             progress.step(done)
+        for batch in batches_by_bucket(to_encode, self.batch_size):
             if progress.stop_requested:
                 break
+            for example, (latents, mask) in zip(batch, self._encode_batch(batch)):
+                self.latents[example.path] = latents
+                if mask is not None:
+                    self.loss_masks[example.path] = mask
+                if self.to_disk:
+                    self._write(self.disk_path(example.path), self.key(example), latents, mask)
+            if self.after_batch is not None:
+                self.after_batch()
+            done += len(batch)
+            progress.step(done)
         progress.end()
 
     def get(self, example: Example, flip: bool) -> torch.Tensor:
@@ -86,27 +110,32 @@ class LatentCache:
         mask = self.loss_masks[example.path]
         return mask.flip(-1) if flip else mask
 
-    def _load_or_encode(self, example: Example, progress: Progress):
-        """((latents, flipped latents or None), loss mask or None)."""
-        key = self.key(example) if self.to_disk else ""
-        if self.to_disk:
-            cached = self._read(self.disk_path(example.path), key, progress)
-            if cached is not None and (self.masks is None or cached[1] is not None):
-                self.reused_from_disk += 1
-                return cached
-        left_top = crop_box(example.placement, random_crop=False, rng=None)
+    def _from_disk(self, example: Example, progress: Progress):
+        """((latents, flipped latents or None), loss mask or None) from the disk cache, or None."""
+        if not self.to_disk:
+            return None
+        cached = self._read(self.disk_path(example.path), self.key(example), progress)
+        if cached is None or (self.masks is not None and cached[1] is None):
+            return None
+        self.reused_from_disk += 1
+        return cached
+
+    def _encode_batch(self, batch: list[Example]):
+        """One VAE call for the batch's images (each in both orientations with flip_aug); for
+        each, ((latents, flipped latents or None), loss mask or None)."""
         orientations = [False, True] if self.flip_aug else [False]
-        pixels = torch.stack([load_pixels(example.path, example.placement, left_top, flip, self.interpolation)
-                              for flip in orientations])
+        corners = [crop_box(e.placement, random_crop=False, rng=None) for e in batch]
+        pixels = torch.stack([load_pixels(e.path, e.placement, corner, flip, self.interpolation)
+                              for e, corner in zip(batch, corners) for flip in orientations])
         with torch.no_grad():
             encoded = self.encode(pixels).float().cpu()
-        latents = (encoded[0], encoded[1] if self.flip_aug else None)
-        mask = None
-        if self.masks is not None:
-            mask = self.masks.load(example.path, example.placement, left_top, False, tuple(encoded.shape[-2:]))
-        if self.to_disk:
-            self._write(self.disk_path(example.path), key, latents, mask)
-        return latents, mask
+        results = []
+        for example, corner, latents in zip(batch, corners, encoded.split(len(orientations))):
+            mask = None
+            if self.masks is not None:
+                mask = self.masks.load(example.path, example.placement, corner, False, tuple(latents.shape[-2:]))
+            results.append(((latents[0], latents[1] if self.flip_aug else None), mask))
+        return results
 
     @staticmethod
     def _read(path: str, key: str, progress: Progress):
@@ -138,3 +167,15 @@ class LatentCache:
         buffer = io.BytesIO()
         np.savez(buffer, **arrays)
         write_bytes_atomic(path, buffer.getvalue())
+
+
+def batches_by_bucket(examples: list[Example], size: int) -> Iterator[list[Example]]:
+    """Up to `size` examples of one bucket at a time (one tensor shape), in the order given as
+    far as each bucket's batch allows."""
+    open_batches: dict[tuple[int, int], list[Example]] = {}
+    for example in examples:
+        batch = open_batches.setdefault(tuple(example.placement.bucket), [])
+        batch.append(example)
+        if len(batch) >= size:
+            yield open_batches.pop(tuple(example.placement.bucket))
+    yield from open_batches.values()

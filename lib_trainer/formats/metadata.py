@@ -52,7 +52,7 @@ def training_metadata(config: TrainConfig, training_set: TrainingSet, family: st
         "ss_lr_scheduler": config.lr_scheduler,
         **network_metadata,
         "ss_mixed_precision": config.mixed_precision,
-        "ss_full_fp16": False,
+        "ss_full_fp16": config.full_fp16,
         "ss_v2": family == "sd2",
         "ss_v_parameterization": prediction_type == "v_prediction",
         "ss_base_model_version": base_model_version(family, prediction_type),
@@ -119,6 +119,7 @@ def training_metadata(config: TrainConfig, training_set: TrainingSet, family: st
     if training_set.scan.datasets:
         meta["ss_datasets"] = json.dumps(datasets_metadata(training_set))
     meta.update(caption_image_metadata(config))
+    meta.update(optimizer_metadata(config))
     for key, value in zip(("ss_sd_model_hash", "ss_new_sd_model_hash"), model_hashes):
         if value:
             meta[key] = value
@@ -203,6 +204,19 @@ def caption_image_metadata(config: TrainConfig) -> dict:
         "ss_masked_loss": config.masked_loss,
         "ss_alpha_mask": config.alpha_mask,
     }
+
+
+def optimizer_metadata(config: TrainConfig) -> dict:
+    """Schedule and precision keys (issue 14). ss_lr_scheduler as sd-scripts records it: with
+    Adafactor's relative step it is `adafactor:<initial lr>`. ss_full_bf16 and ss_vae_batch_size
+    are written by the same rule as kohya's ss_full_fp16."""
+    from ..train.optimizers import uses_relative_step  # no torch
+
+    scheduler = config.lr_scheduler
+    if not config.lr_scheduler_type and uses_relative_step(config.optimizer_type, config.parsed_optimizer_args()):
+        scheduler = f"adafactor:{config.learning_rate}"
+    return {"ss_lr_scheduler": scheduler, "ss_full_bf16": config.full_bf16, "ss_fp8_base": config.fp8_base,
+            "ss_lowram": config.lowram, "ss_vae_batch_size": config.vae_batch_size}
 
 
 def base_model_version(family: str, prediction_type: str) -> str:

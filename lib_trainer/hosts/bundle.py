@@ -135,13 +135,18 @@ class ModelBundle:
     def modules(self) -> list[nn.Module]:
         return [self.denoiser(), *self.text_encoders(), self.vae()]
 
-    def training_dtypes(self, weight_dtype: torch.dtype) -> list[tuple[nn.Module, torch.dtype | None]]:
+    def training_dtypes(self, weight_dtype: torch.dtype, no_half_vae: bool = False,
+                        denoiser_dtype: torch.dtype | None = None) -> list[tuple[nn.Module, torch.dtype | None]]:
         """Each module with the dtype training holds its weights in (None: as they are). A
         bundle that owns its weights holds the denoiser and text encoders in the compute
-        dtype and the VAE in fp32 (SD's VAE overflows in fp16); a borrowed model stays as it is."""
+        dtype and the VAE in fp32 (SD's VAE overflows in fp16); a borrowed model stays as it is,
+        but for its VAE with no_half_vae (fp32, given back in its own dtype: lossless).
+        `denoiser_dtype` (fp8_base's storage dtype) applies to an owned denoiser only."""
         dtype = weight_dtype if self.owns_weights else None
-        vae = torch.float32 if self.owns_weights else None
-        return [(self.denoiser(), dtype), *((encoder, dtype) for encoder in self.text_encoders()), (self.vae(), vae)]
+        denoiser = denoiser_dtype if denoiser_dtype is not None and self.owns_weights else dtype
+        vae = torch.float32 if self.owns_weights or no_half_vae else None
+        return [(self.denoiser(), denoiser), *((encoder, dtype) for encoder in self.text_encoders()),
+                (self.vae(), vae)]
 
     def held_weight_bytes(self, weight_dtype: torch.dtype) -> int:
         """Bytes of the weights as training will hold them (what `frozen_for_training` makes):
@@ -155,14 +160,15 @@ class ModelBundle:
         return total
 
     @contextlib.contextmanager
-    def frozen_for_training(self, device: torch.device, weight_dtype: torch.dtype) -> Iterator[None]:
-        """Base weights frozen, on the device, in the dtypes of `training_dtypes`; the modules'
-        previous state comes back afterwards, whatever happens."""
+    def frozen_for_training(self, device: torch.device, weight_dtype: torch.dtype, **overrides) -> Iterator[None]:
+        """Base weights frozen, on the device, in the dtypes of `training_dtypes` (`overrides`:
+        its no_half_vae and denoiser_dtype); the modules' previous state comes back afterwards,
+        whatever happens."""
         saved = [ModuleState(module) for module in self.modules()]
         try:
             for module in self.modules():
                 module.requires_grad_(False)
-            for module, dtype in self.training_dtypes(weight_dtype):
+            for module, dtype in self.training_dtypes(weight_dtype, **overrides):
                 _cast_then_move(module, device, dtype)
                 module.eval()
             self.denoiser().train()  # train mode enables checkpointing

@@ -167,8 +167,8 @@ class LiveSDBundle(ModelBundle):
 
     # --- training ------------------------------------------------------------------------
     @contextlib.contextmanager
-    def frozen_for_training(self, device, weight_dtype) -> Iterator[None]:
-        with super().frozen_for_training(device, weight_dtype), split_projections(self._split), \
+    def frozen_for_training(self, device, weight_dtype, **overrides) -> Iterator[None]:
+        with super().frozen_for_training(device, weight_dtype, **overrides), split_projections(self._split), \
                 self._block_forwards():
             yield
 

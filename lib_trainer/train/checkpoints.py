@@ -15,12 +15,13 @@ delete older epoch / step files as new ones are written (never the final file).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
 import tempfile
 import time
-from typing import Callable, Sequence
+from typing import Callable, ContextManager, Sequence
 
 from ..config import TrainConfig
 from ..config_files import save_config
@@ -85,9 +86,11 @@ def older_files(output_dir: str, name: str, kind: str, below: int) -> list[str]:
 class CheckpointWriter:
     def __init__(self, config: TrainConfig, trainable: Trainable, base_metadata: dict[str, str],
                  recent_losses: Sequence[float] = (), progress=None, ema=None,
-                 validation_loss: Callable[[], float | None] | None = None) -> None:
+                 validation_loss: Callable[[], float | None] | None = None,
+                 weights: Callable[[], ContextManager] = contextlib.nullcontext) -> None:
         self.config = config
         self.ema = ema  # train/ema.py: its file goes beside each saved one
+        self.weights = weights  # a context with the weights to save in the trainable (schedule-free: x)
         self.progress = progress
         self.rescue_dir: str | None = None  # where files go once output_dir has refused one
         self.trainable = trainable
@@ -100,6 +103,10 @@ class CheckpointWriter:
         self.saved: list[str] = []
 
     def save(self, path: str, epoch: int, step: int, interrupted: bool = False) -> str:
+        with self.weights():
+            return self._save(path, epoch, step, interrupted)
+
+    def _save(self, path: str, epoch: int, step: int, interrupted: bool) -> str:
         path = self.file_path(path)
         if not self.trainable.all_finite():
             raise UnsafeToSave(f"not writing {path}: the trained weights are not finite")

@@ -6,6 +6,7 @@ dataset/, files in checkpoints.py.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import random
@@ -33,13 +34,15 @@ from ..networks.trainable import TEXT_ENCODER, TOKEN_EMBEDDINGS
 from ..progress import Progress
 from .checkpoints import CheckpointWriter, epoch_path, epoch_save_interval, final_path, step_path
 from .ema import make_average
-from .optimizers import make_optimizer
+from .optimizers import (eval_weights, fp16_eps_too_small, is_schedule_free, make_optimizer, run_notes,
+                         uses_relative_step)
 from .output_guard import claimed_output
-from .precision import SAVE_DTYPES, autocast, check_precision, compute_dtype, grad_scaler, resolve_device
+from .precision import (FP8_DTYPE, SAVE_DTYPES, autocast, check_fp8, check_precision, compute_dtype, grad_scaler,
+                        resolve_device, trainable_dtype)
 from .resume import RunPosition, StateWriter, fingerprint, read_state, resume_notes, state_dir_for
 from .sampling import SampleMaker
 from . import noise as diffusion
-from .schedulers import make_scheduler, warmup_steps
+from .schedulers import apply_learning_rates, make_run_scheduler, warmup_steps
 from .step_loss import batch_loss, loss_option_notes, loss_option_refusals
 from .text_cache import TextEncoderCache
 from .validation import Validator
@@ -73,6 +76,8 @@ def train(config: TrainConfig, bundle: ModelBundle | None = None, progress: Prog
     noise_rng = torch.Generator().manual_seed(config.seed)
     device = resolve_device(config.device)
     check_precision(device, config.mixed_precision)
+    if config.fp8_base:
+        check_fp8(device)
     if bundle is None:
         from ..hosts import load_bundle
 
@@ -88,7 +93,12 @@ def train(config: TrainConfig, bundle: ModelBundle | None = None, progress: Prog
         progress.status(note)
     plan = make_plan(config, bundle.count_tokens)
     progress.status(plan.summary())
+    if config.fp8_base and not bundle.owns_weights:
+        raise InvalidInput("fp8_base casts the base UNet to fp8 and back, which would change the WebUI's loaded "
+                           "model: use it with a checkpoint this trainer loads itself")
     trainable = create_trainable(config, bundle).to(device)
+    if trainable_dtype(config.full_fp16, config.full_bf16) is not None:
+        trainable.to(trainable_dtype(config.full_fp16, config.full_bf16))
     if config.network_weights:
         trainable.load_weights(config.network_weights)
         progress.status(f"started from the weights in {config.network_weights} (weights only: a new optimizer "
@@ -97,7 +107,9 @@ def train(config: TrainConfig, bundle: ModelBundle | None = None, progress: Prog
 
     with claimed_output(config.output_dir, config.output_name, _expected_output_bytes(config, plan, trainable),
                         progress), \
-            bundle.frozen_for_training(device, compute_dtype(config.mixed_precision)), trainable.attached(bundle), \
+            bundle.frozen_for_training(device, compute_dtype(config.mixed_precision), no_half_vae=config.no_half_vae,
+                                       denoiser_dtype=FP8_DTYPE if config.fp8_base else None), \
+            trainable.attached(bundle), \
             _gradient_checkpointing(bundle, config.gradient_checkpointing):
         return _run(config, bundle, plan, trainable, device, progress, data_rng, noise_rng, saved_state)
 
@@ -123,10 +135,12 @@ def _run(config, bundle, plan, trainable, device, progress, data_rng, noise_rng,
         config.optimizer_type, trainable.parameter_groups(config.effective_unet_lr(),
                                                           config.effective_text_encoder_lr()),
         config.learning_rate, config.parsed_optimizer_args(), device.type)
+    for note in run_notes(config, [group.get("lr") for group in optimizer.param_groups]):
+        progress.status(note)
     warmup = warmup_steps(config.lr_warmup_steps, plan.total_steps)
-    scheduler = make_scheduler(optimizer, config.lr_scheduler, plan.total_steps, warmup,
-                               config.lr_scheduler_num_cycles, config.lr_scheduler_power)
-    scaler = grad_scaler(device, config.mixed_precision)
+    scheduler = make_run_scheduler(config, optimizer, plan.total_steps, warmup, is_schedule_free(config.optimizer_type),
+                                   uses_relative_step(config.optimizer_type, config.parsed_optimizer_args()))
+    scaler = grad_scaler(device, config.mixed_precision, config.full_fp16)
     run = RunPosition.start(data_rng, noise_rng)
     checks = fingerprint(bundle.family, bundle.prediction_type, plan.training_set, trainable)
     ema = make_average(config, trainable)  # ema_decay: an average of the weights, saved beside them
@@ -143,11 +157,15 @@ def _run(config, bundle, plan, trainable, device, progress, data_rng, noise_rng,
     metadata["ss_trained_parts"] = json.dumps(trainable.conditioned())
     losses: list[float] = list(run.losses)
     window: deque[float] = deque(losses[-plan.steps_per_epoch:], maxlen=max(1, plan.steps_per_epoch))
-    validator = Validator(config, bundle, plan, trainable, latents, prompts, schedule, device, progress)
+    # Files, samples and validation get the weights to use: a schedule-free optimizer's average,
+    # not its training point.
+    weights = functools.partial(eval_weights, optimizer)
+    validator = Validator(config, bundle, plan, trainable, latents, prompts, schedule, device, progress,
+                          weights=weights)
     writer = CheckpointWriter(config, trainable, metadata, recent_losses=window, progress=progress, ema=ema,
-                              validation_loss=lambda: validator.latest)
+                              validation_loss=lambda: validator.latest, weights=weights)
     states = StateWriter(config, trainable, optimizer, scheduler, scaler, checks, progress, ema=ema)
-    samples = SampleMaker(config, bundle, trainable, device, progress, ema=ema)
+    samples = SampleMaker(config, bundle, trainable, device, progress, ema=ema, weights=weights)
     params = [p for group in optimizer.param_groups for p in group["params"]]
 
     every_epochs = epoch_save_interval(config, plan.epochs)  # save_every_n_epochs, or save_n_epoch_ratio's
@@ -254,12 +272,10 @@ def _resume(config, saved, checks, trainable, optimizer, scheduler, scaler, data
     scaler.load_state_dict(saved.scaler)
     # A changed learning rate applies from here on, along the same schedule.
     lrs = {"unet": config.effective_unet_lr(), "text_encoder": config.effective_text_encoder_lr()}
-    for group in optimizer.param_groups:  # a block's or LoRA+ group keeps its factor on the part's lr
-        if group.get("name") in lrs:
-            group["initial_lr"] = lrs[group["name"]] * group.get("lr_factor", 1.0)
-    scheduler.base_lrs = [group["initial_lr"] for group in optimizer.param_groups]
-    for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
-        group["lr"] = base * factor(scheduler.last_epoch)
+    if not apply_learning_rates(scheduler, optimizer, lrs) and any(
+            name in config.to_dict() and saved.config.get(name) != getattr(config, name)
+            for name in ("learning_rate", "unet_lr", "text_encoder_lr")):
+        progress.status("the learning rate changed, but this run's scheduler keeps the rates it saved")
     progress.status(f"resumed from {config.resume}: step {saved.step}, epoch {saved.epoch}, "
                     f"after {saved.batches_done} batches of it")
     return RunPosition.resumed(saved)
@@ -343,8 +359,11 @@ def _latent_source(config, bundle, plan, device, progress):
     if config.cache_latents:
         # Both orientations are cached when any subset flips.
         flips = any(example_flip_aug(config, e) for e in plan.training_set.examples)
+        # highvram: keep CUDA's freed blocks cached between VAE batches (sd-scripts' meaning)
+        release = torch.cuda.empty_cache if device.type == "cuda" and not config.highvram else None
         cache = LatentCache(encode, bundle.vae_fingerprint(), flips, config.cache_latents_to_disk,
-                            config.latents_cache_dir, config.resize_interpolation, masks)
+                            config.latents_cache_dir, config.resize_interpolation, masks, config.vae_batch_size,
+                            release)
         cache.fill(plan.cached_examples, progress)
         if cache.reused_from_disk:
             progress.status(f"reused {cache.reused_from_disk} cached latents from disk")
@@ -409,6 +428,8 @@ def _diverged_message(loss, step, epoch, saved, config) -> str:
     advice = ["lower the learning rate"]
     if config.mixed_precision == "fp16":
         advice.append("use mixed_precision=bf16 (or no) instead of fp16")
+    if config.full_fp16 and fp16_eps_too_small(config):
+        advice.append("set optimizer_args eps=1e-4 (fp16 rounds Adam's 1e-8 to 0) or use full_bf16")
     if not config.max_grad_norm:
         advice.append("set max_grad_norm=1")
     return (f"The loss became {loss.item()} at step {step + 1} (epoch {epoch}); training stopped. {last} "

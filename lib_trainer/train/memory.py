@@ -24,6 +24,11 @@ ACTIVATIONS_PER_MEGAPIXEL = {"sd1": (9.0, 2.5), "sd2": (9.0, 2.5), "sdxl": (11.0
 VAE_ENCODE_PER_MEGAPIXEL = 3.0  # the VAE encoder's peak when latents are not cached
 # Bytes per trainable parameter beside its fp32 weight and gradient (8).
 OPTIMIZER_STATE_BYTES = {"AdamW": 8, "AdamW8bit": 2, "Lion": 4, "Prodigy": 16, "Adafactor": 4, "SGDNesterov": 4}
+# issue 14's: schedule-free keeps z (and Adam's second moment), D-Adaptation two or three
+# buffers besides its moments, bitsandbytes one or two bytes a moment.
+OPTIMIZER_STATE_BYTES.update({"AdamWScheduleFree": 8, "RAdamScheduleFree": 8, "SGDScheduleFree": 4,
+                              "DAdaptAdam": 12, "DAdaptLion": 8, "DAdaptSGD": 8, "DAdaptAdaGrad": 8,
+                              "Lion8bit": 1, "PagedAdamW8bit": 2, "PagedLion8bit": 1})
 
 
 @dataclass
@@ -56,6 +61,8 @@ def estimate_memory(config: TrainConfig, family: str, weight_bytes: int, targets
     """`parameters`: what the run trains when the bundle counted it (an embedding adapts no layer)."""
     trainable = network_parameters(targets, config) if parameters is None else parameters
     state_bytes = 8 + OPTIMIZER_STATE_BYTES.get(config.optimizer_type, 8)
+    if config.full_fp16 or config.full_bf16:  # weights, gradients and moments in 16 bits
+        state_bytes //= 2
     width, height = config.resolution_wh()
     megapixels = width * height / 1e6 * config.train_batch_size
     plain, checkpointed = ACTIVATIONS_PER_MEGAPIXEL.get(family, ACTIVATIONS_PER_MEGAPIXEL["sd1"])

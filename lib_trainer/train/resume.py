@@ -44,6 +44,7 @@ RESUMABLE_CHANGES = {
     "save_last_n_epochs", "save_last_n_steps", "save_n_epoch_ratio", "save_model_as", "output_config", "no_metadata",
     "metadata_title", "metadata_author", "metadata_description", "metadata_license", "metadata_tags",
     "max_data_loader_n_workers", "persistent_data_loader_workers",
+    "lowram", "highvram",
 }
 
 

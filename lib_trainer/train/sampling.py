@@ -114,10 +114,11 @@ class SampleMaker:
     """Makes the prompt file's images when they are due; the loop calls the three hooks."""
 
     def __init__(self, config: TrainConfig, bundle: ModelBundle, network: torch.nn.Module, device: torch.device,
-                 progress: Progress, ema=None) -> None:
+                 progress: Progress, ema=None, weights=contextlib.nullcontext) -> None:
         self.config, self.bundle, self.network, self.device, self.progress = config, bundle, network, device, progress
         # ema_for_samples: the weight average (train/ema.py) stands in while the images are drawn
         self.ema = ema if config.ema_for_samples else None
+        self.weights = weights  # a context with the weights to sample with (schedule-free: x)
         self.prompts = read_sample_prompts(config.sample_prompts) if config.sampling_enabled() else []
         self.backend = sample_backend(bundle)
         if self.prompts:
@@ -140,7 +141,7 @@ class SampleMaker:
 
     def _make(self, label: str, when: str) -> None:
         written = []
-        with global_rng_kept(self._devices()), eval_mode([self.network, *self.bundle.modules()]), \
+        with global_rng_kept(self._devices()), eval_mode([self.network, *self.bundle.modules()]), self.weights(), \
                 autocast(self.device, self.config.mixed_precision), \
                 self.ema.applied() if self.ema is not None else contextlib.nullcontext():
             for index, prompt in enumerate(self.prompts):

@@ -17,6 +17,7 @@ metadata of the files saved after it (`ss_validation_loss`).
 """
 from __future__ import annotations
 
+import contextlib
 import random
 
 import torch
@@ -43,8 +44,10 @@ def validation_seed(config) -> int:
 class Validator:
     """Scores the held-out batches when a pass is due; `latest` is the newest value (None before the first)."""
 
-    def __init__(self, config, bundle, plan, trainable, latents, prompts, schedule, device, progress) -> None:
+    def __init__(self, config, bundle, plan, trainable, latents, prompts, schedule, device, progress,
+                 weights=contextlib.nullcontext) -> None:
         self.config, self.bundle, self.trainable = config, bundle, trainable
+        self.weights = weights  # a context with the weights to score (schedule-free: the average x)
         self.latents, self.prompts, self.schedule, self.device = latents, prompts, schedule, device
         self.progress = progress
         limit = config.max_validation_steps
@@ -86,7 +89,7 @@ class Validator:
         self.trainable.eval()  # dropout, rank and module dropout off
         total, count = 0.0, 0
         try:
-            with torch.no_grad(), autocast(self.device, self.config.mixed_precision):
+            with torch.no_grad(), self.weights(), autocast(self.device, self.config.mixed_precision):
                 for batch in self.batches:
                     for config in pinned:
                         loss = batch_loss(config, self.bundle, batch, self.latents, self.prompts,

@@ -73,14 +73,17 @@ def make_component(spec: dataclasses.Field, value: Any = None, info: str | None 
     if kind == "bool":
         return gr.Checkbox(value=bool(value), **common)
     if meta.get("choices"):
-        return gr.Dropdown(choices=[str(c) for c in meta["choices"]], value=value, **common)
+        # open choices (optimizer_type): any module.Class path may be typed in too
+        custom = {"allow_custom_value": True} if meta.get("open_choices") else {}
+        return gr.Dropdown(choices=[str(c) for c in meta["choices"]], value=value, **custom, **common)
     if kind in ("int", "float") and "None" not in str(spec.type):
         return gr.Number(value=value, precision=0 if kind == "int" else None, **common)
     if kind == "float":  # optional number: empty means "not set"
-        return gr.Textbox(value=value, placeholder="empty: use learning_rate", max_lines=1, **common)
+        return gr.Textbox(value=value, placeholder=meta.get("placeholder", "empty: use learning_rate"), max_lines=1,
+                          **common)
     if kind == "list":
         return gr.Textbox(value=value, placeholder="key=value key=value", max_lines=1, **common)
-    return gr.Textbox(value=value, max_lines=1, **common)
+    return gr.Textbox(value=value, max_lines=1, placeholder=meta.get("placeholder"), **common)
 
 
 class ConfigForm:
