@@ -8,6 +8,7 @@ import torch
 
 from lib_trainer.config import TrainConfig
 from lib_trainer.demo_data import TRIGGER, make_demo_dataset
+from lib_trainer.progress import STEP, Progress
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
@@ -22,6 +23,18 @@ def demo_root(tmp_path_factory) -> str:
 def small_root(tmp_path_factory) -> str:
     """4 small pictures of the demo concept (64 px): for quick runs."""
     return make_demo_dataset(str(tmp_path_factory.mktemp("small")), count=4, size=64)
+
+
+def stop_at(step: int) -> Progress:
+    """A Progress that asks the run to stop once training step `step` is done (a user's Stop)."""
+    progress = Progress()
+
+    def sink(event):
+        if event.kind == STEP and event.label == "training" and event.done == step:
+            progress.commands.request_stop()
+
+    progress.sinks.append(sink)
+    return progress
 
 
 def quick_config(data_root: str, output_dir: str, **changes) -> TrainConfig:

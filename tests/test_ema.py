@@ -10,11 +10,10 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from lib_trainer.config import TrainConfig
-from lib_trainer.progress import STEP, Progress
 from lib_trainer.train.ema import WeightAverage, ema_path
 from lib_trainer.train.loop import train
 
-from conftest import quick_config
+from conftest import quick_config, stop_at
 
 
 def _metadata(path: str) -> dict:
@@ -100,23 +99,12 @@ def test_no_ema_file_before_the_average_starts(small_root, tmp_path):
     assert not [name for name in os.listdir(tmp_path) if name.endswith("-ema.safetensors")]
 
 
-def _stop_at(step: int) -> Progress:
-    progress = Progress()
-
-    def sink(event):
-        if event.kind == STEP and event.label == "training" and event.done == step:
-            progress.commands.request_stop()
-
-    progress.sinks.append(sink)
-    return progress
-
-
 def test_a_resumed_run_with_ema_equals_an_uninterrupted_one(small_root, tmp_path):
     """With LoRA+ and block lr weights too: their extra optimizer groups resume as well."""
     settings = dict(max_train_steps=5, ema_decay=0.8, ema_update_every=2, rank_dropout=0.2, shuffle_caption=True,
                     loraplus_lr_ratio=4.0, network_args=["up_lr_weight=linear+0.5"])
     whole = train(quick_config(small_root, str(tmp_path / "whole"), **settings))
-    stopped = train(quick_config(small_root, str(tmp_path / "parts"), **settings), progress=_stop_at(3))
+    stopped = train(quick_config(small_root, str(tmp_path / "parts"), **settings), progress=stop_at(3))
     assert stopped.stopped_early and stopped.steps == 3
     resumed = train(quick_config(small_root, str(tmp_path / "parts"), resume=str(tmp_path / "parts" /
                                                                                  "test-step00000003-state"),

@@ -340,10 +340,15 @@ class RecordingBundle:
         return torch.zeros_like(noisy)
 
 
+def example(loss_weight: float) -> SimpleNamespace:
+    """A stand-in example: its loss weight, from a folder of no dataset config subset."""
+    return SimpleNamespace(loss_weight=loss_weight, item=SimpleNamespace(concept=SimpleNamespace(subset=None)))
+
+
 def run_batch(config, bundle, batch=None, size=8) -> float:
-    batch = batch or [SimpleNamespace(loss_weight=1.0), SimpleNamespace(loss_weight=1.0)]
+    batch = batch or [example(1.0), example(1.0)]
     x0 = torch.zeros(len(batch), 4, size, size)  # zero latents: the noisy input is sqrt(1 - abar) x noise
-    latents = lambda batch, flips, rng: (x0, None)  # noqa: E731
+    latents = lambda batch, flips, rng: (x0, None, None)  # noqa: E731  (no sizes, no loss masks)
     prompts = lambda batch, rng: None  # noqa: E731
     loss = batch_loss(config, bundle, batch, latents, prompts, SCHEDULE, torch.device("cpu"), random.Random(0),
                       generator(0))

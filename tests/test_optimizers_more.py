@@ -10,11 +10,11 @@ import torch
 from safetensors.torch import load_file
 
 from lib_trainer.config import TrainConfig
-from lib_trainer.progress import STEP, Progress
+from lib_trainer.progress import Progress
 from lib_trainer.train.optimizers import (OptimizerUnavailable, eval_weights, make_optimizer, optimizer_notes,
                                           optimizer_spec)
 
-from conftest import quick_config
+from conftest import quick_config, stop_at
 
 
 
@@ -56,17 +56,6 @@ def test_eval_weights_changes_nothing_for_other_optimizers():
     with eval_weights(optimizer):
         assert torch.equal(parameter, before)
     assert torch.equal(parameter, before)
-
-
-def _stop_at(step: int) -> Progress:
-    progress = Progress()
-
-    def sink(event):
-        if event.kind == STEP and event.label == "training" and event.done == step:
-            progress.commands.request_stop()
-
-    progress.sinks.append(sink)
-    return progress
 
 
 def _schedule_free_config(root, out, **changes):
@@ -124,7 +113,7 @@ def test_schedule_free_run_resumes_to_the_same_weights(small_root, schedule_free
     from lib_trainer.train.loop import train
 
     _, whole = schedule_free_run
-    stopped = train(_schedule_free_config(small_root, tmp_path), progress=_stop_at(2))
+    stopped = train(_schedule_free_config(small_root, tmp_path), progress=stop_at(2))
     assert stopped.stopped_early and stopped.steps == 2
     resumed = train(_schedule_free_config(small_root, tmp_path, resume=os.path.join(tmp_path, "test-step00000002-state")))
     expected, got = load_file(whole.final_path), load_file(resumed.final_path)

@@ -11,11 +11,11 @@ from safetensors.torch import load_file
 
 from lib_trainer.config import ConfigError
 from lib_trainer.demo_data import TRIGGER, draw_ball
-from lib_trainer.progress import STEP, Progress
+from lib_trainer.progress import Progress
 from lib_trainer.train.loop import train
 from lib_trainer.train.resume import read_state, read_state_info
 
-from conftest import quick_config
+from conftest import quick_config, stop_at
 
 
 @pytest.fixture(scope="module")
@@ -45,17 +45,6 @@ def _config(root, out, **changes):
     return quick_config(root, str(out), **settings)
 
 
-def _stop_at(step: int) -> Progress:
-    progress = Progress()
-
-    def sink(event):
-        if event.kind == STEP and event.label == "training" and event.done == step:
-            progress.commands.request_stop()
-
-    progress.sinks.append(sink)
-    return progress
-
-
 def _weights(path: str) -> dict[str, torch.Tensor]:
     return load_file(path)
 
@@ -70,7 +59,7 @@ def uninterrupted(two_bucket_root, tmp_path_factory):
 
 @pytest.mark.parametrize("stop_step", [3, 4], ids=["mid-epoch", "end-of-epoch"])
 def test_resumed_run_equals_uninterrupted_run(two_bucket_root, uninterrupted, tmp_path, stop_step):
-    stopped = train(_config(two_bucket_root, tmp_path), progress=_stop_at(stop_step))
+    stopped = train(_config(two_bucket_root, tmp_path), progress=stop_at(stop_step))
     assert stopped.stopped_early and stopped.steps == stop_step
     state_dir = os.path.join(tmp_path, f"test-step{stop_step:08d}-state")
     info = read_state_info(state_dir)
@@ -109,7 +98,7 @@ def test_save_state_writes_and_prunes_states(two_bucket_root, tmp_path):
 def test_resume_works_where_torch_load_is_replaced_as_in_the_webui(two_bucket_root, uninterrupted, tmp_path,
                                                                  monkeypatch):
     """The WebUI swaps torch.load for its safe unpickler, which refuses current torch files."""
-    train(_config(two_bucket_root, tmp_path), progress=_stop_at(3))
+    train(_config(two_bucket_root, tmp_path), progress=stop_at(3))
     monkeypatch.setattr(torch, "load", lambda *args, **kwargs: None)
     resumed = train(_config(two_bucket_root, tmp_path, resume=os.path.join(tmp_path, "test-step00000003-state")))
     expected, got = _weights(uninterrupted.final_path), _weights(resumed.final_path)
@@ -117,7 +106,7 @@ def test_resume_works_where_torch_load_is_replaced_as_in_the_webui(two_bucket_ro
 
 
 def test_resume_refuses_another_dataset_or_network(two_bucket_root, tmp_path, tmp_path_factory):
-    train(_config(two_bucket_root, tmp_path), progress=_stop_at(2))
+    train(_config(two_bucket_root, tmp_path), progress=stop_at(2))
     state_dir = os.path.join(tmp_path, "test-step00000002-state")
     with pytest.raises(ConfigError, match="network.*network_dim"):
         train(_config(two_bucket_root, tmp_path, resume=state_dir, network_dim=8))
@@ -133,7 +122,7 @@ def test_resume_refuses_another_dataset_or_network(two_bucket_root, tmp_path, tm
 
 
 def test_resume_allows_longer_runs_and_says_what_changed(two_bucket_root, tmp_path):
-    train(_config(two_bucket_root, tmp_path), progress=_stop_at(2))
+    train(_config(two_bucket_root, tmp_path), progress=stop_at(2))
     statuses = []
     progress = Progress([lambda event: statuses.append(event.text)])
     result = train(_config(two_bucket_root, tmp_path, resume=os.path.join(tmp_path, "test-step00000002-state"),
@@ -145,7 +134,7 @@ def test_resume_allows_longer_runs_and_says_what_changed(two_bucket_root, tmp_pa
 
 def test_a_stopped_run_says_how_to_resume(two_bucket_root, tmp_path):
     statuses = []
-    progress = _stop_at(1)
+    progress = stop_at(1)
     progress.sinks.append(lambda event: statuses.append(event.text))
     train(_config(two_bucket_root, tmp_path), progress=progress)
     state_dir = os.path.join(tmp_path, "test-step00000001-state")
@@ -167,7 +156,7 @@ def test_the_printed_command_resumes_the_run_from_the_command_line(two_bucket_ro
     from lib_trainer.__main__ import main
 
     statuses = []
-    progress = _stop_at(5)
+    progress = stop_at(5)
     progress.sinks.append(lambda event: statuses.append(event.text))
     train(_config(two_bucket_root, tmp_path), progress=progress)
     command = next(text for text in statuses if text.startswith("to continue this run: "))

@@ -9,10 +9,9 @@ import torch
 from safetensors.torch import load_file
 
 from lib_trainer.config import TrainConfig
-from lib_trainer.progress import STEP, Progress
 from lib_trainer.train.schedulers import make_run_scheduler, warmup_steps
 
-from conftest import quick_config
+from conftest import quick_config, stop_at
 
 transformers_optimization = pytest.importorskip("transformers.optimization")
 
@@ -180,17 +179,6 @@ def test_relative_step_metadata_is_kohyas():
 
 # --- resuming a run on a new schedule ---
 
-def _stop_at(step: int) -> Progress:
-    progress = Progress()
-
-    def sink(event):
-        if event.kind == STEP and event.label == "training" and event.done == step:
-            progress.commands.request_stop()
-
-    progress.sinks.append(sink)
-    return progress
-
-
 def test_a_resumed_run_on_a_class_schedule_equals_the_whole_run(small_root, tmp_path):
     """lr_scheduler_type's class: its own state_dict, not our factor's (the factor schedules'
     resumption is tests/test_resume.py's)."""
@@ -198,7 +186,7 @@ def test_a_resumed_run_on_a_class_schedule_equals_the_whole_run(small_root, tmp_
 
     schedule = {"lr_scheduler_type": "StepLR", "lr_scheduler_args": ["step_size=1", "gamma=0.5"]}
     whole = train(quick_config(small_root, str(tmp_path / "whole"), **schedule))
-    stopped = train(quick_config(small_root, str(tmp_path / "part"), **schedule), progress=_stop_at(2))
+    stopped = train(quick_config(small_root, str(tmp_path / "part"), **schedule), progress=stop_at(2))
     assert stopped.stopped_early and stopped.steps == 2
     state = os.path.join(tmp_path, "part", "test-step00000002-state")
     resumed = train(quick_config(small_root, str(tmp_path / "part"), resume=state, **schedule))

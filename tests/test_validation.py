@@ -12,6 +12,7 @@ import torch
 
 from lib_trainer.config import TrainConfig
 from lib_trainer.dataset.folders import Concept, ImageItem
+from lib_trainer.dataset.captions import CaptionClock
 from lib_trainer.dataset.plan import caption_options, make_plan
 from lib_trainer.dataset.validation_split import concept_split, held_out
 from lib_trainer.progress import VALIDATION, Progress
@@ -82,7 +83,8 @@ def test_validation_loss_is_fixed_for_fixed_weights_and_in_eval_mode(small_root,
     with bundle.frozen_for_training(device, torch.float32), trainable.attached(bundle):
         trainable.train()
         latents = loop._latent_source(config, bundle, plan, device, Progress())
-        prompts = loop._prompt_source(config, bundle, plan, caption_options(config), False, device, Progress())
+        prompts = loop._prompt_source(config, bundle, plan, caption_options(config), False, device, Progress(),
+                                      CaptionClock())
         validator = Validator(config, bundle, plan, trainable, latents, prompts, bundle.alphas_cumprod, device,
                               Progress())
         first = validator.loss()
