@@ -76,23 +76,19 @@ class LatentCache:
         progress.start("caching latents", len(unique))
         done, to_encode = 0, []
         for example in unique.values():
-            cached = None if example.path in self.latents else self._from_disk(example, progress)
+            cached = self._from_disk(example, progress) if example.path not in self.latents else None
             if cached is None:
                 if example.path not in self.latents:
                     to_encode.append(example)
                 continue
-            self.latents[example.path], mask = cached
-            if mask is not None:
-                self.loss_masks[example.path] = mask
+            self._keep(example, *cached)
             done += 1
             progress.step(done)
         for batch in batches_by_bucket(to_encode, self.batch_size):
             if progress.stop_requested:
                 break
             for example, (latents, mask) in zip(batch, self._encode_batch(batch)):
-                self.latents[example.path] = latents
-                if mask is not None:
-                    self.loss_masks[example.path] = mask
+                self._keep(example, latents, mask)
                 if self.to_disk:
                     self._write(self.disk_path(example.path), self.key(example), latents, mask)
             if self.after_batch is not None:
@@ -100,6 +96,12 @@ class LatentCache:
             done += len(batch)
             progress.step(done)
         progress.end()
+
+    def _keep(self, example: Example, latents: tuple[torch.Tensor, torch.Tensor | None],
+              mask: torch.Tensor | None) -> None:
+        self.latents[example.path] = latents
+        if mask is not None:
+            self.loss_masks[example.path] = mask
 
     def get(self, example: Example, flip: bool) -> torch.Tensor:
         plain, flipped = self.latents[example.path]
