@@ -38,7 +38,7 @@ OPTIMIZERS = ("AdamW", "AdamW8bit", "Lion", "Prodigy", "Adafactor", "SGDNesterov
               "DAdaptSGD", "RAdamScheduleFree", "AdamWScheduleFree", "SGDScheduleFree")
 SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial",
               "cosine_with_min_lr", "warmup_stable_decay", "piecewise_constant", "inverse_sqrt", "adafactor")
-PRECISIONS = ("no", "fp16", "bf16")
+PRECISIONS = ("auto", "no", "fp16", "bf16")
 SAVE_PRECISIONS = ("fp16", "bf16", "float")
 # sd-scripts' sample_sampler names, so its configs load; which of them can really sample
 # is checked when sampling is on (train/samplers.py lists them).
@@ -292,7 +292,10 @@ class TrainConfig:
                                   "set, kohya's default 1600, which the plan says, with a warning when that ends "
                                   "the first epoch early).", "training", minimum=0)
     gradient_accumulation_steps: int = option(1, "Batches summed before each optimizer step.", "training", minimum=1)
-    mixed_precision: str = option("no", "Compute precision: no (fp32), fp16 or bf16.", "training", choices=PRECISIONS)
+    mixed_precision: str = option("auto", "Compute precision: auto (what this device is fast at: bf16 on GPUs and CPUs "
+                                  "with bf16 units, fp16 on GPUs without bf16, fp32 elsewhere; the plan says which), "
+                                  "no (fp32), fp16 or bf16.", "training", choices=PRECISIONS,
+                                  differs="default auto (sd-scripts: no); auto is ours")
     save_precision: str = option("fp16", "Precision of the saved file.", "training", choices=SAVE_PRECISIONS)
     # --- precision (issue 14) ---
     full_fp16: bool = option(False, "Keep the trained weights, their gradients and the optimizer's state in fp16 too "

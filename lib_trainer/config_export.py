@@ -20,6 +20,7 @@ from .config_files import _toml_value
 from .errors import InvalidInput
 from .fileio import write_text_atomic
 from .sd_scripts_args import sd_scripts_arguments
+from .train.auto_precision import with_resolved_precision
 
 # Our fields that sd-scripts takes as network_args key=value (networks/lora.py, lycoris.kohya).
 NETWORK_ARGS_FIELDS = ("conv_dim", "conv_alpha", "rank_dropout", "module_dropout")
@@ -47,6 +48,8 @@ def export_values(config: TrainConfig) -> tuple[dict[str, Any], dict[str, Any]]:
                            f"network_module={config.network_module}"
                            + (" with pivotal_tuning" if config.pivotal_tuning else "") + " is not one")
     arguments, defaults = sd_scripts_arguments(), TrainConfig()
+    # sd-scripts has no "auto": it gets what auto means on this machine.
+    config = with_resolved_precision(config)
     exported: dict[str, Any] = {}
     ours: dict[str, Any] = {}
     network_args = list(config.network_args)

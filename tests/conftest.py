@@ -11,6 +11,9 @@ from lib_trainer.demo_data import TRIGGER, make_demo_dataset
 from lib_trainer.progress import STEP, Progress
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# mixed_precision=auto means fp32 in tests, on every machine (and in the CLI runs they start):
+# the same numbers everywhere; test_auto_precision unpins it.
+os.environ.setdefault("LIB_TRAINER_AUTO_PRECISION", "no")
 
 
 @pytest.fixture(scope="session")

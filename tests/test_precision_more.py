@@ -84,7 +84,7 @@ def test_full_fp16_unscales_fp16_gradients_that_torch_refuses():
 def test_fp8_base_is_refused_on_the_cpu_by_name():
     with pytest.raises(InvalidInput, match="this run is on cpu"):
         check_fp8(torch.device("cpu"))
-    assert any("fp8_base needs mixed_precision" in p for p in TrainConfig().replace(fp8_base=True).problems())
+    assert any("fp8_base needs mixed_precision" in p for p in TrainConfig().replace(fp8_base=True, mixed_precision="no").problems())
 
 
 def test_a_fp8_base_run_on_the_cpu_stops_before_loading(small_root, tmp_path):

@@ -40,6 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..bench import report, run_benchmark
+    from ..train.auto_precision import with_resolved_precision
 
     import os
 
@@ -57,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
                 return 2
         print(compare_configs(tuple(args.compare_config), args.rounds, args.steps, args.warmup))
         return 0
-    config = config_from_args(args, base=BENCH_DEFAULTS)
+    config = with_resolved_precision(config_from_args(args, base=BENCH_DEFAULTS))
     if args.make_checkpoint and not os.path.exists(config.pretrained_model_name_or_path):
         from ..bench import write_random_checkpoint
 

@@ -36,6 +36,7 @@ from .checkpoints import CheckpointWriter, epoch_path, epoch_save_interval, fina
 from .ema import make_average
 from .optimizers import (eval_weights, fp16_eps_too_small, is_schedule_free, make_optimizer, run_notes,
                          uses_relative_step)
+from .auto_precision import precision_notes, resolve_precision
 from .output_guard import claimed_output
 from .precision import (FP8_DTYPE, SAVE_DTYPES, autocast, check_fp8, check_precision, compute_dtype, grad_scaler,
                         resolve_device, trainable_dtype)
@@ -75,6 +76,9 @@ def train(config: TrainConfig, bundle: ModelBundle | None = None, progress: Prog
     data_rng = random.Random(config.seed)
     noise_rng = torch.Generator().manual_seed(config.seed)
     device = resolve_device(config.device)
+    for note in precision_notes(config.mixed_precision, device):
+        progress.status(note)
+    config = config.replace(mixed_precision=resolve_precision(config.mixed_precision, device))
     check_precision(device, config.mixed_precision)
     if config.fp8_base:
         check_fp8(device)

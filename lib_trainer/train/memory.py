@@ -16,6 +16,7 @@ from ..config import TrainConfig
 from ..formats.kohya_names import TargetLayer
 from ..hosts.bundle import ModelBundle
 from ..networks.registry import find_method, network_targets, trainable_parameter_count
+from .auto_precision import with_resolved_precision
 from .precision import compute_dtype
 
 GB = 1024 ** 3
@@ -60,6 +61,7 @@ def estimate_memory(config: TrainConfig, family: str, weight_bytes: int, targets
                     where: str = "GPU", parameters: int | None = None) -> MemoryEstimate:
     """`parameters`: what the run trains when the bundle counted it (an embedding adapts no layer)."""
     trainable = network_parameters(targets, config) if parameters is None else parameters
+    config = with_resolved_precision(config)
     state_bytes = 8 + OPTIMIZER_STATE_BYTES.get(config.optimizer_type, 8)
     if config.full_fp16 or config.full_bf16:  # weights, gradients and moments in 16 bits
         state_bytes //= 2
@@ -79,7 +81,7 @@ def bundle_memory(config: TrainConfig, bundle: ModelBundle, where: str) -> Memor
     """The estimate for a bundle, loaded or built on the meta device: its weights as training
     will hold them (the bundle says in which dtype), the network on its real layers."""
     _, _, targets = network_targets(config, bundle)
-    weights = bundle.held_weight_bytes(compute_dtype(config.mixed_precision))
+    weights = bundle.held_weight_bytes(compute_dtype(with_resolved_precision(config).mixed_precision))
     return estimate_memory(config, bundle.family, weights, targets, where, trainable_parameter_count(config, bundle))
 
 

@@ -15,6 +15,7 @@ import contextlib
 import torch
 
 from ..errors import InvalidInput
+from .auto_precision import resolve_precision
 
 COMPUTE_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 SAVE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "float": torch.float32}
@@ -25,6 +26,7 @@ def compute_dtype(mixed_precision: str) -> torch.dtype:
 
 
 def autocast(device: torch.device, mixed_precision: str):
+    mixed_precision = resolve_precision(mixed_precision, device)
     if mixed_precision == "no":
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=COMPUTE_DTYPES[mixed_precision])

@@ -19,23 +19,23 @@ PRESETS: dict[str, dict] = {
         resolution="512", network_dim=32, network_alpha=16.0, conv_dim=0, max_train_epochs=10, train_batch_size=2,
         learning_rate=1e-4, unet_lr=1e-4, text_encoder_lr=5e-5, optimizer_type="AdamW", lr_scheduler="cosine",
         lr_warmup_steps=0.05, shuffle_caption=True, keep_tokens=1, min_snr_gamma=5.0, noise_offset=0.0,
-        mixed_precision="bf16", save_every_n_epochs=2, network_train_unet_only=False),
+        mixed_precision="auto", save_every_n_epochs=2, network_train_unet_only=False),
     "Style, SD1.5": dict(
         resolution="512", network_dim=64, network_alpha=32.0, conv_dim=0, max_train_epochs=15, train_batch_size=2,
         learning_rate=1e-4, unet_lr=1e-4, text_encoder_lr=5e-5, optimizer_type="AdamW", lr_scheduler="cosine",
         lr_warmup_steps=0.05, shuffle_caption=True, keep_tokens=1, caption_dropout_rate=0.05, min_snr_gamma=5.0,
-        mixed_precision="bf16", save_every_n_epochs=3, network_train_unet_only=False),
+        mixed_precision="auto", save_every_n_epochs=3, network_train_unet_only=False),
     "LoCon (style, with convolutions), SD1.5": dict(
         resolution="512", network_dim=32, network_alpha=16.0, conv_dim=8, conv_alpha=4.0, max_train_epochs=12,
         train_batch_size=2, learning_rate=1e-4, unet_lr=1e-4, text_encoder_lr=5e-5, optimizer_type="AdamW",
         lr_scheduler="cosine", lr_warmup_steps=0.05, shuffle_caption=True, keep_tokens=1, min_snr_gamma=5.0,
-        mixed_precision="bf16", save_every_n_epochs=2),
+        mixed_precision="auto", save_every_n_epochs=2),
     "Character, SDXL (UNet only)": dict(
         resolution="1024", max_bucket_reso=2048, network_dim=16, network_alpha=8.0, conv_dim=0,
         max_train_epochs=10, train_batch_size=1, learning_rate=1e-4, unet_lr=1e-4, text_encoder_lr=None,
         optimizer_type="AdamW", lr_scheduler="cosine", lr_warmup_steps=0.05, network_train_unet_only=True,
         shuffle_caption=False, cache_text_encoder_outputs=True, gradient_checkpointing=True,
-        mixed_precision="bf16", save_every_n_epochs=2),
+        mixed_precision="auto", save_every_n_epochs=2),
     "Prodigy (no learning rate to tune)": dict(
         optimizer_type="Prodigy", learning_rate=1.0, unet_lr=1.0, text_encoder_lr=1.0, lr_scheduler="constant",
         lr_warmup_steps=0, optimizer_args=["weight_decay=0.01", "d_coef=1", "use_bias_correction=True"]),
@@ -43,7 +43,7 @@ PRESETS: dict[str, dict] = {
         resolution="128", min_bucket_reso=64, max_bucket_reso=256, network_dim=8, network_alpha=8.0, conv_dim=0,
         max_train_epochs=3, max_train_steps=0, train_batch_size=2, learning_rate=1e-3, unet_lr=None,
         text_encoder_lr=None, optimizer_type="AdamW", lr_scheduler="cosine", lr_warmup_steps=0.05,
-        mixed_precision="no", save_every_n_epochs=1),
+        mixed_precision="auto", save_every_n_epochs=1),
 }
 
 

@@ -123,7 +123,7 @@ def webui_trainer(config: TrainConfig, progress: Progress):
     bundle = loaded_bundle()
     changes = {"device": str(devices.device)}
     unet_dtype = next(bundle.denoiser().parameters()).dtype
-    if unet_dtype == torch.float16 and config.mixed_precision == "no":
+    if unet_dtype == torch.float16 and config.mixed_precision in ("no", "auto"):
         # fp16 weights without autocast would train the LoRA with unscaled fp16 gradients.
         changes["mixed_precision"] = "fp16"
         progress.status("the loaded model is in fp16: training with mixed_precision=fp16")
