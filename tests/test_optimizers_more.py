@@ -241,3 +241,11 @@ def test_samples_are_made_with_the_eval_weights_and_only_when_due(tmp_path, monk
     assert entered == [] and inside == []
     maker.after_step(2)
     assert entered == [True] and inside == [1]  # the image was made inside the context
+
+
+def test_adamw_is_fused_unless_the_user_asks_for_foreach():
+    parameter = torch.nn.Parameter(torch.zeros(3))
+    optimizer, text = make_optimizer("AdamW", [{"params": [parameter]}], 1e-3, {}, "cpu")
+    assert optimizer.defaults["fused"] is True and "fused=True" in text
+    optimizer, text = make_optimizer("AdamW", [{"params": [parameter]}], 1e-3, {"foreach": True}, "cpu")
+    assert optimizer.defaults["foreach"] is True and not optimizer.defaults["fused"]
