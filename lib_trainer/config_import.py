@@ -95,6 +95,8 @@ def _foreign_config(values: dict[str, Any], path: str, base: TrainConfig) -> tup
     unused: list[str] = []
     for key, value in values.items():
         name = our_name(key)
+        if key == "dynamo_backend" and str(value).lower() == "no":
+            continue  # accelerate's "no compiling", which is torch_compile's default here
         if name is None:
             unused.append(key)
             continue

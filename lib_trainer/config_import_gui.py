@@ -94,6 +94,8 @@ def translate(values: dict[str, Any], parse_flags) -> tuple[dict[str, Any], list
         v["resolution"] = _resolution(v.pop("max_resolution"))
     if "optimizer" in v:
         v["optimizer_type"] = v.pop("optimizer")
+    if str(v.get("dynamo_backend", "no")).lower() not in ("no", ""):
+        v.setdefault("torch_compile", True)  # the GUI hands it to accelerate, which then compiles
     if isinstance(v.get("xformers"), str):  # "xformers", "sdpa" (always used here) or "none"
         v["xformers"] = v["xformers"].strip().lower() in ("xformers", "true", "1")
     extra = str(v.pop("additional_parameters", "") or "").strip()

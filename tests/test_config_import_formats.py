@@ -123,6 +123,13 @@ def test_additional_parameters_are_read_as_our_flags_and_win(tmp_path):
     assert "additional_parameters not used here: --sdpa --debug_dataset" in notes
 
 
+def test_the_guis_dynamo_backend_turns_compiling_on(tmp_path):
+    config, _ = gui(tmp_path, dynamo_backend="inductor")
+    assert (config.torch_compile, config.dynamo_backend) == (True, "inductor")
+    config, _ = gui(tmp_path, dynamo_backend="no")
+    assert (config.torch_compile, config.dynamo_backend) == (False, "inductor")
+
+
 def test_the_toml_the_kohya_ss_gui_writes_for_a_run_maps_exactly():
     changed, notes = imported("kohya_ss_gui_run.toml")
     assert changed == {
@@ -133,7 +140,8 @@ def test_the_toml_the_kohya_ss_gui_writes_for_a_run_maps_exactly():
         "max_train_steps": 240, "mixed_precision": "fp16", "save_every_n_epochs": 1, "xformers": True,
         "seed": 1234, "noise_offset": 0.05, "sample_prompts": "./out/sample/prompt.txt", "sample_sampler": "euler_a"}
     # sd-scripts reads neither epoch nor noise_offset_type: the GUI wrote max_train_steps from them
-    assert not_ours("caption_dropout_every_n_epochs", "dynamo_backend", "epoch", "huber_c", "huber_schedule",
+    # dynamo_backend "no": accelerate compiles nothing, as torch_compile's default here
+    assert not_ours("caption_dropout_every_n_epochs", "epoch", "huber_c", "huber_schedule",
                     "loss_type", "lr_scheduler_args", "max_timestep", "noise_offset_type", "wandb_run_name") in notes
 
 

@@ -33,6 +33,7 @@ from ..networks.registry import create_trainable
 from ..networks.trainable import TEXT_ENCODER, TOKEN_EMBEDDINGS
 from ..progress import Progress
 from .checkpoints import CheckpointWriter, epoch_path, epoch_save_interval, final_path, step_path
+from .compile import compiled_denoiser
 from .ema import make_average
 from .optimizers import (eval_weights, fp16_eps_too_small, is_schedule_free, make_optimizer, run_notes,
                          uses_relative_step)
@@ -114,6 +115,7 @@ def train(config: TrainConfig, bundle: ModelBundle | None = None, progress: Prog
             bundle.frozen_for_training(device, compute_dtype(config.mixed_precision), no_half_vae=config.no_half_vae,
                                        denoiser_dtype=FP8_DTYPE if config.fp8_base else None), \
             trainable.attached(bundle), \
+            compiled_denoiser(bundle, config.torch_compile, config.dynamo_backend, progress), \
             _gradient_checkpointing(bundle, config.gradient_checkpointing):
         return _run(config, bundle, plan, trainable, device, progress, data_rng, noise_rng, saved_state)
 
