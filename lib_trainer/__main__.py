@@ -88,4 +88,7 @@ def report_error(error: BaseException, debug: bool = False) -> int:
 
 
 if __name__ == "__main__":
+    from .allocator import restart_with_tcmalloc
+
+    restart_with_tcmalloc(sys.argv[1:])  # before torch is imported: see allocator.py
     sys.exit(main())
