@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 import torch
 
 from .bench_compare import busy_line
-from .bench_phases import HELP, PHASES, UNET_BACKWARD, UNET_FORWARD, PhaseFigures, measure_phases
+from .bench_phases import HELP, PHASES, PhaseFigures, bare_forward_backward, measure_phases
 from .config import TrainConfig
 from .progress import STATUS, STEP, Progress
 from .train.first_step import PARTS, first_step_line
-from .train.precision import autocast, resolve_device
+from .train.precision import resolve_device
 
 
 @dataclass
@@ -57,11 +57,6 @@ class BenchResult:
     first_step_s: dict[str, float] = field(default_factory=dict)  # train/first_step.py's parts
     load_average: float = 0.0  # the machine's 1-minute load before the bench began
 
-    def adapter_overhead_s(self) -> float:
-        """UNet forward + backward with the adapters, less the bare one (the floor); noise can
-        make the difference negative when the adapters cost next to nothing: 0 then."""
-        floor = self.measurements[0].seconds_per_step
-        return max(0.0, self.phases.seconds[UNET_FORWARD] + self.phases.seconds[UNET_BACKWARD] - floor)
 
 
 def bench_run_config(config: TrainConfig, folder: str, steps: int) -> TrainConfig:
@@ -109,16 +104,8 @@ def measure_floor(config: TrainConfig, bundle, steps: int, warmup: int) -> Measu
         latents = torch.randn(config.train_batch_size, 4, height // 8, width // 8, device=device)
         timesteps = torch.randint(0, 1000, (config.train_batch_size,), device=device)
         reset_peak_memory(device)
-        times = []
-        for _ in range(warmup + steps):
-            start = time.perf_counter()
-            noisy = latents.clone().requires_grad_(True)
-            with autocast(device, config.mixed_precision):
-                output = bundle.predict(noisy, timesteps, conditioning)
-            output.float().square().mean().backward()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            times.append(time.perf_counter() - start)
+        times = [bare_forward_backward(config, bundle, latents, timesteps, conditioning, device)
+                 for _ in range(warmup + steps)]
     return Measurement("bare forward+backward", statistics.median(times[warmup:]), peak_memory_mb(device))
 
 
@@ -198,7 +185,7 @@ def phase_lines(result: BenchResult, floor_s: float) -> list[str]:
              f"{'phase':<24}{'s/step':>10}{'x floor':>9}  what it holds"]
     rows = [(name, phases.seconds[name], HELP[name]) for name in PHASES]
     rows += [("whole step", phases.step_s, "the phases together"),
-             ("adapter overhead", result.adapter_overhead_s(), "UNet forward + backward less the floor (in them)")]
+             ("adapter overhead", result.phases.adapter_overhead_s, "UNet forward + backward less a bare one after each step (in them)")]
     for name, seconds, what in rows:
         lines.append(f"{name:<24}{seconds:>10.4f}{seconds / floor_s:>9.2f}  {what}")
     return lines + phases.notes
@@ -211,6 +198,6 @@ def figures(result: BenchResult) -> dict:
             "training_step_s": training.seconds_per_step, "training_peak_mb": training.peak_memory_mb,
             "loading_s": loading.seconds_per_step, "loading_peak_mb": loading.peak_memory_mb,
             "phases_s": dict(result.phases.seconds), "phase_step_s": result.phases.step_s,
-            "adapter_overhead_s": result.adapter_overhead_s(),
+            "adapter_overhead_s": result.phases.adapter_overhead_s,
             "first_step_s": {part: result.first_step_s[part] for part in PARTS if part in result.first_step_s},
             "load_average": result.load_average, "busy": bool(busy_line(result.load_average, ""))}

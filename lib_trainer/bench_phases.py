@@ -7,6 +7,9 @@ Backward is split in two without changing the gradients: the UNet is fed a detac
 the conditioning that asks for its gradient, so the first backward runs through the UNet
 only (to the UNet's trained weights and that copy); the second carries the copy's gradient
 on through the text encoder. A text encoder that does not train has no second part (0 s).
+
+The adapters' overhead pairs each step with a bare UNet forward + backward (the adapters
+detached) at the same shapes right after it, so both see the same machine noise.
 """
 from __future__ import annotations
 
@@ -47,6 +50,7 @@ class PhaseFigures:
     seconds: dict[str, float]                       # each phase's median s/step over the timed steps
     step_s: float                                   # the median whole step of this pass
     notes: list[str] = field(default_factory=list)  # what is 0 and why
+    adapter_overhead_s: float = 0.0                 # median of (UNet forward + backward - the bare one)
 
 
 class _Clock:
@@ -68,6 +72,28 @@ class _Clock:
             yield
         finally:
             self.seconds[name] += self.now() - start
+
+
+def bare_forward_backward(config, bundle, latents: torch.Tensor, timesteps: torch.Tensor, conditioning,
+                          device: torch.device) -> float:
+    """Seconds of one forward + backward (to the input only, as a LoRA needs) of the denoiser
+    as it is now: the floor when nothing is attached to it."""
+    clock = _Clock(device)
+    start = clock.now()
+    noisy = latents.clone().requires_grad_(True)
+    with autocast(device, config.mixed_precision):
+        output = bundle.predict(noisy, timesteps, conditioning)
+    output.float().square().mean().backward()
+    return clock.now() - start
+
+
+@contextlib.contextmanager
+def detached(trainable, bundle):
+    trainable.detach()
+    try:
+        yield
+    finally:
+        trainable.attach(bundle)
 
 
 def text_encoder_note(config, trains_text: bool) -> str:
@@ -102,42 +128,49 @@ def measure_phases(config, bundle, steps: int, warmup: int) -> PhaseFigures:
         weights = [p for group in optimizer.param_groups for p in group["params"]]
         batches = _endless(plan.training_set, data_rng)
 
-        def one_step() -> tuple[dict[str, float], float]:
+        def one_step() -> tuple[dict[str, float], float, float]:
+            """The step's phases, its whole time, and a bare forward + backward at its shapes."""
             clock = _Clock(device)
             start = clock.now()
             for _ in range(config.gradient_accumulation_steps):
-                _timed_batch(config, bundle, next(batches), latents, prompts, schedule, device, data_rng, noise_rng,
-                             scaler, unet_weights, clock)
+                x0, conditioning = _timed_batch(config, bundle, next(batches), latents, prompts, schedule, device,
+                                                data_rng, noise_rng, scaler, unet_weights, clock)
             with clock.phase(OPTIMIZER):
                 optimizer_step(config, scaler, optimizer, scheduler, weights)
                 apply_max_norm(trainable, config.scale_weight_norms)
-            return clock.seconds, clock.now() - start
+            whole = clock.now() - start
+            timesteps = torch.full((x0.shape[0],), len(schedule) // 2, device=device)
+            with detached(trainable, bundle):
+                bare = bare_forward_backward(config, bundle, x0, timesteps, conditioning, device)
+            return clock.seconds, whole, bare * config.gradient_accumulation_steps
 
         measured = [one_step() for _ in range(warmup + steps)][warmup:]
-    seconds = {name: statistics.median(s[name] for s, _ in measured) for name in PHASES}
+    seconds = {name: statistics.median(s[name] for s, _, _ in measured) for name in PHASES}
+    overhead = statistics.median(s[UNET_FORWARD] + s[UNET_BACKWARD] - bare for s, _, bare in measured)
     note = text_encoder_note(config, trains_text)
-    return PhaseFigures(seconds, statistics.median(total for _, total in measured), [note] if note else [])
+    # noise can take the difference below 0 when the adapters cost next to nothing: 0 then
+    return PhaseFigures(seconds, statistics.median(whole for _, whole, _ in measured), [note] if note else [],
+                        max(0.0, overhead))
 
 
 def _timed_batch(config, bundle, batch, latents, prompts, schedule, device, data_rng, noise_rng, scaler,
-                 unet_weights, clock: _Clock) -> None:
-    """One batch's loss and backward, as the loop runs them, its phases added to `clock`."""
-    cached_text = config.cache_text_encoder_outputs
-    encoded: list[Conditioning] = []  # the text encoder's output, and the UNet's detached copy of it
+                 unet_weights, clock: _Clock):
+    """One batch's loss and backward, as the loop runs them, its phases added to `clock`;
+    returns the batch's latents and conditioning (detached), for the bare pass at its shapes."""
+    seen: dict[str, object] = {}  # the batch's latents; the text encoder's output and the UNet's copy of it
 
     def timed_latents(*args):
         with clock.phase(DATA):
-            return latents(*args)
+            seen["latents"] = latents(*args)
+        return seen["latents"]
 
     def timed_prompts(*args):
-        with clock.phase(DATA if cached_text else TE_FORWARD):
-            conditioning = prompts(*args)
-        if conditioning.context.requires_grad:
-            encoded.append(conditioning)
-            conditioning = Conditioning(*(None if t is None else t.detach().requires_grad_(t.requires_grad)
-                                          for t in (conditioning.context, conditioning.pooled)))
-            encoded.append(conditioning)
-        return conditioning
+        with clock.phase(DATA if config.cache_text_encoder_outputs else TE_FORWARD):
+            seen["encoded"] = seen["given"] = prompts(*args)
+        if seen["encoded"].context.requires_grad:  # the text side trains: the UNet gets a copy
+            seen["given"] = Conditioning(*(None if t is None else t.detach().requires_grad_(t.requires_grad)
+                                           for t in (seen["encoded"].context, seen["encoded"].pooled)))
+        return seen["given"]
 
     before = dict(clock.seconds)
     start = clock.now()
@@ -146,14 +179,15 @@ def _timed_batch(config, bundle, batch, latents, prompts, schedule, device, data
     inside = sum(clock.seconds[name] - before[name] for name in (DATA, TE_FORWARD))
     clock.seconds[UNET_FORWARD] += clock.now() - start - inside
     scaled = scaler.scale(loss / config.gradient_accumulation_steps)
-    copies = [t for t in (encoded[1].context, encoded[1].pooled) if t is not None and t.requires_grad] \
-        if encoded else []
+    encoded, given = seen["encoded"], seen["given"]
+    copies = [] if given is encoded else [t for t in (given.context, given.pooled) if t is not None and t.requires_grad]
     with clock.phase(UNET_BACKWARD):
         torch.autograd.backward(scaled, inputs=unet_weights + copies)
     if copies:
         with clock.phase(TE_BACKWARD):
-            originals = [t for t in (encoded[0].context, encoded[0].pooled) if t is not None and t.requires_grad]
+            originals = [t for t in (encoded.context, encoded.pooled) if t is not None and t.requires_grad]
             torch.autograd.backward(originals, [copy.grad for copy in copies])
+    return seen["latents"][0].to(device), given.detach()
 
 
 def _endless(training_set, rng: random.Random):

@@ -72,8 +72,8 @@ def gradient_checkpointing(bundle: ModelBundle, enabled: bool):
     if not enabled:
         yield
         return
-    bundle.setgradient_checkpointing(True)
+    bundle.set_gradient_checkpointing(True)
     try:
         yield
     finally:
-        bundle.setgradient_checkpointing(False)
+        bundle.set_gradient_checkpointing(False)
