@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .bench_compare import busy_line
+from .bench_compare import BUSY_LOAD, busy_line
 from .bench_phases import HELP, PHASES, PhaseFigures, bare_forward_backward, measure_phases
 from .config import TrainConfig
 from .progress import STATUS, STEP, Progress
@@ -185,7 +185,8 @@ def phase_lines(result: BenchResult, floor_s: float) -> list[str]:
              f"{'phase':<24}{'s/step':>10}{'x floor':>9}  what it holds"]
     rows = [(name, phases.seconds[name], HELP[name]) for name in PHASES]
     rows += [("whole step", phases.step_s, "the phases together"),
-             ("adapter overhead", result.phases.adapter_overhead_s, "UNet forward + backward less a bare one after each step (in them)")]
+             ("adapter overhead", phases.adapter_overhead_s,
+              f"UNet forward + backward less a bare one after each step ({phases.bare_s:.4f} s; in them)")]
     for name, seconds, what in rows:
         lines.append(f"{name:<24}{seconds:>10.4f}{seconds / floor_s:>9.2f}  {what}")
     return lines + phases.notes
@@ -198,6 +199,6 @@ def figures(result: BenchResult) -> dict:
             "training_step_s": training.seconds_per_step, "training_peak_mb": training.peak_memory_mb,
             "loading_s": loading.seconds_per_step, "loading_peak_mb": loading.peak_memory_mb,
             "phases_s": dict(result.phases.seconds), "phase_step_s": result.phases.step_s,
-            "adapter_overhead_s": result.phases.adapter_overhead_s,
+            "adapter_overhead_s": result.phases.adapter_overhead_s, "phase_bare_s": result.phases.bare_s,
             "first_step_s": {part: result.first_step_s[part] for part in PARTS if part in result.first_step_s},
-            "load_average": result.load_average, "busy": bool(busy_line(result.load_average, ""))}
+            "load_average": result.load_average, "busy": result.load_average >= BUSY_LOAD}

@@ -62,8 +62,9 @@ def compare_configs(paths: tuple[str, str], rounds: int, steps: int, warmup: int
 def report(paths, rows: list[tuple[RunFigures, RunFigures]], steps: int, warmup: int, load: float) -> str:
     lines = [f"A = {paths[0]}, B = {paths[1]}: {len(rows)} rounds of A then B, each a fresh process, "
              f"{steps} timed steps after {warmup}"]
-    if busy_line(load, ""):
-        lines.append(busy_line(load, "before the first run") + "; the ratios less so, since A and B share the noise")
+    busy = busy_line(load, "before the first run")
+    if busy:
+        lines.append(busy + "; the ratios less so, since A and B share the noise")
     lines.append(f"{'round':<7}{'A s/step':>10}{'B s/step':>10}{'B/A':>7}{'A peak MB':>11}{'B peak MB':>11}{'B/A':>7}")
     step_ratios, memory_ratios = [], []
     for number, (a, b) in enumerate(rows, 1):

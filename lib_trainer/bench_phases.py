@@ -51,6 +51,7 @@ class PhaseFigures:
     step_s: float                                   # the median whole step of this pass
     notes: list[str] = field(default_factory=list)  # what is 0 and why
     adapter_overhead_s: float = 0.0                 # median of (UNet forward + backward - the bare one)
+    bare_s: float = 0.0                             # median of the bare UNet forward + backward after each step
 
 
 class _Clock:
@@ -150,7 +151,7 @@ def measure_phases(config, bundle, steps: int, warmup: int) -> PhaseFigures:
     note = text_encoder_note(config, trains_text)
     # noise can take the difference below 0 when the adapters cost next to nothing: 0 then
     return PhaseFigures(seconds, statistics.median(whole for _, whole, _ in measured), [note] if note else [],
-                        max(0.0, overhead))
+                        max(0.0, overhead), statistics.median(bare for _, _, bare in measured))
 
 
 def _timed_batch(config, bundle, batch, latents, prompts, schedule, device, data_rng, noise_rng, scaler,

@@ -154,6 +154,6 @@ def test_bench_json_has_the_phases_and_the_first_step_parts(tmp_path):
     # started as `python -m lib_trainer`: the imports count
     assert set(figures["first_step_s"]) == {"imports", "load", "latents", "first step", "other set-up"}
     assert all(value > 0 for value in figures["first_step_s"].values())
-    assert figures["phase_step_s"] > 0 and figures["adapter_overhead_s"] >= 0
+    assert figures["phase_step_s"] > 0 and figures["phase_bare_s"] > 0 and figures["adapter_overhead_s"] >= 0
     assert isinstance(figures["busy"], bool) and figures["load_average"] >= 0
     assert "text encoder backward 0: the text encoder does not train (network_train_unet_only)" in done.stdout
