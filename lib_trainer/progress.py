@@ -102,8 +102,9 @@ class Progress:
     def step(self, done: int, **info: Any) -> None:
         self.emit(ProgressEvent(STEP, label=self._label, done=done, total=self._total, info=info))
 
-    def status(self, text: str) -> None:
-        self.emit(ProgressEvent(STATUS, label=self._label, text=text))
+    def status(self, text: str, **info: Any) -> None:
+        """A line for the user; `info`, the same in figures for sinks that want them."""
+        self.emit(ProgressEvent(STATUS, label=self._label, text=text, info=info))
 
     def saved(self, path: str, **info: Any) -> None:
         self.emit(ProgressEvent(SAVED, label=self._label, text=path, info=info))

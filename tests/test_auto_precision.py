@@ -7,7 +7,7 @@ import torch
 from safetensors import safe_open
 
 from lib_trainer.config import TrainConfig
-from lib_trainer.progress import Progress
+from lib_trainer.progress import STATUS, Progress
 from lib_trainer.train import auto_precision
 from lib_trainer.train.auto_precision import best_precision, precision_notes, resolve_precision
 from lib_trainer.train.loop import train
@@ -78,8 +78,7 @@ def test_a_run_with_auto_records_and_says_the_precision_it_used(small_root, tmp_
                          save_every_n_epochs=0)
     assert config.mixed_precision == "auto"
     statuses = []
-    progress = Progress()
-    progress.status = statuses.append
+    progress = Progress([lambda event: statuses.append(event.text) if event.kind == STATUS else None])
     result = train(config, progress=progress)
     with safe_open(result.final_path, "pt") as handle:
         assert handle.metadata()["ss_mixed_precision"] == "no"

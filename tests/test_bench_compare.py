@@ -54,6 +54,6 @@ def test_bench_writes_its_figures_as_json(tmp_path):
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     figures = json.loads(out.read_text())
-    assert set(figures) == {"floor_s", "floor_peak_mb", "training_step_s", "training_peak_mb", "loading_s",
-                            "loading_peak_mb"}
-    assert all(value > 0 for value in figures.values())
+    steady = {"floor_s", "floor_peak_mb", "training_step_s", "training_peak_mb", "loading_s", "loading_peak_mb"}
+    assert steady <= set(figures)  # the phases' figures: test_bench_phases.py
+    assert all(figures[key] > 0 for key in steady)

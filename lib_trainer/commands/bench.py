@@ -2,7 +2,10 @@
 for a bare forward+backward of the denoiser (the floor), with their ratios. Any training
 flag (--resolution, --train_batch_size, --mixed_precision, --gradient_checkpointing,
 --network_train_unet_only, --pretrained_model_name_or_path...) sets up what is measured.
-Loading the model is timed too, with its peak RAM against the size of the weights.
+Loading the model is timed too, with its peak RAM against the size of the weights. A step is
+then split by phase (data, text encoder forward/backward, UNet forward/backward, optimizer,
+the adapters' overhead), each against the floor, and the time to the first step into its
+parts; a machine busy before the start is said.
 
 `--make-checkpoint sd1` first writes a full-size SD1.5-architecture checkpoint with random
 weights (fp16, original single-file layout) to the --pretrained_model_name_or_path file
@@ -39,10 +42,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..bench import report, run_benchmark
+    from ..bench import figures, report, run_benchmark
     from ..train.auto_precision import with_resolved_precision
+    from ..train.first_step import process_age_s, started_for_this_run
 
     import os
+
+    # the time this process took to get here (Python, torch and our modules): "imports"
+    imports_s = process_age_s() if started_for_this_run() else None
 
     if args.doctor:
         from ..dataset.doctor.bench import bench_doctor, report_text
@@ -64,20 +71,12 @@ def run(args: argparse.Namespace) -> int:
 
         print(f"writing a random {args.make_checkpoint} checkpoint to {config.pretrained_model_name_or_path}")
         write_random_checkpoint(args.make_checkpoint, config.pretrained_model_name_or_path)
-    measurements, model_mb = run_benchmark(config, args.steps, args.warmup)
-    print(report(config, measurements, model_mb))
+    result = run_benchmark(config, args.steps, args.warmup, imports_s)
+    print(report(config, result))
     if args.json:
-        write_figures(args.json, measurements)
+        import json
+
+        from ..fileio import write_text_atomic
+
+        write_text_atomic(args.json, json.dumps(figures(result), indent=1))
     return 0
-
-
-def write_figures(path: str, measurements) -> None:
-    import json
-
-    from ..fileio import write_text_atomic
-
-    floor, training, loading = measurements
-    write_text_atomic(path, json.dumps({
-        "floor_s": floor.seconds_per_step, "floor_peak_mb": floor.peak_memory_mb,
-        "training_step_s": training.seconds_per_step, "training_peak_mb": training.peak_memory_mb,
-        "loading_s": loading.seconds_per_step, "loading_peak_mb": loading.peak_memory_mb}))

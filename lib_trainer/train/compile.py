@@ -11,7 +11,6 @@ forward: a failed compile never ends a run.
 from __future__ import annotations
 
 import contextlib
-import time
 
 import torch
 
@@ -30,40 +29,38 @@ def backend_problems(backend: str) -> list[str]:
 
 
 @contextlib.contextmanager
-def compiled_denoiser(bundle, enabled: bool, backend: str, progress):
-    """While the block runs, the denoiser's forward is compiled; `seconds` of the yielded
-    record says how long compiling took in the first compiled calls."""
-    record = CompileRecord()
+def compiled_denoiser(bundle, enabled: bool, backend: str, progress, times=None):
+    """While the block runs, the denoiser's forward is compiled. Its first call per input shape
+    (where torch compiles) is timed as `times.part("compile")` (first_step.FirstStepTimes)."""
     if not enabled:
-        yield record
+        yield
         return
     module = bundle.denoiser()
     plain = module.forward
     compiled = torch.compile(plain, backend=backend, dynamic=False)
-    seen_shapes: set[tuple] = set()
+    seen: set[tuple] = set()
+    failed = False
 
     def forward(*args, **kwargs):
-        if record.failed:
+        nonlocal failed
+        if failed:
             return plain(*args, **kwargs)
-        shape = tuple(tuple(a.shape) for a in args if isinstance(a, torch.Tensor))
-        first = (shape, torch.is_grad_enabled()) not in seen_shapes
-        start = time.perf_counter()
+        key = (tuple(tuple(a.shape) for a in args if isinstance(a, torch.Tensor)), torch.is_grad_enabled())
+        timed = times.part("compile") if times is not None and key not in seen else contextlib.nullcontext()
+        seen.add(key)
         try:
-            output = compiled(*args, **kwargs)
+            with timed:
+                return compiled(*args, **kwargs)
         except Exception as error:  # noqa: BLE001 - any compiler failure: train on without it
-            record.failed = True
+            failed = True
             progress.status(f"torch_compile failed ({_root_cause(error)}); training goes on without it")
             return plain(*args, **kwargs)
-        if first:
-            seen_shapes.add((shape, torch.is_grad_enabled()))
-            record.seconds += time.perf_counter() - start
-        return output
 
     before = module.__dict__.get("forward")  # a host's own instance forward, put back after
     module.forward = forward
     progress.status(f"torch_compile: the UNet compiles with {backend} on its first step of each bucket shape")
     try:
-        yield record
+        yield
     finally:
         if before is None:
             del module.forward
@@ -77,9 +74,3 @@ def _root_cause(error: BaseException) -> str:
         error = error.__cause__
     text = str(error).strip().splitlines()
     return f"{type(error).__name__}: {text[0][:200] if text else ''}"
-
-
-class CompileRecord:
-    def __init__(self) -> None:
-        self.seconds = 0.0   # time spent in first calls (compiling, and that call's own work)
-        self.failed = False

@@ -30,21 +30,20 @@ from ..formats.metadata import training_metadata
 from ..hosts.bundle import ModelBundle
 from ..networks.embedding import embedding_prompts, embedding_run_config, is_embedding_run, refuse_existing
 from ..networks.registry import create_trainable
-from ..networks.trainable import TEXT_ENCODER, TOKEN_EMBEDDINGS
 from ..progress import Progress
 from .checkpoints import CheckpointWriter, epoch_path, epoch_save_interval, final_path, step_path
-from .compile import compiled_denoiser
 from .ema import make_average
-from .optimizers import (eval_weights, fp16_eps_too_small, is_schedule_free, make_optimizer, run_notes,
-                         uses_relative_step)
 from .auto_precision import precision_notes, resolve_precision
+from .first_step import FirstStepTimes
+from .optimizers import eval_weights, fp16_eps_too_small, run_notes
 from .output_guard import claimed_output
-from .precision import (FP8_DTYPE, SAVE_DTYPES, autocast, check_fp8, check_precision, compute_dtype, grad_scaler,
-                        resolve_device, trainable_dtype)
+from .precision import (SAVE_DTYPES, autocast, check_fp8, check_precision, grad_scaler, resolve_device,
+                        trainable_dtype)
 from .resume import RunPosition, StateWriter, fingerprint, read_state, resume_notes, state_dir_for
 from .sampling import SampleMaker
 from . import noise as diffusion
-from .schedulers import apply_learning_rates, make_run_scheduler, warmup_steps
+from .run_parts import model_in_training, optimizer_and_schedule, optimizer_step, training_mode
+from .schedulers import apply_learning_rates
 from .step_loss import batch_loss, loss_option_notes, loss_option_refusals
 from .text_cache import TextEncoderCache
 from .validation import Validator
@@ -67,6 +66,7 @@ class TrainResult:
 
 def train(config: TrainConfig, bundle: ModelBundle | None = None, progress: Progress | None = None) -> TrainResult:
     progress = progress or Progress()
+    times = FirstStepTimes()  # said in one line once the first step is done
     config.validate()
     if is_embedding_run(config):
         config = embedding_run_config(config)
@@ -86,8 +86,9 @@ def train(config: TrainConfig, bundle: ModelBundle | None = None, progress: Prog
     if bundle is None:
         from ..hosts import load_bundle
 
-        bundle = load_bundle(config.pretrained_model_name_or_path, config.v_parameterization, config.clip_skip,
-                             config.vae)
+        with times.part("load"):
+            bundle = load_bundle(config.pretrained_model_name_or_path, config.v_parameterization, config.clip_skip,
+                                 config.vae)
     if config.v2 and bundle.family != "sd2":
         raise InvalidInput(f"v2 is set (an SD 2.x base model), but {config.pretrained_model_name_or_path or 'the model'} "
                            f"is {bundle.family.upper()} (its weights say so): remove v2, or choose an SD 2.x checkpoint")
@@ -101,9 +102,7 @@ def train(config: TrainConfig, bundle: ModelBundle | None = None, progress: Prog
     if config.fp8_base and not bundle.owns_weights:
         raise InvalidInput("fp8_base casts the base UNet to fp8 and back, which would change the WebUI's loaded "
                            "model: use it with a checkpoint this trainer loads itself")
-    trainable = create_trainable(config, bundle).to(device)
-    if trainable_dtype(config.full_fp16, config.full_bf16) is not None:
-        trainable.to(trainable_dtype(config.full_fp16, config.full_bf16))
+    trainable = new_trainable(config, bundle, device)
     if config.network_weights:
         trainable.load_weights(config.network_weights)
         progress.status(f"started from the weights in {config.network_weights} (weights only: a new optimizer "
@@ -112,40 +111,24 @@ def train(config: TrainConfig, bundle: ModelBundle | None = None, progress: Prog
 
     with claimed_output(config.output_dir, config.output_name, _expected_output_bytes(config, plan, trainable),
                         progress), \
-            bundle.frozen_for_training(device, compute_dtype(config.mixed_precision), no_half_vae=config.no_half_vae,
-                                       denoiser_dtype=FP8_DTYPE if config.fp8_base else None), \
-            trainable.attached(bundle), \
-            compiled_denoiser(bundle, config.torch_compile, config.dynamo_backend, progress), \
-            _gradient_checkpointing(bundle, config.gradient_checkpointing):
-        return _run(config, bundle, plan, trainable, device, progress, data_rng, noise_rng, saved_state)
+            model_in_training(config, bundle, trainable, device, progress, times):
+        return _run(config, bundle, plan, trainable, device, progress, data_rng, noise_rng, saved_state, times)
 
 
-def _run(config, bundle, plan, trainable, device, progress, data_rng, noise_rng, saved_state) -> TrainResult:
-    if config.xformers and device.type == "cuda" and hasattr(bundle, "set_xformers"):
-        bundle.set_xformers(True)
-    # An embedding's gradients flow through the (frozen) text encoders too.
-    trains_text = bool({TEXT_ENCODER, TOKEN_EMBEDDINGS} & set(trainable.conditioned()))
-    if trains_text and config.gradient_checkpointing:
-        for encoder in bundle.text_encoders():
-            encoder.train()  # transformers checkpoints only in train mode
-    trainable.train()
-
-    latents = _latent_source(config, bundle, plan, device, progress)
+def _run(config, bundle, plan, trainable, device, progress, data_rng, noise_rng, saved_state, times) -> TrainResult:
+    trains_text = training_mode(config, bundle, trainable)
+    with times.part("latents"):
+        latents = _latent_source(config, bundle, plan, device, progress)
     captions, clock = caption_options(config, plan.total_steps), CaptionClock()
-    prompts = _prompt_source(config, bundle, plan, captions, trains_text, device, progress, clock)
+    with times.part("text encoder cache") if config.cache_text_encoder_outputs else contextlib.nullcontext():
+        prompts = _prompt_source(config, bundle, plan, captions, trains_text, device, progress, clock)
     schedule = _noise_schedule(config, bundle, progress)
     if progress.stop_requested:  # stopped while caching: nothing trained, nothing to save
         progress.end("stopped before training")
         return TrainResult(None, [], 0, True, plan=plan)
-    optimizer, optimizer_text = make_optimizer(
-        config.optimizer_type, trainable.parameter_groups(config.effective_unet_lr(),
-                                                          config.effective_text_encoder_lr()),
-        config.learning_rate, config.parsed_optimizer_args(), device.type)
+    optimizer, optimizer_text, warmup, scheduler = optimizer_and_schedule(config, trainable, plan, device)
     for note in run_notes(config, [group.get("lr") for group in optimizer.param_groups]):
         progress.status(note)
-    warmup = warmup_steps(config.lr_warmup_steps, plan.total_steps)
-    scheduler = make_run_scheduler(config, optimizer, plan.total_steps, warmup, is_schedule_free(config.optimizer_type),
-                                   uses_relative_step(config.optimizer_type, config.parsed_optimizer_args()))
     scaler = grad_scaler(device, config.mixed_precision, config.full_fp16)
     run = RunPosition.start(data_rng, noise_rng)
     checks = fingerprint(bundle.family, bundle.prediction_type, plan.training_set, trainable)
@@ -181,6 +164,7 @@ def _run(config, bundle, plan, trainable, device, progress, data_rng, noise_rng,
         if saved_state is None:
             samples.before_training()
         started, first_step = time.monotonic(), step  # after the first samples: it/s and ETA are about training
+        times.step_started()
         for epoch in range(run.epoch, plan.epochs + 1):
             batches = run.epoch_batches(plan.training_set, epoch, data_rng, noise_rng)
             clock.epoch = epoch
@@ -200,15 +184,7 @@ def _run(config, bundle, plan, trainable, device, progress, data_rng, noise_rng,
                 if (index + 1) % config.gradient_accumulation_steps and not last_of_epoch:
                     continue
                 # --- optimizer step: unscale, clip, step; the schedule moves only on real steps ---
-                scaler.unscale_(optimizer)
-                if config.max_grad_norm:
-                    torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm, foreach=True)
-                scale_before = scaler.get_scale() if scaler.is_enabled() else None
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
-                if scale_before is None or scaler.get_scale() >= scale_before:  # fp16 overflow skips the step
-                    scheduler.step()
+                optimizer_step(config, scaler, optimizer, scheduler, params)
                 norms = apply_max_norm(trainable, config.scale_weight_norms)  # scale_weight_norms
                 step += 1
                 if ema is not None:
@@ -217,6 +193,7 @@ def _run(config, bundle, plan, trainable, device, progress, data_rng, noise_rng,
                 run.after_step(step, epoch, index + 1, len(batches), losses, data_rng, noise_rng)
                 # --- report ---
                 _report(progress, step - first_step, step, epoch, plan.total_steps, window, optimizer, started, norms)
+                times.step_done(progress)
                 # --- samples, validation, save and stop checks ---
                 samples.after_step(step)
                 validator.after_step(step)
@@ -268,6 +245,14 @@ def _run(config, bundle, plan, trainable, device, progress, data_rng, noise_rng,
     return TrainResult(path, writer.saved, step, stopped, losses, plan)
 
 
+def new_trainable(config: TrainConfig, bundle: ModelBundle, device: torch.device):
+    """What the run trains, on the device, in full_fp16/full_bf16's dtype when one is set."""
+    trainable = create_trainable(config, bundle).to(device)
+    if trainable_dtype(config.full_fp16, config.full_bf16) is not None:
+        trainable.to(trainable_dtype(config.full_fp16, config.full_bf16))
+    return trainable
+
+
 def _resume(config, saved, checks, trainable, optimizer, scheduler, scaler, data_rng, noise_rng, progress):
     """Load a saved run state into this run's objects; returns where to go on from."""
     for note in resume_notes(saved, config, checks):
@@ -298,18 +283,6 @@ def _expected_output_bytes(config, plan, trainable) -> int:
     states = files if config.save_state else 1
     copies = 2 if config.ema_decay else 1  # ema_decay: an -ema file beside each, its fp32 average in each state
     return parameters * (copies * files * SAVE_DTYPES[config.save_precision].itemsize + states * (8 + copies * 4))
-
-
-@contextlib.contextmanager
-def _gradient_checkpointing(bundle: ModelBundle, enabled: bool):
-    if not enabled:
-        yield
-        return
-    bundle.set_gradient_checkpointing(True)
-    try:
-        yield
-    finally:
-        bundle.set_gradient_checkpointing(False)
 
 
 def _prompt_source(config, bundle, plan, captions, trains_text, device, progress, clock):
