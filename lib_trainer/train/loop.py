@@ -32,6 +32,7 @@ from ..networks.embedding import embedding_prompts, embedding_run_config, is_emb
 from ..networks.registry import create_trainable
 from ..networks.trainable import TEXT_ENCODER, TOKEN_EMBEDDINGS
 from ..progress import Progress
+from .base_weights import layer_dtype_for, requested_layer_dtype
 from .checkpoints import CheckpointWriter, epoch_path, epoch_save_interval, final_path, step_path
 from .ema import make_average
 from .optimizers import (eval_weights, fp16_eps_too_small, is_schedule_free, make_optimizer, run_notes,
@@ -82,7 +83,7 @@ def train(config: TrainConfig, bundle: ModelBundle | None = None, progress: Prog
         from ..hosts import load_bundle
 
         bundle = load_bundle(config.pretrained_model_name_or_path, config.v_parameterization, config.clip_skip,
-                             config.vae)
+                             config.vae, layer_dtype=requested_layer_dtype(config))
     if config.v2 and bundle.family != "sd2":
         raise InvalidInput(f"v2 is set (an SD 2.x base model), but {config.pretrained_model_name_or_path or 'the model'} "
                            f"is {bundle.family.upper()} (its weights say so): remove v2, or choose an SD 2.x checkpoint")
@@ -96,6 +97,9 @@ def train(config: TrainConfig, bundle: ModelBundle | None = None, progress: Prog
     if config.fp8_base and not bundle.owns_weights:
         raise InvalidInput("fp8_base casts the base UNet to fp8 and back, which would change the WebUI's loaded "
                            "model: use it with a checkpoint this trainer loads itself")
+    layer_dtype, notes = layer_dtype_for(config, bundle)  # base_weights_dtype
+    for note in notes:
+        progress.status(note)
     trainable = create_trainable(config, bundle).to(device)
     if trainable_dtype(config.full_fp16, config.full_bf16) is not None:
         trainable.to(trainable_dtype(config.full_fp16, config.full_bf16))
@@ -108,7 +112,8 @@ def train(config: TrainConfig, bundle: ModelBundle | None = None, progress: Prog
     with claimed_output(config.output_dir, config.output_name, _expected_output_bytes(config, plan, trainable),
                         progress), \
             bundle.frozen_for_training(device, compute_dtype(config.mixed_precision), no_half_vae=config.no_half_vae,
-                                       denoiser_dtype=FP8_DTYPE if config.fp8_base else None), \
+                                       denoiser_dtype=FP8_DTYPE if config.fp8_base else None,
+                                       layer_dtype=layer_dtype), \
             trainable.attached(bundle), \
             _gradient_checkpointing(bundle, config.gradient_checkpointing):
         return _run(config, bundle, plan, trainable, device, progress, data_rng, noise_rng, saved_state)
