@@ -69,13 +69,6 @@ def test_a_layer_keeps_only_its_fp16_weight_for_backward_and_computes_as_fp32(la
     torch.testing.assert_close(x.grad, expected_grad, rtol=0, atol=0)
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    from lib_trainer.demo_data import make_demo_dataset
-
-    return make_demo_dataset(str(tmp_path_factory.mktemp("base16")), count=4, size=64)
-
-
 def run(data, folder, **changes):
     """3 steps from the same seed on the fp16-valued tiny model: the file's tensors, the statuses,
     and the dtypes the UNet's layers and norms were held in during training."""
@@ -101,16 +94,31 @@ def run(data, folder, **changes):
 METHODS = {
     "lora": {},
     "locon": {"conv_dim": 4, "conv_alpha": 2},
+    "lora-checkpointed": {"gradient_checkpointing": True},  # forwards recomputed in backward
     "dora": {"network_module": "lycoris.kohya", "network_args": ["algo=locon", "dora_wd=True"]},
     "ia3-on-input": {"network_module": "lycoris.kohya", "network_args": ["algo=ia3", "train_on_input=True"],
                      "learning_rate": 1e-2},
 }
 
 
+@pytest.fixture(scope="module")
+def trained(small_root, tmp_path_factory):
+    """(method, base_weights_dtype) -> `run`'s results, each trained once per module."""
+    done = {}
+
+    def get(method: str, dtype: str = ""):
+        if (method, dtype) not in done:
+            folder = tmp_path_factory.mktemp(f"{method}-{dtype or 'plain'}")
+            done[method, dtype] = run(small_root, folder, base_weights_dtype=dtype, **METHODS[method])
+        return done[method, dtype]
+
+    return get
+
+
 @pytest.mark.parametrize("method", sorted(METHODS))
-def test_fp16_storage_trains_the_same_weights_as_fp32(data, tmp_path, method):
-    plain, _, plain_held, plain_meta = run(data, tmp_path / "plain", **METHODS[method])
-    stored, statuses, held, metadata = run(data, tmp_path / "fp16", base_weights_dtype="fp16", **METHODS[method])
+def test_fp16_storage_trains_the_same_weights_as_fp32(trained, method):
+    plain, _, plain_held, plain_meta = trained(method)
+    stored, statuses, held, metadata = trained(method, "fp16")
     assert held == {("Linear", torch.float16), ("GroupNorm", torch.float32)}
     assert plain_held == {("Linear", torch.float32), ("GroupNorm", torch.float32)}
     assert set(stored) == set(plain)
@@ -122,9 +130,9 @@ def test_fp16_storage_trains_the_same_weights_as_fp32(data, tmp_path, method):
     assert metadata["ss_base_weights_dtype"] == "fp16" and "ss_base_weights_dtype" not in plain_meta
 
 
-def test_bf16_storage_rounds_the_weights_and_says_so(data, tmp_path):
-    plain, *_ = run(data, tmp_path / "plain")
-    rounded, statuses, held, _ = run(data, tmp_path / "bf16", base_weights_dtype="bf16")
+def test_bf16_storage_rounds_the_weights_and_says_so(trained):
+    plain, *_ = trained("lora")
+    rounded, statuses, held, _ = trained("lora", "bf16")
     assert ("Linear", torch.bfloat16) in held
     assert any(not torch.equal(rounded[key], plain[key]) for key in plain)  # lossy: another model
     assert any("bf16 rounds" in s for s in statuses)
