@@ -97,10 +97,13 @@ def measure_floor(config: TrainConfig, bundle, steps: int, warmup: int) -> Measu
     run's gradient checkpointing."""
     device = resolve_device(config.device)
     width, height = config.resolution_wh()
+    from .train.base_weights import requested_layer_dtype
     from .train.precision import compute_dtype
     from .train.run_parts import gradient_checkpointing
 
-    with bundle.frozen_for_training(device, compute_dtype(config.mixed_precision)), \
+    # at the run's storage (base_weights_dtype), so that the floor holds the weights as training does
+    with bundle.frozen_for_training(device, compute_dtype(config.mixed_precision),
+                                    layer_dtype=requested_layer_dtype(config)), \
             gradient_checkpointing(bundle, config.gradient_checkpointing):
         conditioning = bundle.encode_prompts(["a"] * config.train_batch_size).detach()
         latents = torch.randn(config.train_batch_size, 4, height // 8, width // 8, device=device)
@@ -129,14 +132,16 @@ def run_benchmark(config: TrainConfig, steps: int = 20, warmup: int = 3,
 
 
 def measure_loading(config: TrainConfig):
-    """Load the model, recording the time and the peak resident memory while loading."""
+    """Load the model, recording the time and the peak resident memory while loading; in the
+    dtypes the config asks for (base_weights_dtype's layers read straight into it)."""
     from .hosts import load_bundle
+    from .train.base_weights import requested_layer_dtype
 
     device = torch.device("cpu")
     reset_peak_memory(device)
     start = time.perf_counter()
     bundle = load_bundle(config.pretrained_model_name_or_path, config.v_parameterization, config.clip_skip,
-                         config.vae)
+                         config.vae, layer_dtype=requested_layer_dtype(config))
     return bundle, Measurement("loading the model", time.perf_counter() - start, peak_memory_mb(device))
 
 

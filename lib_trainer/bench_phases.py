@@ -30,6 +30,7 @@ from .progress import Progress
 from .train import loop
 from .train.precision import autocast, grad_scaler, resolve_device
 from .train.auto_precision import with_resolved_precision
+from .train.base_weights import requested_layer_dtype
 from .train.run_parts import model_in_training, optimizer_and_schedule, optimizer_step, training_mode
 from .train.step_loss import batch_loss
 from .train.weight_norms import apply_max_norm
@@ -119,7 +120,7 @@ def measure_phases(config, bundle, steps: int, warmup: int) -> PhaseFigures:
     data_rng, noise_rng = random.Random(config.seed), torch.Generator().manual_seed(config.seed)
     plan, quiet = make_plan(config, bundle.count_tokens), Progress()
     trainable = loop.new_trainable(config, bundle, device)
-    with model_in_training(config, bundle, trainable, device):
+    with model_in_training(config, bundle, trainable, device, layer_dtype=requested_layer_dtype(config)):
         trains_text = training_mode(config, bundle, trainable)
         latents = loop._latent_source(config, bundle, plan, device, quiet)
         prompts = loop._prompt_source(config, bundle, plan, caption_options(config, plan.total_steps), trains_text,

@@ -40,6 +40,7 @@ SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_wi
               "cosine_with_min_lr", "warmup_stable_decay", "piecewise_constant", "inverse_sqrt", "adafactor")
 PRECISIONS = ("auto", "no", "fp16", "bf16")
 SAVE_PRECISIONS = ("fp16", "bf16", "float")
+BASE_WEIGHTS_DTYPES = ("", "fp16", "bf16")
 # sd-scripts' sample_sampler names, so its configs load; which of them can really sample
 # is checked when sampling is on (train/samplers.py lists them).
 KOHYA_SAMPLERS = ("ddim", "pndm", "lms", "euler", "euler_a", "heun", "dpm_2", "dpm_2_a", "dpmsolver", "dpmsolver++",
@@ -334,6 +335,14 @@ class TrainConfig:
                                            minimum=0)
     save_last_n_steps_state: int = option(0, "Keep only the newest N step states (0 = keep all).", "training",
                                           minimum=0)
+    # --- base weights in half precision (issue 16) ---
+    base_weights_dtype: str = option(
+        "", "Store the frozen base UNet's and text encoders' Linear/Conv weights in fp16 or bf16 while computing in "
+        "fp32 (mixed_precision=no): each layer up-casts its weight as it computes, so the weights take about half "
+        "the memory. fp16 holds an fp16 checkpoint exactly (the same training as without it); bf16 rounds it. Empty: "
+        "the weights in the compute dtype. In the WebUI only where the loaded model already is in that dtype (then it "
+        "changes nothing).", "training",
+        choices=BASE_WEIGHTS_DTYPES)
     # --- run and save options (issue 14) ---
     save_last_n_epochs: int = option(0, "Keep only the newest N epoch files (name-000004...), deleting older ones as "
                                      "new ones are written; the final file is never deleted (0 = keep all).",
@@ -568,6 +577,7 @@ class TrainConfig:
         found += self._dataset_config_problems()
         found += self._caption_image_problems()
         found += self._optim_problems()
+        found += self._base_weights_problems()
         return found
 
     def _noise_loss_problems(self) -> list[str]:
@@ -672,6 +682,20 @@ class TrainConfig:
         from .train.compile import backend_problems  # imports torch's compiler
 
         return backend_problems(self.dynamo_backend)
+
+    def _base_weights_problems(self) -> list[str]:
+        """base_weights_dtype stores weights for fp32 compute; with 16-bit compute they already are."""
+        dtype = self.base_weights_dtype
+        if not dtype:
+            return []
+        if self.fp8_base:
+            return ["base_weights_dtype and fp8_base both choose how the base UNet is stored: choose one"]
+        if self.mixed_precision not in ("no", "auto", dtype):
+            full = " and full_fp16" if self.full_fp16 else " and full_bf16" if self.full_bf16 else ""
+            return [f"base_weights_dtype={dtype} stores the base weights in 16 bits for fp32 compute "
+                    f"(mixed_precision=no); with mixed_precision={self.mixed_precision}{full} they are held in "
+                    f"{self.mixed_precision} already: leave base_weights_dtype empty"]
+        return []
 
     def parsed_lr_scheduler_args(self) -> dict[str, Any]:
         return {key: _literal(value)

@@ -120,6 +120,8 @@ def training_metadata(config: TrainConfig, training_set: TrainingSet, family: st
         meta["ss_datasets"] = json.dumps(datasets_metadata(training_set))
     meta.update(caption_image_metadata(config))
     meta.update(optimizer_metadata(config))
+    if config.base_weights_dtype:  # how the base model was held (fp16 exact, bf16 rounded), when not as usual
+        meta["ss_base_weights_dtype"] = config.base_weights_dtype
     for key, value in zip(("ss_sd_model_hash", "ss_new_sd_model_hash"), model_hashes):
         if value:
             meta[key] = value

@@ -6,8 +6,11 @@ import functools
 from ..errors import InvalidInput
 
 
-def load_bundle(model: str, v_parameterization: bool = False, clip_skip: int = 1, vae: str = ""):
-    """The bundle for a `pretrained_model_name_or_path` value (and kohya's `--vae`)."""
+def load_bundle(model: str, v_parameterization: bool = False, clip_skip: int = 1, vae: str = "",
+                layer_dtype=None):
+    """The bundle for a `pretrained_model_name_or_path` value (and kohya's `--vae`). With
+    `layer_dtype` (base_weights_dtype) the UNet's and text encoders' Linear/Conv2d weights are held
+    in it: a checkpoint file's are read straight into it, other hosts' cast after loading."""
     import os
 
     if model.startswith("tiny:"):
@@ -20,7 +23,7 @@ def load_bundle(model: str, v_parameterization: bool = False, clip_skip: int = 1
 
         bundle = load_diffusers_folder(model, v_parameterization=v_parameterization, clip_skip=clip_skip)
     elif os.path.isfile(model):
-        return _load_checkpoint_file(model, v_parameterization, clip_skip, vae)
+        return _load_checkpoint_file(model, v_parameterization, clip_skip, vae, layer_dtype)
     else:
         raise InvalidInput(f"pretrained_model_name_or_path={model!r}: no such file or folder (a .safetensors or "
                            ".ckpt checkpoint, a diffusers folder, or tiny:sd1 / tiny:sd2 / tiny:sdxl)")
@@ -28,16 +31,23 @@ def load_bundle(model: str, v_parameterization: bool = False, clip_skip: int = 1
         from .single_file import load_vae_file
 
         load_vae_file(vae, bundle.vae_model)
+    if layer_dtype is not None:
+        from .stored_layers import cast_held
+
+        for module in bundle.stored_layer_modules():
+            cast_held(module, None, layer_dtype)
     return bundle
 
 
-def _load_checkpoint_file(path: str, v_parameterization: bool, clip_skip: int, vae: str):
+def _load_checkpoint_file(path: str, v_parameterization: bool, clip_skip: int, vae: str, layer_dtype=None):
     from .diffusers_sd import DiffusersSDBundle
     from .single_file import load_single_file
 
-    components, info = load_single_file(path, vae_path=vae or None, v_parameterization=v_parameterization)
+    components, info = load_single_file(path, vae_path=vae or None, v_parameterization=v_parameterization,
+                                        layer_dtype=layer_dtype)
     bundle = DiffusersSDBundle(components, prediction_type=info.prediction_type, clip_skip=clip_skip,
                                model_name=info.model_name)
+    bundle.source_dtype = info.unet_dtype
     kind = "v-prediction" if info.prediction_type == "v_prediction" else "epsilon"
     notes = [f"{info.model_name}: {info.family} ({info.architecture}), {kind} from {info.prediction_source}"]
     if info.zero_terminal_snr:

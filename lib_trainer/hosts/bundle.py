@@ -15,6 +15,8 @@ import torch
 from torch import nn
 
 from ..formats.kohya_names import TargetLayer
+from .stored_layers import cast_held, held_parameter_bytes, stored_layers
+from .upcast_layers import upcast_forwards
 
 
 @dataclass
@@ -54,6 +56,9 @@ class ModelBundle:
     # live model (the WebUI's) must not, since casting down and back is not lossless.
     owns_weights: bool = True
     notes: tuple[str, ...] = ()            # what loading noticed and the user should know
+    # The dtype the base weights had where they were loaded from (a checkpoint file's UNet);
+    # None: not known. Says whether base_weights_dtype holds them exactly.
+    source_dtype: torch.dtype | None = None
     # A host with its own txt2img hands it here: a callable (prompt, sampler, seed) -> PIL
     # image (train/txt2img.py describes it). None: the trainer samples in plain torch.
     sample_backend = None
@@ -148,41 +153,51 @@ class ModelBundle:
         return [(self.denoiser(), denoiser), *((encoder, dtype) for encoder in self.text_encoders()),
                 (self.vae(), vae)]
 
-    def held_weight_bytes(self, weight_dtype: torch.dtype) -> int:
+    def stored_layer_modules(self) -> list[nn.Module]:
+        """The modules whose Linear/Conv2d weights base_weights_dtype stores in 16 bits (see
+        stored_layers.py): an owned denoiser and text encoders; a borrowed model is left as it is."""
+        return [self.denoiser(), *self.text_encoders()] if self.owns_weights else []
+
+    def held_weight_bytes(self, weight_dtype: torch.dtype, layer_dtype: torch.dtype | None = None) -> int:
         """Bytes of the weights as training will hold them (what `frozen_for_training` makes):
         the memory estimate counts this, so it matches what is on the device."""
-        total = 0
-        for module, dtype in self.training_dtypes(weight_dtype):
-            size = None if dtype is None else torch.empty((), dtype=dtype).element_size()
-            for parameter in module.parameters():
-                held = size if size is not None and parameter.is_floating_point() else parameter.element_size()
-                total += parameter.numel() * held
-        return total
+        stored = self.stored_layer_modules() if layer_dtype is not None else []
+        return sum(held_parameter_bytes(module, dtype, layer_dtype if module in stored else None)
+                   for module, dtype in self.training_dtypes(weight_dtype))
 
     @contextlib.contextmanager
-    def frozen_for_training(self, device: torch.device, weight_dtype: torch.dtype, **overrides) -> Iterator[None]:
+    def frozen_for_training(self, device: torch.device, weight_dtype: torch.dtype,
+                            layer_dtype: torch.dtype | None = None, **overrides) -> Iterator[None]:
         """Base weights frozen, on the device, in the dtypes of `training_dtypes` (`overrides`:
-        its no_half_vae and denoiser_dtype); the modules' previous state comes back afterwards,
-        whatever happens."""
+        its no_half_vae and denoiser_dtype); with `layer_dtype` (base_weights_dtype) the Linear/Conv2d
+        weights of `stored_layer_modules` are held in it and up-cast as each layer computes. The
+        modules' previous state (and forwards) come back afterwards, whatever happens."""
         saved = [ModuleState(module) for module in self.modules()]
+        stored = self.stored_layer_modules() if layer_dtype is not None else []
         try:
-            for module in self.modules():
-                module.requires_grad_(False)
-            for module, dtype in self.training_dtypes(weight_dtype, **overrides):
-                _cast_then_move(module, device, dtype)
-                module.eval()
-            self.denoiser().train()  # train mode enables checkpointing
-            yield
+            with contextlib.ExitStack() as stack:
+                for module in self.modules():
+                    module.requires_grad_(False)
+                for module, dtype in self.training_dtypes(weight_dtype, **overrides):
+                    _cast_then_move(module, device, dtype, layer_dtype if module in stored else None)
+                    module.eval()
+                for module in stored:
+                    stack.enter_context(upcast_forwards(stored_layers(module)))
+                self.denoiser().train()  # train mode enables checkpointing
+                yield
         finally:
             for state in saved:
                 state.restore()
 
 
-def _cast_then_move(module: nn.Module, device: torch.device, dtype: torch.dtype | None) -> None:
+def _cast_then_move(module: nn.Module, device: torch.device, dtype: torch.dtype | None,
+                    layer_dtype: torch.dtype | None = None) -> None:
     """Cast where the weights are (the CPU, after loading), then move: the device never holds
     an fp32 copy of weights that train in 16 bits. Cast only when the dtype really changes
-    (diffusers warns on every cast)."""
-    if dtype is not None and any(p.dtype != dtype for p in module.parameters()):
+    (diffusers warns on every cast); with layer_dtype tensor by tensor (stored_layers.py)."""
+    if layer_dtype is not None:
+        cast_held(module, dtype, layer_dtype)
+    elif dtype is not None and any(p.dtype != dtype for p in module.parameters()):
         module.to(dtype)
     module.to(device)
 

@@ -9,6 +9,7 @@ is reported, so a checkpoint we would silently load wrong is refused instead.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 
@@ -45,6 +46,8 @@ from .single_file_rules import (
     zero_terminal_snr_hint,
 )
 from .single_file_save import save_single_file
+from .stored_layers import stored_layers, stored_parameter_names
+from .upcast_layers import upcast_forwards
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,7 @@ class CheckpointInfo:
     prediction_source: str    # what decided it: argument, the .yaml beside the file, v_pred key, ...
     zero_terminal_snr: bool   # the file has a `ztsnr` key: trained with zero terminal SNR
     model_name: str           # the file name without its extension
+    unet_dtype: torch.dtype | None = None  # the dtype the file stores the UNet's weights in
 
 
 @dataclass
@@ -74,10 +78,12 @@ def detect_checkpoint(path: str, v_parameterization: bool = False) -> Checkpoint
 
 
 def load_single_file(path: str, vae_path: str | None = None, v_parameterization: bool = False,
-                     dtype: torch.dtype = torch.float32) -> tuple[ModelComponents, CheckpointInfo]:
+                     dtype: torch.dtype = torch.float32,
+                     layer_dtype: torch.dtype | None = None) -> tuple[ModelComponents, CheckpointInfo]:
     """The components of a single-file checkpoint (on the CPU, in eval mode) and what it is.
     With `vae_path` that VAE file replaces the bundled one (which is then not read, and may be
-    absent)."""
+    absent). With `layer_dtype` (base_weights_dtype) the UNet's and text encoders' Linear/Conv2d
+    weights are read straight into it (stored_layers.py): no fp32 copy of them is ever held."""
     path = os.fspath(path)
     with open_checkpoint(path) as reader:
         family = detect_family(reader)
@@ -89,10 +95,10 @@ def load_single_file(path: str, vae_path: str | None = None, v_parameterization:
         for place, module, pairs in zip(CHECKPOINT_PLACES[family], modules, match.pairs):
             if place.component == "vae" and vae_path:
                 continue
-            _load_module(module, pairs, reader, dtype)
+            _load_module(module, pairs, reader, dtype, None if place.component == "vae" else layer_dtype)
         info = _info(path, reader, family, components.architecture, v_parameterization)
     if family == "sd2" and info.prediction_source == DEFAULT_SOURCE:
-        info = _with_sd2_test(info, components.unet)
+        info = _with_sd2_test(info, components.unet, dtype)
     return components, info
 
 
@@ -100,8 +106,9 @@ def _info(path: str, reader: CheckpointReader, family: str, architecture_name: s
           v_parameterization: bool) -> CheckpointInfo:
     keys = set(reader.keys())
     prediction, source = prediction_hint(path, keys, v_parameterization)
+    unet_dtype = reader.tensor(UNET_PREFIX + "input_blocks.0.0.weight").dtype  # a small tensor
     return CheckpointInfo(family, architecture_name, prediction, source, zero_terminal_snr_hint(keys),
-                          os.path.splitext(os.path.basename(path))[0])
+                          os.path.splitext(os.path.basename(path))[0], unet_dtype)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -153,12 +160,15 @@ def _conv_in_problem(reader: CheckpointReader, config: dict) -> str:
 # ---------------------------------------------------------------------------------------------
 # Reading tensors into meta modules.
 
-def _load_module(module: nn.Module, pairs: list[KeyPair], reader: CheckpointReader, dtype: torch.dtype) -> None:
+def _load_module(module: nn.Module, pairs: list[KeyPair], reader: CheckpointReader, dtype: torch.dtype,
+                 layer_dtype: torch.dtype | None = None) -> None:
     state: dict[str, torch.Tensor] = {}
-    cached_key, cached = "", None  # q, k and v come from one fused tensor, read once
+    stored = stored_parameter_names(module) if layer_dtype is not None else set()
+    cached_key, cached = None, None  # q, k and v come from one fused tensor, read once
     for pair in pairs:
-        if pair.file_key != cached_key:
-            cached_key, cached = pair.file_key, reader.tensor(pair.file_key, dtype)
+        wanted = layer_dtype if pair.module_key in stored else dtype
+        if (pair.file_key, wanted) != cached_key:
+            cached_key, cached = (pair.file_key, wanted), reader.tensor(pair.file_key, wanted)
         state[pair.module_key] = _compact(module_tensor(pair.kind, cached))
     cached = None
     module.load_state_dict(state, strict=True, assign=True)
@@ -189,18 +199,18 @@ def _rebuild_constant_buffers(module: nn.Module) -> None:
         raise CheckpointError(f"{type(module).__name__}: not loaded: {', '.join(left[:5])}")
 
 
-def _with_sd2_test(info: CheckpointInfo, unet: nn.Module) -> CheckpointInfo:
+def _with_sd2_test(info: CheckpointInfo, unet: nn.Module, dtype: torch.dtype) -> CheckpointInfo:
     """The WebUI's test for SD2 files without a hint (modules/sd_models_config.py): a v-prediction
-    UNet's output at t=999 on a flat grey latent lies far below the input, an epsilon one's not."""
-    parameter = next(unet.parameters())
-    with torch.no_grad():
-        latent = torch.full((1, 4, 8, 8), 0.5, dtype=parameter.dtype)
-        context = torch.full((1, 2, unet.config.cross_attention_dim), 0.5, dtype=parameter.dtype)
+    UNet's output at t=999 on a flat grey latent lies far below the input, an epsilon one's not.
+    It computes in `dtype`, the layers stored in 16 bits up-cast (base_weights_dtype)."""
+    with torch.no_grad(), upcast_forwards(stored_layers(unet)):
+        latent = torch.full((1, 4, 8, 8), 0.5, dtype=dtype)
+        context = torch.full((1, 2, unet.config.cross_attention_dim), 0.5, dtype=dtype)
         output = unet(latent, torch.tensor([999]), encoder_hidden_states=context).sample
         v_prediction = float((output - latent).float().mean()) < -1
     prediction = V_PREDICTION if v_prediction else EPSILON
-    return CheckpointInfo(info.family, info.architecture, prediction, "UNet test (as the WebUI does for SD2)",
-                          info.zero_terminal_snr, info.model_name)
+    return dataclasses.replace(info, prediction_type=prediction,
+                               prediction_source="UNet test (as the WebUI does for SD2)")
 
 
 # ---------------------------------------------------------------------------------------------

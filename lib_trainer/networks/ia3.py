@@ -13,11 +13,11 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InvalidInput
 from ..formats.kohya_names import TargetLayer
+from ..hosts.upcast_layers import upcast_linear
 from .base import AdapterModule
 from .functional import ia3_delta_output
 from .lycoris import LycorisMethod
@@ -42,7 +42,7 @@ class IA3Module(AdapterModule):
         gain = self.weight.to(base_output.dtype) * self.multiplier
         layer = self.base_layer
         if self.on_input:
-            return base_output + F.linear(x * gain, layer.weight)
+            return base_output + upcast_linear(x * gain, layer.weight)  # a 16-bit base weight too
         # The bias is not scaled: take it off the output the base layer already computed.
         without_bias = base_output - layer.bias if layer.bias is not None else base_output
         return base_output + ia3_delta_output(without_bias, gain)

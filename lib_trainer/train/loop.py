@@ -31,6 +31,7 @@ from ..hosts.bundle import ModelBundle
 from ..networks.embedding import embedding_prompts, embedding_run_config, is_embedding_run, refuse_existing
 from ..networks.registry import create_trainable
 from ..progress import Progress
+from .base_weights import layer_dtype_for, requested_layer_dtype
 from .checkpoints import CheckpointWriter, epoch_path, epoch_save_interval, final_path, step_path
 from .ema import make_average
 from .auto_precision import precision_notes, resolve_precision
@@ -88,7 +89,7 @@ def train(config: TrainConfig, bundle: ModelBundle | None = None, progress: Prog
 
         with times.part("load"):
             bundle = load_bundle(config.pretrained_model_name_or_path, config.v_parameterization, config.clip_skip,
-                                 config.vae)
+                                 config.vae, layer_dtype=requested_layer_dtype(config))
     if config.v2 and bundle.family != "sd2":
         raise InvalidInput(f"v2 is set (an SD 2.x base model), but {config.pretrained_model_name_or_path or 'the model'} "
                            f"is {bundle.family.upper()} (its weights say so): remove v2, or choose an SD 2.x checkpoint")
@@ -102,6 +103,9 @@ def train(config: TrainConfig, bundle: ModelBundle | None = None, progress: Prog
     if config.fp8_base and not bundle.owns_weights:
         raise InvalidInput("fp8_base casts the base UNet to fp8 and back, which would change the WebUI's loaded "
                            "model: use it with a checkpoint this trainer loads itself")
+    layer_dtype, notes = layer_dtype_for(config, bundle)  # base_weights_dtype
+    for note in notes:
+        progress.status(note)
     trainable = new_trainable(config, bundle, device)
     if config.network_weights:
         trainable.load_weights(config.network_weights)
@@ -111,7 +115,7 @@ def train(config: TrainConfig, bundle: ModelBundle | None = None, progress: Prog
 
     with claimed_output(config.output_dir, config.output_name, _expected_output_bytes(config, plan, trainable),
                         progress), \
-            model_in_training(config, bundle, trainable, device, progress, times):
+            model_in_training(config, bundle, trainable, device, progress, times, layer_dtype):
         return _run(config, bundle, plan, trainable, device, progress, data_rng, noise_rng, saved_state, times)
 
 

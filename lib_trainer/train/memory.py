@@ -1,8 +1,8 @@
 """An estimate, shown before a run starts, of the memory training will need.
 
 Exact parts: the model's weights as training will hold them (the bundle says in which
-dtype; before loading, the host side builds the architecture on the meta device, so nothing
-is read to estimate) and the network's own state (its weights, gradients and optimizer
+dtype, base_weights_dtype's layers in theirs; before loading, the host side builds the
+architecture on the meta device, so nothing is read to estimate) and the network's own state (its weights, gradients and optimizer
 state) from the real layer shapes. Estimated part: the
 activations kept for the backward pass, from per-megapixel figures for each family with
 16-bit autocast (doubled in fp32), with and without gradient checkpointing. Those depend on
@@ -17,6 +17,7 @@ from ..formats.kohya_names import TargetLayer
 from ..hosts.bundle import ModelBundle
 from ..networks.registry import find_method, network_targets, trainable_parameter_count
 from .auto_precision import with_resolved_precision
+from .base_weights import requested_layer_dtype
 from .precision import compute_dtype
 
 GB = 1024 ** 3
@@ -81,7 +82,8 @@ def bundle_memory(config: TrainConfig, bundle: ModelBundle, where: str) -> Memor
     """The estimate for a bundle, loaded or built on the meta device: its weights as training
     will hold them (the bundle says in which dtype), the network on its real layers."""
     _, _, targets = network_targets(config, bundle)
-    weights = bundle.held_weight_bytes(compute_dtype(with_resolved_precision(config).mixed_precision))
+    config = with_resolved_precision(config)
+    weights = bundle.held_weight_bytes(compute_dtype(config.mixed_precision), requested_layer_dtype(config))
     return estimate_memory(config, bundle.family, weights, targets, where, trainable_parameter_count(config, bundle))
 
 

@@ -20,12 +20,14 @@ from .schedulers import make_run_scheduler, warmup_steps
 
 @contextlib.contextmanager
 def model_in_training(config: TrainConfig, bundle: ModelBundle, trainable, device: torch.device, progress=None,
-                      times=None):
-    """The base model frozen in the run's dtypes on the device, the trainable attached, gradient
-    checkpointing on when asked, the UNet compiled with torch_compile (its first calls timed in
-    `times`); all undone afterwards."""
+                      times=None, layer_dtype: torch.dtype | None = None):
+    """The base model frozen in the run's dtypes on the device (its layers stored in
+    `layer_dtype`: base_weights_dtype), the trainable attached, gradient checkpointing on when
+    asked, the UNet compiled with torch_compile (its first calls timed in `times`); all undone
+    afterwards."""
     with bundle.frozen_for_training(device, compute_dtype(config.mixed_precision), no_half_vae=config.no_half_vae,
-                                    denoiser_dtype=FP8_DTYPE if config.fp8_base else None), \
+                                    denoiser_dtype=FP8_DTYPE if config.fp8_base else None,
+                                    layer_dtype=layer_dtype), \
             trainable.attached(bundle), \
             gradient_checkpointing(bundle, config.gradient_checkpointing), \
             compiled_denoiser(bundle, config.torch_compile, config.dynamo_backend, progress or Progress(), times):
