@@ -1,9 +1,6 @@
 """The command line restarts its training commands once with tcmalloc preloaded."""
 from __future__ import annotations
 
-import subprocess
-import sys
-
 from lib_trainer.allocator import SKIP_VARIABLE, restart_command
 
 LIBRARY = "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4"
@@ -33,7 +30,3 @@ def test_no_restart_where_it_cannot_or_need_not_help():
     assert restart_command(["train"], {"LD_PRELOAD": LIBRARY}, "linux", has_library) is None
     assert restart_command(["train"], {SKIP_VARIABLE: "1"}, "linux", has_library) is None
 
-
-def test_the_restarted_command_runs():
-    done = subprocess.run([sys.executable, "-m", "lib_trainer", "bench", "--help"], capture_output=True, text=True)
-    assert done.returncode == 0 and "--compare-config" in done.stdout
