@@ -27,7 +27,6 @@ FASTER_ENOUGH = 0.8  # bf16 must take at most this share of fp32's time to be ch
 class PrecisionChoice:
     precision: str       # no, fp16 or bf16
     reason: str          # said in the plan
-    half_ratio: float | None = None  # CPU probe: bf16 time / fp32 time (None: not measured)
 
 
 def resolve_precision(mixed_precision: str, device: torch.device) -> str:
@@ -62,10 +61,8 @@ def best_precision(device_type: str) -> PrecisionChoice:
                                      "many times slower than fp32")
     ratio = cpu_bf16_time_ratio()
     if ratio <= FASTER_ENOUGH:
-        return PrecisionChoice("bf16", f"this CPU has bf16 units; bf16 took {ratio:.2f}x fp32's time in a probe",
-                               ratio)
-    return PrecisionChoice("no", f"this CPU lists bf16 units, but bf16 took {ratio:.2f}x fp32's time in a probe",
-                           ratio)
+        return PrecisionChoice("bf16", f"this CPU has bf16 units; bf16 took {ratio:.2f}x fp32's time in a probe")
+    return PrecisionChoice("no", f"this CPU lists bf16 units, but bf16 took {ratio:.2f}x fp32's time in a probe")
 
 
 def cpu_has_bf16_units() -> bool:
